@@ -1,0 +1,129 @@
+"""Typed records that flow between the cloud layer and the rest of provision.
+
+Input (`LaunchRequest`, `Region`) is kept apart from output (`InstanceInfo`,
+`ClusterInfo`) as in SkyPilot's `sky/provision/common.py`: the cloud layer takes
+plain data and gives plain data back, so node setup and the orchestrator never
+touch boto3 and tests can build these records by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+CLUSTER_TAG = "provision:cluster"
+ROLE_TAG = "provision:role"
+CREATED_BY_TAG = "provision:created-by"  # marks key pairs / groups this tool made
+
+MASTER = "master"
+WORKER = "worker"
+
+
+@dataclass(frozen=True)
+class Region:
+    """Where the EC2 API lives.
+
+    `endpoint_url` is None on AWS (boto3 then also honours AWS_ENDPOINT_URL_EC2);
+    the simulated region fills it in together with its subnet, so the same code
+    path serves both.
+    """
+
+    name: str
+    endpoint_url: str | None = None
+    # Subnet to launch into; None means "the default subnet of the chosen zone".
+    subnet_id: str | None = None
+    # Explicit credentials (only the simulated region sets these; on AWS the
+    # standard credential chain is left untouched).
+    access_key: str | None = None
+    secret_key: str | None = None
+    # Whether clients reach nodes on their private address (simulated region,
+    # VPN, bastion) rather than the public one.
+    use_private_ip: bool = False
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What to launch for one role of one cluster."""
+
+    cluster: str
+    role: str  # MASTER or WORKER
+    count: int
+    instance_type: str
+    image_id: str
+    key_name: str
+    security_group_id: str
+    spot: bool = True
+    max_price: float | None = None  # USD per hour; None = on-demand price cap
+    volume_size: int = 30  # GiB, root volume, always encrypted
+    zone: str | None = None
+    subnet_id: str | None = None
+    user_data: str = ""
+    # Extra tags to put on instances and volumes, beyond cluster and role.
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """One instance as EC2 reports it."""
+
+    instance_id: str
+    role: str
+    instance_type: str
+    state: str  # pending | running | shutting-down | terminated | stopping | stopped
+    zone: str
+    lifecycle: str  # "spot" or "on-demand"
+    private_ip: str | None
+    public_ip: str | None
+    launch_time: dt.datetime | None
+    spot_request_id: str | None = None
+    name: str = ""  # e.g. master, node001 (from the Name tag)
+
+    def ssh_address(self, use_private_ip: bool) -> str | None:
+        """Address a client opens SSH to."""
+        if use_private_ip or not self.public_ip:
+            return self.private_ip
+        return self.public_ip
+
+
+@dataclass
+class ClusterInfo:
+    """A cluster as rebuilt from the cloud's tags: the source of truth."""
+
+    name: str
+    region: Region
+    instances: list[InstanceInfo] = field(default_factory=list)
+    security_group_id: str | None = None
+    key_name: str | None = None
+
+    @property
+    def alive(self) -> list[InstanceInfo]:
+        """Instances that are pending or running (not gone or going)."""
+        return [i for i in self.instances if i.state in ("pending", "running")]
+
+    @property
+    def running(self) -> list[InstanceInfo]:
+        return [i for i in self.instances if i.state == "running"]
+
+    @property
+    def master(self) -> InstanceInfo | None:
+        for i in self.alive:
+            if i.role == MASTER:
+                return i
+        return None
+
+    @property
+    def workers(self) -> list[InstanceInfo]:
+        return sorted((i for i in self.alive if i.role == WORKER), key=lambda i: i.name or i.instance_id)
+
+    @property
+    def nodes(self) -> list[InstanceInfo]:
+        """Master first, then workers in name order."""
+        master = self.master
+        return ([master] if master else []) + self.workers
+
+    def find(self, ref: str) -> InstanceInfo | None:
+        """Look a node up by instance id, name or private IP."""
+        for i in self.alive:
+            if ref in (i.instance_id, i.name, i.private_ip, i.public_ip):
+                return i
+        return None
