@@ -39,6 +39,11 @@ class Region:
     # Whether clients reach nodes on their private address (simulated region,
     # VPN, bastion) rather than the public one.
     use_private_ip: bool = False
+    # SSH user when the config leaves it unset (the image's default user).
+    default_user: str = "ubuntu"
+    # CIDR allowed to SSH when the config leaves it unset; None = detect the
+    # caller's public address.
+    ssh_cidr: str | None = None
 
 
 @dataclass(frozen=True)

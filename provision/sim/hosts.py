@@ -11,6 +11,7 @@ Needs root, ``ip`` (iproute2) and ``sshd`` (openssh-server).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
@@ -201,12 +202,16 @@ def stop_host(name: str, timeout: float = 5.0) -> None:
     pids = set(netns_pids(name))
     pidfile = host_dir(name) / "sshd.pid.outer"
     if pidfile.exists():
-        pids.add(int(pidfile.read_text()))
-    for pid in pids:
+        pid = int(pidfile.read_text())
+        # Only if it is still ours: after a crash the PID may belong to someone else.
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            if str(host_dir(name)).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.add(pid)
+        except OSError:
             pass
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
         time.sleep(0.05)

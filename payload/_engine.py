@@ -1,0 +1,151 @@
+"""Code that runs on the engines.
+
+Engines are not expected to have ``payload`` installed: only numpy, scipy,
+scikit-learn, joblib, cloudpickle and ipyparallel. The client therefore ships
+these functions *by value* (``cloudpickle.register_pickle_by_value`` on this
+module, see ``payload._remote``), so nothing here may import ``payload``.
+
+A function pickled by value gets a fresh copy of its module globals every time
+it is unpickled, so a plain module-level dict would not survive from one task to
+the next. Per-engine state (the split cache, unpickled task functions, the BLAS
+pinning flag) lives instead in a module object registered in ``sys.modules``
+under ``STATE_MODULE``: it is created once per engine process and shared by
+every search and learning curve that engine runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+import types
+from typing import Any
+
+STATE_MODULE = "_payload_engine_state"
+
+# Environment variables read by BLAS/OpenMP runtimes when they are first loaded.
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def engine_state() -> types.ModuleType:
+    """Return this engine's persistent state, creating it on first use.
+
+    Creating it also pins BLAS/OpenMP to one thread: there is one engine per
+    vCPU, so threads inside a fit would only oversubscribe the host.
+    """
+    state = sys.modules.get(STATE_MODULE)
+    if state is None:
+        state = types.ModuleType(STATE_MODULE)
+        state.splits = {}  # (path, mtime_ns, size) -> (X_train, y_train, X_test, y_test)
+        state.functions = {}  # digest -> unpickled task function
+        state.limits = _pin_threads()
+        sys.modules[STATE_MODULE] = state
+    return state
+
+
+def _pin_threads() -> Any:
+    for var in _THREAD_VARS:
+        os.environ[var] = "1"
+    try:
+        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+    except ImportError:  # pragma: no cover - scikit-learn always brings it
+        return None
+    # Not used as a context manager: the limit stays for the life of the engine.
+    return threadpool_limits(limits=1)
+
+
+def load_split(path: str) -> tuple:
+    """Memory-map one persisted split, once per engine process.
+
+    The key includes mtime and size so a split rewritten in place is reloaded
+    instead of served stale. Memory maps of the same file share the host's page
+    cache, so every engine on a host reads the data from one copy.
+    """
+    import joblib
+
+    state = engine_state()
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    split = state.splits.get(key)
+    if split is None:
+        for old in [k for k in state.splits if k[0] == path]:
+            del state.splits[old]
+        split = tuple(joblib.load(path, mmap_mode="r"))
+        state.splits[key] = split
+    return split
+
+
+def evaluate(
+    estimator: Any,
+    scorer: Any,
+    return_train_score: bool,
+    error_score: Any,
+    candidate: int,
+    split: int,
+    path: str,
+    params: dict,
+    train_size: int | None = None,
+) -> dict:
+    """Fit and score one (candidate, split) pair, like sklearn's ``_fit_and_score``.
+
+    Failures of the fit or of scoring are returned as ``fit_error`` (traceback
+    text) with ``error_score`` as scores, so one bad candidate does not stop the
+    search; the client judges failures once everything is collected. A split
+    that cannot be loaded raises instead: that is the host's fault, and raising
+    lets the load-balanced view retry the task elsewhere.
+
+    ``params`` are not echoed back: the client already has them, and objects
+    defined in a notebook could not be pickled back by the engine.
+    """
+    from sklearn.base import clone
+
+    X_train, y_train, X_test, y_test = load_split(path)
+    if train_size is not None:
+        X_train, y_train = X_train[:train_size], y_train[:train_size]
+
+    fit_error = None
+    test_score = train_score = float("nan")
+    fit_time = score_time = 0.0
+    start = time.perf_counter()
+    try:
+        model = clone(estimator).set_params(**clone(params, safe=False))
+        model.fit(X_train, y_train)
+        fit_time = time.perf_counter() - start
+        start_score = time.perf_counter()
+        test_score = float(scorer(model, X_test, y_test))
+        score_time = time.perf_counter() - start_score
+        if return_train_score:
+            train_score = float(scorer(model, X_train, y_train))
+    except Exception:
+        fit_time = fit_time or time.perf_counter() - start
+        fit_error = traceback.format_exc()
+        # error_score="raise" travels as NaN; the client raises on fit_error.
+        test_score = train_score = float("nan") if error_score == "raise" else float(error_score)
+    return {
+        "candidate": candidate,
+        "split": split,
+        "test_score": test_score,
+        "train_score": train_score if return_train_score else None,
+        "fit_time": fit_time,
+        "score_time": score_time,
+        "n_test_samples": int(y_test.shape[0]),
+        "n_train_samples": int(y_train.shape[0]),
+        "fit_error": fit_error,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+def split_sizes(path: str) -> tuple[int, int]:
+    """Number of training and test samples of one split (for learning curves)."""
+    X_train, y_train, X_test, y_test = load_split(path)
+    return int(y_train.shape[0]), int(y_test.shape[0])

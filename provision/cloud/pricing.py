@@ -1,0 +1,73 @@
+"""Spot price arithmetic, kept free of boto3.
+
+`ec2.spot_price_history` pages through `describe_spot_price_history` and hands
+the raw records here. Keeping the arithmetic pure means it is tested on recorded
+responses (moto's prices are all 0.00001 with a 2006 timestamp, so they cannot
+exercise it) and the CLI can summarise records from anywhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from statistics import fmean
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ZonePrice:
+    """Spot price of one instance type in one availability zone, USD per hour."""
+
+    zone: str
+    current: float  # latest price: what a launch now pays
+    average: float  # time-weighted over the window: what a long search pays
+    maximum: float  # worst seen in the window: a bid above it was never interrupted by price
+    samples: int  # price changes seen, a rough measure of volatility
+
+
+def summarize(
+    records: Iterable[Mapping[str, Any]], *, start: dt.datetime, now: dt.datetime
+) -> list[ZonePrice]:
+    """Group `SpotPriceHistory` records by zone, cheapest current price first.
+
+    Ties on the current price are broken by the average, then by zone name, so
+    the order (and `cheapest_zone`) is deterministic.
+    """
+    by_zone: dict[str, set[tuple[dt.datetime, float]]] = defaultdict(set)
+    for rec in records:  # a set: pages may repeat a record
+        by_zone[rec["AvailabilityZone"]].add((rec["Timestamp"], float(rec["SpotPrice"])))
+    prices = []
+    for zone, found in by_zone.items():
+        samples = sorted(found)
+        prices.append(
+            ZonePrice(
+                zone=zone,
+                current=samples[-1][1],
+                average=_time_weighted_mean(samples, start, now),
+                maximum=max(p for _, p in samples),
+                samples=len(samples),
+            )
+        )
+    return sorted(prices, key=lambda z: (z.current, z.average, z.zone))
+
+
+def _time_weighted_mean(
+    samples: list[tuple[dt.datetime, float]], start: dt.datetime, now: dt.datetime
+) -> float:
+    """Mean price over [start, now], each price holding until the next change.
+
+    A plain mean would overweight bursts of short-lived changes. EC2 reports the
+    price in effect at `start` with its older timestamp, so spans are clipped to
+    the window. A window of zero length (a "current price" query) falls back to
+    the plain mean.
+    """
+    total = weighted = 0.0
+    ends = [t for t, _ in samples[1:]] + [now]
+    for (t, price), end in zip(samples, ends, strict=True):
+        span = (min(end, now) - max(t, start)).total_seconds()
+        if span > 0:
+            total += span
+            weighted += span * price
+    return weighted / total if total > 0 else fmean(p for _, p in samples)

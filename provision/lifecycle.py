@@ -1,0 +1,501 @@
+"""The orchestrator: the only code that knows the order of steps.
+
+`up` validates everything before it creates anything, reconciles the cluster
+against its tags (so a re-run after a crash launches only the shortfall), and
+then runs one pipeline per node in its own thread: running -> SSH -> packages ->
+controller/engines -> data. A node is configured as soon as it answers, not
+after the slowest one. A worker that fails is reported by id and IP and
+terminated (or replaced); the cluster record stays consistent because the
+cloud's tags are the record.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from provision import state
+from provision.cloud import ec2
+from provision.cloud.common import MASTER, WORKER, ClusterInfo, InstanceInfo, LaunchRequest, Region
+from provision.config import ClusterConfig
+from provision.errors import BadInput, ProvisionError
+from provision.nodes import engines, remote, setup
+from provision.progress import Reporter
+
+STAGES = ("launching", "running", "ssh", "packages", "engines", "ready")
+
+
+def resolve_region(name: str) -> Region:
+    """The one switch between AWS and the simulated region."""
+    if name == "sim":
+        from provision import sim
+
+        return sim.region()
+    return Region(name=name)
+
+
+@dataclass
+class Context:
+    """Everything a step needs, resolved once and validated before any create."""
+
+    config: ClusterConfig
+    region: Region
+    type_info: ec2.InstanceTypeInfo
+    image_id: str
+    user: str
+    public_key: str
+    ssh_cidr: str
+    reporter: Reporter = field(default_factory=Reporter)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def engines_per_node(self) -> int:
+        return self.config.engines_per_node or self.type_info.vcpus
+
+    def engines_on(self, inst: InstanceInfo) -> int:
+        if inst.role == MASTER and not self.config.master_engines:
+            return 0
+        return self.engines_per_node
+
+    def endpoint(self, inst: InstanceInfo) -> remote.Endpoint:
+        address = inst.ssh_address(self.region.use_private_ip)
+        if not address:
+            raise ProvisionError(f"{inst.instance_id} has no address to SSH to")
+        return remote.Endpoint(
+            name=inst.name or inst.instance_id,
+            host=address,
+            user=self.user,
+            key_path=Path(self.config.key_path).expanduser(),
+            known_hosts=state.cluster_dir(self.name) / "known_hosts",
+        )
+
+    @property
+    def connection_files(self) -> tuple[Path, Path]:
+        d = state.cluster_dir(self.name)
+        return d / "ipcontroller-client.json", d / "ipcontroller-engine.json"
+
+
+def ensure_key(config: ClusterConfig) -> str:
+    """Return the public key, creating an ed25519 pair (0600) when none exists."""
+    key = Path(config.key_path).expanduser()
+    pub = Path(str(key) + ".pub")
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"provision-{config.name}", "-f", str(key)],
+            check=True,
+        )
+        os.chmod(key, 0o600)
+    elif not pub.exists():
+        raise BadInput(f"{pub}: public key missing (create it with ssh-keygen -y -f {key} > {pub})")
+    return pub.read_text().strip()
+
+
+def prepare(config: ClusterConfig, reporter: Reporter | None = None, *, need_key: bool = True) -> Context:
+    """Resolve and validate everything `up` needs; creates nothing in the cloud.
+
+    Errors here are the user's input (unknown instance type in the region, an
+    image that does not exist) and exit with status 2.
+    """
+    from provision.config import ConfigError
+
+    reporter = reporter or Reporter()
+    try:
+        region = resolve_region(config.region)
+        type_info = ec2.describe_instance_type(region, config.instance_type)
+        image_id = ec2.resolve_image(region, config.image_id, type_info.arch)
+    except (ec2.CloudError, ConfigError) as err:
+        raise BadInput(f"{config.region}: {err}") from err
+    except Exception as err:  # SimError and friends: still nothing created
+        if type(err).__name__ == "SimError":
+            raise BadInput(str(err)) from err
+        raise
+    public_key = ensure_key(config) if need_key else ""
+    ssh_cidr = config.ssh_cidr or region.ssh_cidr or ec2.caller_cidr()
+    return Context(
+        config=config,
+        region=region,
+        type_info=type_info,
+        image_id=image_id,
+        user=config.user or region.default_user,
+        public_key=public_key,
+        ssh_cidr=ssh_cidr,
+        reporter=reporter,
+    )
+
+
+def _remember(ctx: Context) -> None:
+    """Cache the settings a later command (connect, addnode, down) needs."""
+    state.update(
+        ctx.name,
+        name=ctx.name,
+        config=ctx.config.model_dump(mode="json"),
+        vcpus=ctx.type_info.vcpus,
+        user=ctx.user,
+    )
+
+
+def _launch(ctx: Context, role: str, count: int, sg: str, *, spot: bool, bid: float | None) -> list[str]:
+    if count <= 0:
+        return []
+    zone = ctx.config.zone
+    if zone is None and ctx.region.subnet_id is None:
+        zone = ec2.cheapest_zone(ctx.region, ctx.config.instance_type)
+    if spot and bid is not None:
+        _warn_if_underbid(ctx, bid, zone)
+    req = LaunchRequest(
+        cluster=ctx.name,
+        role=role,
+        count=count,
+        instance_type=ctx.config.instance_type,
+        image_id=ctx.image_id,
+        key_name=ctx.config.pair_name,
+        security_group_id=sg,
+        spot=spot,
+        max_price=bid,
+        volume_size=ctx.config.volume_size,
+        zone=zone,
+        subnet_id=ctx.region.subnet_id,
+    )
+    return ec2.launch(ctx.region, req)
+
+
+def _warn_if_underbid(ctx: Context, bid: float, zone: str | None) -> None:
+    try:
+        prices = ec2.spot_price_history(ctx.region, ctx.config.instance_type, days=0.1)
+    except ec2.CloudError:
+        return
+    for p in prices:
+        if (zone is None or p.zone == zone) and bid < p.current:
+            ctx.reporter.warn(
+                f"bid ${bid:.4f}/h is below the current spot price ${p.current:.4f}/h in {p.zone}: "
+                "the request may not be fulfilled"
+            )
+            return
+
+
+def reconcile(ctx: Context, sg: str, workers_wanted: int) -> ClusterInfo:
+    """Launch only what the tags say is missing: one master, `workers_wanted` workers."""
+    info = ec2.describe_cluster(ctx.region, ctx.name)
+    cfg = ctx.config
+    if info.master is None:
+        ctx.reporter.stage("master", "launching", step=0, total=len(STAGES) - 1)
+        _launch(ctx, MASTER, 1, sg, spot=cfg.spot_master and cfg.spot_bid is not None, bid=cfg.spot_bid)
+    shortfall = workers_wanted - len(info.workers)
+    if shortfall > 0:
+        _launch(ctx, WORKER, shortfall, sg, spot=cfg.spot_bid is not None, bid=cfg.spot_bid)
+    elif shortfall < 0:
+        ctx.reporter.warn(
+            f"{len(info.workers)} workers run but {workers_wanted} were asked for: "
+            "use `provision removenode` to shrink"
+        )
+    return ec2.describe_cluster(ctx.region, ctx.name)
+
+
+class _Pipeline:
+    """Per-node pipelines sharing the wheelhouse and the controller's files."""
+
+    def __init__(self, ctx: Context, replace_failed: bool = False) -> None:
+        self.ctx = ctx
+        self.replace_failed = replace_failed
+        self.spec = setup.client_env_spec(list(ctx.config.packages), ctx.config.remote_root)
+        self._wheelhouse: Path | None = None
+        self._wheelhouse_error: BaseException | None = None
+        self._wheelhouse_done = threading.Event()
+        self.controller_ready = threading.Event()
+        self.controller_error: BaseException | None = None
+        self.results: dict[str, BaseException | None] = {}
+        self._lock = threading.Lock()
+
+    def start_wheelhouse(self) -> None:
+        """Build the wheelhouse while EC2 launches: the two waits overlap."""
+
+        def build() -> None:
+            try:
+                self._wheelhouse = setup.build_wheelhouse(self.spec)
+            except BaseException as err:  # noqa: BLE001 - handed to every node
+                self._wheelhouse_error = err
+            finally:
+                self._wheelhouse_done.set()
+
+        threading.Thread(target=build, daemon=True, name="wheelhouse").start()
+
+    def wheelhouse(self) -> Path:
+        if not self._wheelhouse_done.wait(timeout=1800):
+            raise ProvisionError("building the wheelhouse took more than 30 minutes")
+        if self._wheelhouse_error is not None:
+            raise ProvisionError(f"building the wheelhouse failed: {self._wheelhouse_error}")
+        assert self._wheelhouse is not None
+        return self._wheelhouse
+
+    def node(self, inst: InstanceInfo, controller: bool) -> None:
+        """running -> ssh -> packages -> controller/engines for one node."""
+        ctx, cfg = self.ctx, self.ctx.config
+        label = inst.name or inst.instance_id
+        total = len(STAGES) - 1
+        try:
+            ctx.reporter.stage(label, "waiting for running", step=1, total=total)
+            if inst.state != "running" or not inst.private_ip:
+                ec2.wait_running(ctx.region, [inst.instance_id], timeout=cfg.launch_timeout)
+                inst = ec2.describe_cluster(ctx.region, ctx.name).find(inst.instance_id) or inst
+            ep = ctx.endpoint(inst)
+            ctx.reporter.stage(label, f"waiting for SSH on {ep.host}", step=2, total=total)
+            remote.wait_for_ssh(ep, timeout=cfg.ssh_timeout)
+            ctx.reporter.stage(label, "installing packages", step=3, total=total)
+            setup.setup_node(ep, self.spec, self.wheelhouse())
+            if controller:
+                ctx.reporter.stage(label, "starting controller", step=4, total=total)
+                engines.start_controller(ep, cfg.remote_root, inst.private_ip or ep.host)
+                engines.fetch_connection_files(ep, cfg.remote_root, state.cluster_dir(ctx.name))
+                self.controller_ready.set()
+            else:
+                ctx.reporter.stage(label, "waiting for controller", step=4, total=total)
+                if not self.controller_ready.wait(timeout=cfg.ssh_timeout + cfg.launch_timeout + 1800):
+                    raise ProvisionError("the controller never became ready")
+                if self.controller_error is not None:
+                    raise ProvisionError("the master failed, so engines cannot start")
+            n = ctx.engines_on(inst)
+            if n:
+                ctx.reporter.stage(label, f"starting {n} engines", step=4, total=total)
+                engines.start_engines(ep, cfg.remote_root, n, ctx.connection_files[1])
+            ship_recorded_data(ctx, [inst])
+            ctx.reporter.stage(label, f"ready ({inst.instance_id}, {ep.host})", step=total, total=total)
+            self._done(label, None)
+        except BaseException as err:  # noqa: BLE001 - reported per node
+            if controller:
+                self.controller_error = err
+                self.controller_ready.set()
+            ctx.reporter.stage(label, f"[red]failed[/]: {err}", step=total, total=total)
+            self._done(label, err)
+
+    def _done(self, label: str, err: BaseException | None) -> None:
+        with self._lock:
+            self.results[label] = err
+
+    def run(self, nodes: list[InstanceInfo]) -> dict[str, BaseException | None]:
+        """Run every node's pipeline in a daemon thread, so Ctrl-C stops `up` at once."""
+        master = self.ctx.config and next((n for n in nodes if n.role == MASTER), None)
+        if master is None and not self.controller_ready.is_set():
+            # Workers joining an existing controller (addnode, or a re-run of up).
+            self.controller_ready.set()
+        threads = [
+            threading.Thread(target=self.node, args=(n, n.role == MASTER), daemon=True, name=n.instance_id)
+            for n in nodes
+        ]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.2)
+        return dict(self.results)
+
+
+def _fail_nodes(ctx: Context, info: ClusterInfo, results: dict[str, BaseException | None]) -> list[str]:
+    """Terminate failed workers, never half-configured ones left billing."""
+    failed = [label for label, err in results.items() if err is not None]
+    doomed = []
+    for label in failed:
+        inst = info.find(label)
+        if inst is not None and inst.role == WORKER:
+            ctx.reporter.warn(f"{label} ({inst.instance_id}, {inst.private_ip}) failed: {results[label]}; terminating it")
+            doomed.append(inst.instance_id)
+    if doomed:
+        ec2.terminate_instances(ctx.region, doomed, wait=False)
+    return failed
+
+
+@dataclass
+class UpResult:
+    """What `up` did, for the CLI to print and tests to check."""
+
+    cluster: ClusterInfo
+    engines: int
+    hourly_cost: float | None
+    failed: list[str]
+    client_file: Path
+
+
+def up(config: ClusterConfig, reporter: Reporter | None = None, *, replace_failed: bool = False) -> UpResult:
+    """Bring the cluster to the configured size with engines running (idempotent)."""
+    ctx = prepare(config, reporter)
+    _remember(ctx)
+    pipeline = _Pipeline(ctx, replace_failed)
+    pipeline.start_wheelhouse()
+    sg = ec2.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
+    ec2.ensure_key_pair(ctx.region, ctx.name, ctx.config.pair_name, ctx.public_key)
+    info = reconcile(ctx, sg, config.cluster_size - 1)
+    results = pipeline.run(info.nodes)
+    failed = _settle(ctx, pipeline, info, results)
+    return _finish(ctx, failed)
+
+
+def _settle(ctx: Context, pipeline: _Pipeline, info: ClusterInfo, results: dict[str, BaseException | None]) -> list[str]:
+    master = info.master
+    if master is not None and results.get(master.name or master.instance_id) is not None:
+        err = results[master.name or master.instance_id]
+        raise ProvisionError(
+            f"master {master.instance_id} ({master.private_ip}) failed: {err}. "
+            f"Run `provision up` again to retry, or `provision down {ctx.name}` to remove everything."
+        )
+    failed = _fail_nodes(ctx, info, results)
+    if failed and pipeline.replace_failed:
+        ctx.reporter.note(f"replacing {len(failed)} failed node(s)")
+        sg = info.security_group_id or ec2.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
+        new_ids = _launch(ctx, WORKER, len(failed), sg, spot=ctx.config.spot_bid is not None, bid=ctx.config.spot_bid)
+        fresh = ec2.describe_cluster(ctx.region, ctx.name)
+        again = pipeline.run([i for i in fresh.alive if i.instance_id in new_ids])
+        failed = _fail_nodes(ctx, fresh, {k: v for k, v in again.items() if k in {i.name or i.instance_id for i in fresh.alive if i.instance_id in new_ids}})
+    return failed
+
+
+def expected_engines(ctx: Context, info: ClusterInfo) -> int:
+    return sum(ctx.engines_on(i) for i in info.nodes)
+
+
+def hourly_cost(ctx: Context, info: ClusterInfo) -> float | None:
+    """Current spot price for spot nodes, the bid as an upper bound when unknown."""
+    try:
+        prices = {p.zone: p.current for p in ec2.spot_price_history(ctx.region, ctx.config.instance_type, days=0.1)}
+    except ec2.CloudError:
+        prices = {}
+    total = 0.0
+    for inst in info.nodes:
+        if inst.lifecycle == "spot":
+            total += prices.get(inst.zone, ctx.config.spot_bid or 0.0)
+        elif ctx.type_info.on_demand_price is not None:
+            total += ctx.type_info.on_demand_price
+        else:
+            return None
+    return total
+
+
+def _finish(ctx: Context, failed: list[str]) -> UpResult:
+    from provision.client import connect_client
+
+    info = ec2.describe_cluster(ctx.region, ctx.name)
+    want = expected_engines(ctx, info)
+    client_file = ctx.connection_files[0]
+    if want:
+        master = info.master
+        assert master is not None
+        rc = connect_client(client_file, ctx.endpoint(master), n_engines=want, timeout=ctx.config.ssh_timeout)
+        n = len(rc.ids)
+        rc.close()
+    else:
+        n = 0
+    state.update(ctx.name, expected_engines=want)
+    return UpResult(cluster=info, engines=n, hourly_cost=hourly_cost(ctx, info), failed=failed, client_file=client_file)
+
+
+def context_for(name: str, config: ClusterConfig | None = None, reporter: Reporter | None = None) -> Context:
+    """Context of an existing cluster: cached settings first, then the config file."""
+    from provision.config import ClusterConfig as Model
+
+    record = state.load(name)
+    if config is None:
+        if "config" not in record:
+            raise BadInput(f"no local record of cluster {name!r}: pass --config/--template for it")
+        config = Model.model_validate(record["config"])
+    return prepare(config, reporter)
+
+
+def addnode(name: str, count: int, *, bid: float | None = None, config: ClusterConfig | None = None,
+            reporter: Reporter | None = None) -> UpResult:
+    """Launch `count` workers whose engines join the running controller."""
+    if count < 1:
+        raise BadInput(f"-n: must be at least 1 (got {count})")
+    ctx = context_for(name, config, reporter)
+    if bid is not None:
+        if bid <= 0:
+            raise BadInput(f"--spot-bid: must be a positive number (got {bid})")
+        ctx.config = ctx.config.model_copy(update={"spot_bid": bid})
+    info = ec2.describe_cluster(ctx.region, name)
+    if info.master is None:
+        raise ProvisionError(f"cluster {name!r} has no running master: run `provision up` first")
+    if not ctx.connection_files[1].exists():
+        engines.fetch_connection_files(ctx.endpoint(info.master), ctx.config.remote_root, state.cluster_dir(name))
+    sg = info.security_group_id or ec2.ensure_security_group(ctx.region, name, ssh_cidr=ctx.ssh_cidr)
+    pipeline = _Pipeline(ctx)
+    pipeline.start_wheelhouse()
+    new_ids = _launch(ctx, WORKER, count, sg, spot=ctx.config.spot_bid is not None, bid=ctx.config.spot_bid)
+    fresh = ec2.describe_cluster(ctx.region, name)
+    new = [i for i in fresh.alive if i.instance_id in new_ids]
+    failed = _fail_nodes(ctx, fresh, pipeline.run(new))
+    return _finish(ctx, failed)
+
+
+def removenode(name: str, node: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None) -> InstanceInfo:
+    """Stop a worker's engines (their tasks are retried elsewhere), then terminate it."""
+    ctx = context_for(name, config, reporter)
+    info = ec2.describe_cluster(ctx.region, name)
+    inst = info.find(node)
+    if inst is None:
+        raise BadInput(f"NODE: no node {node!r} in cluster {name!r} (have: {', '.join(i.name for i in info.nodes)})")
+    if inst.role == MASTER:
+        raise BadInput(f"NODE: {node} is the master; use `provision down {name}` to remove the cluster")
+    try:
+        engines.stop_engines(ctx.endpoint(inst), ctx.config.remote_root)
+    except Exception as err:  # noqa: BLE001 - the node is going anyway
+        ctx.reporter.warn(f"could not stop engines on {node} cleanly: {err}")
+    ec2.terminate_instances(ctx.region, [inst.instance_id], wait=True, timeout=ctx.config.launch_timeout)
+    state.update(name, expected_engines=max(0, state.load(name).get("expected_engines", 0) - ctx.engines_on(inst)))
+    return inst
+
+
+def restart_engines(name: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None) -> int:
+    ctx = context_for(name, config, reporter)
+    info = ec2.describe_cluster(ctx.region, name)
+    group = remote.on_hosts(
+        lambda ep: engines.restart_engines(ep, ctx.config.remote_root, ctx.engines_on(info.find(ep.name)), ctx.connection_files[1]),
+        [ctx.endpoint(i) for i in info.nodes if ctx.engines_on(i)],
+    )
+    group.raise_for_failures()
+    return sum(group.succeeded.values())
+
+
+def down(name: str, *, region: Region | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Remove everything tagged with the cluster, then the local record (idempotent)."""
+    reporter = reporter or Reporter()
+    if region is None:
+        record = state.load(name)
+        region_name = record.get("config", {}).get("region", "sim")
+        try:
+            region = resolve_region(region_name)
+        except Exception as err:  # noqa: BLE001 - e.g. simulated region stopped
+            raise ProvisionError(f"cannot reach region {region_name!r}: {err}") from err
+    removed = ec2.terminate_cluster(region, name, on_step=lambda text: reporter.note(text))
+    left = ec2.leftovers(region, name)
+    if any(left.values()):
+        raise ProvisionError(f"resources of {name} still exist after down: {left}")
+    state.forget(name)
+    return removed
+
+
+def connect(name: str, *, timeout: float = 120, n_engines: int | None = None) -> Any:
+    """A ready `ipyparallel.Client` for a running cluster, through an SSH tunnel."""
+    from provision.client import connect_client
+
+    ctx = context_for(name)
+    info = ec2.describe_cluster(ctx.region, name)
+    if info.master is None:
+        raise ProvisionError(f"cluster {name!r} has no running master")
+    client_file = ctx.connection_files[0]
+    if not client_file.exists():
+        engines.fetch_connection_files(ctx.endpoint(info.master), ctx.config.remote_root, state.cluster_dir(name))
+    want = n_engines if n_engines is not None else expected_engines(ctx, info)
+    return connect_client(client_file, ctx.endpoint(info.master), n_engines=want, timeout=timeout)
+
+
+def ship_recorded_data(ctx: Context, nodes: list[InstanceInfo]) -> None:
+    """Give new nodes the datasets already put on the cluster (addnode)."""
+    from provision import data
+
+    for entry in state.load(ctx.name).get("datasets", {}).values():
+        data.ship(ctx, nodes, Path(entry["local_dir"]), entry["digest"])

@@ -1,0 +1,77 @@
+"""Local state: a cache of what the cloud already knows, plus secrets.
+
+The cloud's tags are the source of truth; what lives here (the region and
+settings used at `up`, the controller's connection files, known host keys)
+either can be rebuilt from tags or is re-fetched from the master. Writes are
+atomic (temp file + rename) so a Ctrl-C never leaves a torn file, and files are
+0600 in 0700 directories because connection files hold CurveZMQ secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+
+def root() -> Path:
+    return Path(os.environ.get("PROVISION_STATE_DIR") or platformdirs.user_state_dir("provision"))
+
+
+def cluster_dir(name: str, create: bool = True) -> Path:
+    d = root() / "clusters" / name
+    if create:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(d, 0o700)
+    return d
+
+
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> Path:
+    """Write `data` so readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(name: str) -> dict[str, Any]:
+    """The cached record of a cluster ({} when there is none)."""
+    path = cluster_dir(name, create=False) / "cluster.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save(name: str, record: dict[str, Any]) -> None:
+    write_atomic(cluster_dir(name) / "cluster.json", json.dumps(record, indent=2, sort_keys=True))
+
+
+def update(name: str, **fields: Any) -> dict[str, Any]:
+    record = load(name)
+    record.update(fields)
+    save(name, record)
+    return record
+
+
+def known_clusters() -> list[str]:
+    d = root() / "clusters"
+    return sorted(p.name for p in d.iterdir() if (p / "cluster.json").exists()) if d.exists() else []
+
+
+def forget(name: str) -> None:
+    shutil.rmtree(cluster_dir(name, create=False), ignore_errors=True)

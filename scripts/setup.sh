@@ -1,0 +1,28 @@
+# Sourced by demo.sh and test.sh: install what a fresh Debian machine lacks.
+# Idempotent and quiet when everything is already there.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+need_apt=()
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]} (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.provision-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "installing provision and its dependencies into .venv (pip)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -U pip 2>/dev/null || true
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+  touch "$stamp"
+fi
+export PATH="$PWD/.venv/bin:$PATH"
