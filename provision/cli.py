@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 from provision import lifecycle, state
@@ -27,7 +29,7 @@ from provision.config import ClusterConfig, load_config, write_starter
 from provision.errors import BadInput, ProvisionError
 from provision.progress import RichReporter
 
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 # Errors that mean "your input is wrong" (exit 2) or "it failed" (exit 1),
@@ -108,6 +110,10 @@ def main() -> None:
 
     On AWS, set `region:` in the cluster file (`provision init` writes one).
     """
+    logger = logging.getLogger("provision")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=err, show_time=False, show_path=False, markup=False))
+    logger.setLevel(logging.DEBUG if os.environ.get("PROVISION_DEBUG") else logging.WARNING)
 
 
 @main.command()

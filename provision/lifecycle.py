@@ -146,11 +146,9 @@ def _remember(ctx: Context) -> None:
 def _launch(ctx: Context, role: str, count: int, sg: str, *, spot: bool, bid: float | None) -> list[str]:
     if count <= 0:
         return []
+    # No zone: ec2.launch tries every zone offering the type, cheapest spot price
+    # first, and moves on when one has no capacity. It also warns on an underbid.
     zone = ctx.config.zone
-    if zone is None and ctx.region.subnet_id is None:
-        zone = ec2.cheapest_zone(ctx.region, ctx.config.instance_type)
-    if spot and bid is not None:
-        _warn_if_underbid(ctx, bid, zone)
     req = LaunchRequest(
         cluster=ctx.name,
         role=role,
@@ -166,20 +164,6 @@ def _launch(ctx: Context, role: str, count: int, sg: str, *, spot: bool, bid: fl
         subnet_id=ctx.region.subnet_id,
     )
     return ec2.launch(ctx.region, req)
-
-
-def _warn_if_underbid(ctx: Context, bid: float, zone: str | None) -> None:
-    try:
-        prices = ec2.spot_price_history(ctx.region, ctx.config.instance_type, days=0.1)
-    except ec2.CloudError:
-        return
-    for p in prices:
-        if (zone is None or p.zone == zone) and bid < p.current:
-            ctx.reporter.warn(
-                f"bid ${bid:.4f}/h is below the current spot price ${p.current:.4f}/h in {p.zone}: "
-                "the request may not be fulfilled"
-            )
-            return
 
 
 def reconcile(ctx: Context, sg: str, workers_wanted: int) -> ClusterInfo:

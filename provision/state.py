@@ -61,10 +61,10 @@ def save(name: str, record: dict[str, Any]) -> None:
     write_atomic(cluster_dir(name) / "cluster.json", json.dumps(record, indent=2, sort_keys=True))
 
 
-def update(name: str, **fields: Any) -> dict[str, Any]:
-    record = load(name)
+def update(cluster: str, **fields: Any) -> dict[str, Any]:
+    record = load(cluster)
     record.update(fields)
-    save(name, record)
+    save(cluster, record)
     return record
 
 

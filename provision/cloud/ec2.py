@@ -5,13 +5,15 @@ no provider object and no cache, because the cloud's tags are the source of
 truth (`provision:cluster`, `provision:role`). Every wait is bounded, every
 `ensure_*` is idempotent, and teardown can run on a half-built cluster.
 
-Errors the user can act on are raised as `CloudError` with a one-line message;
-anything else from botocore propagates unchanged.
+Every public function raises `CloudError` with a one-line message, including
+for API failures (no credentials, access denied, throttled past retries): the
+CLI prints it as is, and the botocore error stays chained for debugging.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import logging
 import math
@@ -22,11 +24,11 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError, WaiterError
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from provision.cloud import pricing
 from provision.cloud.common import (
@@ -67,10 +69,27 @@ _NODE_NAME = re.compile(r"^node(\d+)$")
 _C_FAMILY = re.compile(r"^c\d+[a-z]*$")
 
 Progress = Callable[[int, int], None]
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class CloudError(Exception):
     """A failure the user can act on, with a one-line message."""
+
+
+def _api(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn botocore failures escaping a public function into a one-line CloudError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as e:
+            raise CloudError(f"EC2 {e.operation_name} failed: {_message(e)} ({_code(e)})") from e
+        except BotoCoreError as e:
+            raise CloudError(f"EC2 call failed: {e}") from e
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -150,6 +169,7 @@ def _waiter_config(timeout: float, delay: float | None = None) -> dict[str, Any]
 # --- instance types, prices, images ------------------------------------------
 
 
+@_api
 def describe_instance_type(region: Region, instance_type: str) -> InstanceTypeInfo:
     """Size a node, refusing non-compute-optimized types: model selection is
     CPU-bound, so m/r/t families pay for memory or burst credits it does not use."""
@@ -176,6 +196,7 @@ def describe_instance_type(region: Region, instance_type: str) -> InstanceTypeIn
     )
 
 
+@_api
 def spot_price_history(
     region: Region,
     instance_type: str,
@@ -205,9 +226,12 @@ def spot_price_history(
     return pricing.summarize(records, start=start, now=now)
 
 
-def cheapest_zone(region: Region, instance_type: str) -> str:
-    """The zone with the lowest current spot price (ties: lower average)."""
-    prices = spot_price_history(region, instance_type, days=1.0)
+@_api
+def cheapest_zone(
+    region: Region, instance_type: str, *, days: float = 1.0, now: dt.datetime | None = None
+) -> str:
+    """The zone with the lowest current spot price (ties: lower average over `days`)."""
+    prices = spot_price_history(region, instance_type, days=days, now=now)
     if not prices:
         raise CloudError(f"no spot price history for {instance_type} in {region.name}")
     return prices[0].zone
@@ -227,6 +251,7 @@ def _describe_image(region: Region, image_id: str) -> dict[str, Any]:
     return images[0]
 
 
+@_api
 def resolve_image(region: Region, image_id: str | None, arch: str = "x86_64") -> str:
     """The configured image, checked, or else today's Ubuntu 24.04 LTS.
 
@@ -315,6 +340,7 @@ def _permission(rule: tuple[Any, ...]) -> dict[str, Any]:
     return perm
 
 
+@_api
 def ensure_security_group(
     region: Region, cluster: str, *, ssh_cidr: str, vpc_id: str | None = None
 ) -> str:
@@ -368,6 +394,7 @@ def _key_body(public_key: str) -> tuple[str, ...]:
     return tuple(public_key.split()[:2])
 
 
+@_api
 def ensure_key_pair(region: Region, cluster: str, key_name: str, public_key: str) -> bool:
     """Import the user's public key under `key_name` unless already there.
 
@@ -392,6 +419,8 @@ def ensure_key_pair(region: Region, cluster: str, key_name: str, public_key: str
             ],
         )
         return True
+    # Compare key material, not fingerprints: EC2 fingerprints imported RSA keys
+    # (MD5 of DER), ed25519 keys (SHA-256) and created keys differently.
     if pair.get("PublicKey") and _key_body(pair["PublicKey"]) != _key_body(public_key):
         raise CloudError(
             f"key pair {key_name} in {region.name} holds a different key "
@@ -421,10 +450,8 @@ def _names(ec2: Any, req: LaunchRequest) -> list[str]:
     )
     if req.role == MASTER:
         masters = sorted(i["InstanceId"] for i in live if _tag_dict(i).get(ROLE_TAG) == MASTER)
-        if masters or req.count != 1:
-            raise CloudError(
-                f"cluster {req.cluster} needs exactly one master (has {', '.join(masters) or 'none'}, asked for {req.count})"
-            )
+        if masters:
+            raise CloudError(f"cluster {req.cluster} already has a master ({', '.join(masters)})")
         return [MASTER]
     used = {int(m.group(1)) for i in live if (m := _NODE_NAME.match(_tag_dict(i).get("Name", "")))}
     free = (n for n in range(1, req.count + len(used) + 1) if n not in used)
@@ -526,6 +553,7 @@ def _run(ec2: Any, params: dict[str, Any], attempts: int = 4) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+@_api
 def launch(region: Region, req: LaunchRequest, *, zones: list[str] | None = None) -> list[str]:
     """Launch `req.count` instances of one role in one call; returns sorted ids.
 
@@ -539,15 +567,15 @@ def launch(region: Region, req: LaunchRequest, *, zones: list[str] | None = None
     per instance, on the instance and whatever volume and spot request the
     response already names.
     """
-    if req.count < 1 or req.role not in (MASTER, WORKER):
-        raise ValueError(f"need count >= 1 and role master|worker, got {req.count} {req.role!r}")
+    if req.count < 1 or req.role not in (MASTER, WORKER) or (req.role == MASTER and req.count != 1):
+        raise ValueError(f"need one master or >= 1 workers, got {req.count} x {req.role!r}")
     ec2 = ec2_client(region)
     names = _names(ec2, req)
     prices: dict[str, ZonePrice] = {}
     if req.spot:
         try:
             prices = {p.zone: p for p in spot_price_history(region, req.instance_type, days=0)}
-        except ClientError as e:  # prices only order zones and warn; never block a launch
+        except CloudError as e:  # prices only order zones and warn; never block a launch
             log.debug("no spot prices: %s", e)
     root = _describe_image(region, req.image_id).get("RootDeviceName") or "/dev/sda1"
     fast = ec2_client(region, fail_fast=True)
@@ -588,6 +616,7 @@ def launch(region: Region, req: LaunchRequest, *, zones: list[str] | None = None
 # --- wait, describe, terminate ------------------------------------------------
 
 
+@_api
 def wait_running(
     region: Region,
     instance_ids: list[str],
@@ -621,7 +650,7 @@ def wait_running(
                     for i, s in sorted(states.items())
                     if s != "running" and s != "pending"
                 ]
-                raise CloudError(f"instances stopped before running: {', '.join(dead)}") from e
+                raise CloudError(f"instances ended before running: {', '.join(dead)}") from e
             if on_progress:
                 on_progress(sum(s == "running" for s in states.values()), len(ids))
             if time.monotonic() + delay > deadline:
@@ -655,35 +684,32 @@ def _info(inst: dict[str, Any]) -> InstanceInfo:
     )
 
 
+@_api
 def describe_cluster(region: Region, cluster: str) -> ClusterInfo:
     """Rebuild a cluster from tags alone (terminated instances included;
     `ClusterInfo.alive` filters), master first, then by name."""
     ec2 = ec2_client(region)
+    raw = _instances(ec2, [_by_tag(CLUSTER_TAG, cluster)])
     instances = sorted(
-        (_info(i) for i in _instances(ec2, [_by_tag(CLUSTER_TAG, cluster)])),
-        key=lambda i: (i.role != MASTER, i.name or "~", i.instance_id),
+        map(_info, raw), key=lambda i: (i.role != MASTER, i.name or "~", i.instance_id)
     )
     groups = ec2.describe_security_groups(Filters=[_by_tag(CLUSTER_TAG, cluster)])["SecurityGroups"]
-    keys = ec2.describe_key_pairs(Filters=[_by_tag(CLUSTER_TAG, cluster)])["KeyPairs"]
-    key_name = keys[0]["KeyName"] if keys else None
-    if key_name is None:  # the user's own key pair, not tagged by us: take it from the nodes
-        key_name = next(
-            (
-                i["KeyName"]
-                for i in _instances(ec2, [_by_tag(CLUSTER_TAG, cluster)])
-                if i.get("KeyName")
-            ),
-            None,
-        )
+    keys = [
+        k["KeyName"]
+        for k in ec2.describe_key_pairs(Filters=[_by_tag(CLUSTER_TAG, cluster)])["KeyPairs"]
+    ]
+    # The user's own key pair carries no tag of ours: then the nodes name it.
+    keys += [i["KeyName"] for i in raw if i.get("KeyName")]
     return ClusterInfo(
         name=cluster,
         region=region,
         instances=instances,
         security_group_id=groups[0]["GroupId"] if groups else None,
-        key_name=key_name,
+        key_name=keys[0] if keys else None,
     )
 
 
+@_api
 def list_clusters(region: Region) -> list[str]:
     """Clusters with a live instance or a leftover security group, sorted."""
     ec2 = ec2_client(region)
@@ -693,6 +719,7 @@ def list_clusters(region: Region) -> list[str]:
     return sorted({_tag_dict(r)[CLUSTER_TAG] for r in [*live, *groups]})
 
 
+@_api
 def terminate_instances(
     region: Region, instance_ids: list[str], *, wait: bool = True, timeout: float = 600
 ) -> None:
@@ -741,50 +768,64 @@ def _delete_group(ec2: Any, group_id: str, *, timeout: float, delay: float = 5.0
         time.sleep(delay)
 
 
+@_api
 def terminate_cluster(
     region: Region,
     cluster: str,
     *,
     timeout: float = 600,
-    on_step: Callable[[str, list[str]], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
     """Remove everything of `cluster`, dependants first; safe to repeat.
 
     Order: instances (waited for, so their ENIs release the group), open spot
     requests (else EC2 could relaunch), detached volumes, the security group,
-    key pairs this tool imported. The user's own key pairs are kept.
-    `on_step(kind, ids)` is called after each kind; returns the count per kind.
+    key pairs this tool imported (the user's own are kept). `on_step(text)`
+    hears one line per kind that has something to remove. Returns the count
+    removed per kind: instances, spot_requests, volumes, security_groups,
+    key_pairs.
     """
+    step = on_step or (lambda text: None)
     ec2 = ec2_client(region)
     left = leftovers(region, cluster)
     removed: dict[str, list[str]] = {}
 
-    terminate_instances(region, left["instances"], timeout=timeout)
-    removed["instances"] = left["instances"]
-    if left["spot_requests"]:
-        ec2.cancel_spot_instance_requests(SpotInstanceRequestIds=left["spot_requests"])
-    removed["spot_requests"] = left["spot_requests"]
+    if ids := left["instances"]:
+        step(f"terminating {len(ids)} instance(s): {', '.join(ids)}")
+        terminate_instances(region, ids, timeout=timeout)
+    removed["instances"] = ids
+    if ids := left["spot_requests"]:
+        step(f"cancelling spot request(s) {', '.join(ids)}")
+        ec2.cancel_spot_instance_requests(SpotInstanceRequestIds=ids)
+    removed["spot_requests"] = ids
     # Root volumes go with their instance; what remains was detached or kept.
     vols = ec2.describe_volumes(
         Filters=[_by_tag(CLUSTER_TAG, cluster), {"Name": "status", "Values": ["available"]}]
     )["Volumes"]
-    removed["volumes"] = sorted(v["VolumeId"] for v in vols)
-    for vol in removed["volumes"]:
-        ec2.delete_volume(VolumeId=vol)
-    groups = ec2.describe_security_groups(Filters=_ours(cluster))["SecurityGroups"]
-    removed["security_groups"] = sorted(
-        g["GroupId"] for g in groups if _delete_group(ec2, g["GroupId"], timeout=min(timeout, 300))
+    if ids := sorted(v["VolumeId"] for v in vols):
+        step(f"deleting volume(s) {', '.join(ids)}")
+        for vol in ids:
+            ec2.delete_volume(VolumeId=vol)
+    removed["volumes"] = ids
+    groups = sorted(
+        g["GroupId"] for g in ec2.describe_security_groups(Filters=_ours(cluster))["SecurityGroups"]
     )
-    keys = ec2.describe_key_pairs(Filters=_ours(cluster))["KeyPairs"]
-    removed["key_pairs"] = sorted(k["KeyName"] for k in keys)
-    for key in removed["key_pairs"]:
-        ec2.delete_key_pair(KeyName=key)
-    for kind, ids in removed.items():
-        if on_step:
-            on_step(kind, ids)
+    if groups:
+        step(f"deleting security group(s) {', '.join(groups)}")
+    removed["security_groups"] = [
+        g for g in groups if _delete_group(ec2, g, timeout=min(timeout, 300))
+    ]
+    if ids := sorted(
+        k["KeyName"] for k in ec2.describe_key_pairs(Filters=_ours(cluster))["KeyPairs"]
+    ):
+        step(f"deleting key pair(s) {', '.join(ids)}")
+        for key in ids:
+            ec2.delete_key_pair(KeyName=key)
+    removed["key_pairs"] = ids
     return {kind: len(ids) for kind, ids in removed.items()}
 
 
+@_api
 def leftovers(region: Region, cluster: str) -> dict[str, list[str]]:
     """Everything tagged with `cluster` that still exists or could still bill."""
     ec2 = ec2_client(region)

@@ -12,7 +12,6 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from statistics import fmean
 from typing import Any
 
 
@@ -60,8 +59,8 @@ def _time_weighted_mean(
 
     A plain mean would overweight bursts of short-lived changes. EC2 reports the
     price in effect at `start` with its older timestamp, so spans are clipped to
-    the window. A window of zero length (a "current price" query) falls back to
-    the plain mean.
+    the window. A window of zero length (a "current price" query) gives the
+    price in effect at that instant.
     """
     total = weighted = 0.0
     ends = [t for t, _ in samples[1:]] + [now]
@@ -70,4 +69,4 @@ def _time_weighted_mean(
         if span > 0:
             total += span
             weighted += span * price
-    return weighted / total if total > 0 else fmean(p for _, p in samples)
+    return weighted / total if total > 0 else samples[-1][1]

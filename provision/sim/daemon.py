@@ -52,7 +52,6 @@ UBUNTU_PARAMS = {
     for arch in ("amd64", "arm64")
 }
 _MOTO_ARCH = {"amd64": "x86_64", "arm64": "arm64"}
-WORLD_CHECK_EVERY = 5.0  # seconds between checks that a moto reset did not wipe the world
 
 
 # --- the world: VPC, subnet, Ubuntu images ------------------------------------------
@@ -108,23 +107,32 @@ def _seed_ubuntu_images() -> dict[str, str]:
     return images
 
 
-def _world_intact(ec2: Any, ssm: Any, st: SimState) -> bool:
-    """Whether subnet, images and parameters are all still there (a reset wipes them)."""
+def _world_intact(st: SimState) -> bool:
+    """Whether subnet, images and parameters are all still there (a moto reset wipes them).
+
+    Asked of the in-process backends, not over HTTP, so it is cheap enough for every poll.
+    """
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.exceptions import InvalidSubnetIdError
+    from moto.ec2.models import ec2_backends
+    from moto.ssm.models import ssm_backends
+
+    ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][REGION_NAME]
+    ssm = ssm_backends[DEFAULT_ACCOUNT_ID][REGION_NAME]
     try:
-        ec2.describe_subnets(SubnetIds=[st.subnet_id])
-        ec2.describe_images(ImageIds=list(st.images.values()))
-        ssm.get_parameters(Names=list(UBUNTU_PARAMS.values()))["Parameters"][1]
-    except (ClientError, IndexError):
+        ec2.get_subnet(st.subnet_id)
+    except InvalidSubnetIdError:
         return False
-    return True
+    return all(a in ec2.amis for a in st.images.values()) and all(
+        p in ssm._parameters for p in UBUNTU_PARAMS.values()
+    )
 
 
 def ensure_world(endpoint: str, boot_delay: float, current: SimState | None) -> SimState:
-    """Make sure VPC, subnet, images and bridge exist; (re)write the state if anything changed."""
-    ec2, ssm = client("ec2", endpoint), client("ssm", endpoint)
-    hosts.ensure_bridge(f"{GATEWAY}/{PREFIXLEN}")
-    if current is not None and _world_intact(ec2, ssm, current):
+    """Make sure VPC, subnet and images exist; (re)write the state if anything changed."""
+    if current is not None and _world_intact(current):
         return current
+    ec2 = client("ec2", endpoint)
     tags = [{"Key": SIM_TAG, "Value": "true"}, {"Key": "Name", "Value": "provision-sim"}]
     vpc = ec2.create_vpc(
         CidrBlock=VPC_CIDR, TagSpecifications=[{"ResourceType": "vpc", "Tags": tags}]
@@ -222,8 +230,8 @@ class Watcher:
 def _become_subreaper() -> None:
     """Adopt orphans of SSH sessions (nohup'd jobs) so they are reaped here.
 
-    Otherwise they go to PID 1, which on some machines (containers, microVMs)
-    never reaps, and a killed job lingers as a zombie.
+    Otherwise they go to PID 1, which in containers and microVMs may reap late
+    or never (here: ~1.5 s), and a killed job lingers as a zombie meanwhile.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -256,15 +264,14 @@ def run(boot_delay: float, poll: float) -> None:
     server.start()
     try:
         endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
+        hosts.ensure_bridge(f"{GATEWAY}/{PREFIXLEN}")
         st = ensure_world(endpoint, boot_delay, None)
         watcher = Watcher(endpoint, st.subnet_id, boot_delay)
         log.info("serving on %s (pid %d, boot delay %.2fs)", endpoint, os.getpid(), boot_delay)
-        checked = time.monotonic()
         while not stop.is_set():
             try:
-                if time.monotonic() - checked > WORLD_CHECK_EVERY:
-                    st = ensure_world(endpoint, boot_delay, st)
-                    watcher.subnet_id, checked = st.subnet_id, time.monotonic()
+                st = ensure_world(endpoint, boot_delay, st)
+                watcher.subnet_id = st.subnet_id
                 watcher.step()
             except Exception:  # keep watching: one bad poll must not kill the region
                 log.exception("watcher step failed")

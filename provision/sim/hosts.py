@@ -205,7 +205,7 @@ def stop_host(name: str, timeout: float = 5.0) -> None:
         pid = int(pidfile.read_text())
         # Only if it is still ours: after a crash the PID may belong to someone else.
         try:
-            if str(host_dir(name)).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if f"{host_dir(name)}/sshd_config".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                 pids.add(pid)
         except OSError:
             pass

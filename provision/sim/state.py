@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ LOCK_FILE = STATE_ROOT / "lock"
 
 
 def client(service: str, endpoint: str) -> Any:
-    """A boto3 client for the sim endpoint: fails fast and never goes through a proxy."""
+    """A boto3 client for the sim endpoint, failing fast: the server is local or it is down."""
     import boto3  # lazy: `import provision.sim` stays cheap for the CLI
     from botocore.config import Config
 
@@ -42,7 +42,7 @@ def client(service: str, endpoint: str) -> Any:
         region_name=REGION_NAME,
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET_KEY,
-        config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2}, proxies={}),
+        config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2}),
     )
 
 
@@ -88,7 +88,8 @@ def read_state() -> SimState | None:
     """The stored state, or None if there is none (or it is unreadable)."""
     try:
         d = json.loads(STATE_FILE.read_text())
-        return SimState(**d)
+        known = {f.name for f in fields(SimState)}  # tolerate a file from another version
+        return SimState(**{k: v for k, v in d.items() if k in known})
     except (OSError, ValueError, TypeError):
         return None
 

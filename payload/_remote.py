@@ -1,0 +1,187 @@
+"""Client-side plumbing shared by the search and the learning curves.
+
+Engines only need numpy/scipy/scikit-learn/joblib/cloudpickle/ipyparallel. Task
+functions live in ``payload._engine`` and travel by value: this module registers
+``_engine`` with ``cloudpickle.register_pickle_by_value`` and pickles the task
+function (with the estimator and scorer bound in) *once* per search into a blob.
+Every task then sends the same small blob plus its own arguments; the split data
+never goes over the wire, only its path. Failed tasks are retried from here (see
+``TaskSender``).
+
+The function ipyparallel itself sees is ``_run_task``, marked ``interactive`` so
+that it is shipped as code whatever serializer the client uses (ipyparallel's
+default pickle canning or ``use_cloudpickle()``), and it unpickles the blob once
+per engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+import ipyparallel as ipp
+from ipyparallel.error import TaskAborted
+from sklearn.exceptions import FitFailedWarning
+
+from . import _engine
+
+cloudpickle.register_pickle_by_value(_engine)
+
+# How many distinct task functions an engine keeps unpickled.
+_MAX_CACHED_FUNCTIONS = 16
+
+
+def _run_task_impl(
+    digest: str,
+    blob: bytes,
+    args: bytes,
+    state_name: str = _engine.STATE_MODULE,
+    max_cached: int = _MAX_CACHED_FUNCTIONS,
+) -> Any:
+    """Engine side: unpickle the task function once per engine, then call it.
+
+    It runs with the engine's namespace as globals (``interactive``), so it
+    refers to nothing from this module; its constants come in as defaults.
+    """
+    import pickle
+    import sys
+
+    state = sys.modules.get(state_name)
+    func = state.functions.get(digest) if state is not None else None
+    if func is None:
+        engine_state, func = pickle.loads(blob)
+        state = engine_state()
+        while len(state.functions) >= max_cached:
+            state.functions.pop(next(iter(state.functions)))
+        state.functions[digest] = func
+    return func(*pickle.loads(args))
+
+
+_run_task = ipp.interactive(_run_task_impl)
+
+
+def load_balanced_view(view_or_client: Any) -> ipp.LoadBalancedView:
+    """Accept a Client, a DirectView or a LoadBalancedView; return a load-balanced view."""
+    if isinstance(view_or_client, ipp.LoadBalancedView):
+        return view_or_client
+    if isinstance(view_or_client, ipp.Client):
+        return view_or_client.load_balanced_view()
+    if isinstance(view_or_client, ipp.DirectView):
+        targets = view_or_client.targets
+        targets = None if targets in (None, "all") else targets
+        return view_or_client.client.load_balanced_view(targets)
+    raise TypeError(f"expected an ipyparallel Client or view, got {type(view_or_client).__name__}")
+
+
+class TaskSender:
+    """Submit calls of one engine-side function on a load-balanced view.
+
+    Retries are done here, by resubmitting, rather than with the view's
+    ``retries`` flag: ipyparallel 9.2's scheduler treats an *aborted* task as a
+    failure, retries it on the other engines (which abort it again) and then
+    leaves it queued forever, so ``abort()`` could never finish. Resubmitting
+    from the client keeps abort clean and still moves a failed task off the
+    engine that failed it, as the scheduler's retry would.
+    """
+
+    def __init__(self, view: ipp.LoadBalancedView, func: Callable) -> None:
+        self.view = view
+        self.blob = cloudpickle.dumps((_engine.engine_state, func))
+        self.digest = hashlib.sha256(self.blob).hexdigest()[:24]
+
+    def submit(self, *args: Any, avoid: int | None = None) -> ipp.AsyncResult:
+        """Submit one call; only ``args`` (paths, indices, params) differ per task.
+
+        ``avoid`` is an engine id to keep the task away from (a retry), unless
+        it is the only engine left.
+        """
+        payload = cloudpickle.dumps(args)
+        targets = self.view.targets
+        if avoid is not None:
+            ids = self.view.client.ids if targets is None else list(targets)
+            others = [i for i in ids if i != avoid]
+            targets = others or targets
+        with self.view.temp_flags(retries=0, targets=targets, block=False):
+            return self.view.apply_async(_run_task, self.digest, self.blob, payload)
+
+
+def engine_of(ar: ipp.AsyncResult) -> int | None:
+    """Engine id a finished task ran (or died) on, if ipyparallel recorded it."""
+    try:
+        return ar["engine_id"]
+    except Exception:
+        return None
+
+
+def gather(
+    sender: TaskSender, calls: dict[Any, tuple], retries: int, timeout: float | None = None
+) -> dict[Any, Any]:
+    """Run ``calls`` (key -> args) and block for all; failures come back as exceptions.
+
+    A task that raised is resubmitted away from its engine up to ``retries``
+    times; aborted tasks are not retried.
+    """
+    pending = {key: (sender.submit(*args), 0) for key, args in calls.items()}
+    results: dict[Any, Any] = {}
+    while pending:
+        key, (ar, attempt) = next(iter(pending.items()))
+        del pending[key]
+        try:
+            results[key] = ar.get(timeout)
+        except TaskAborted as exc:
+            results[key] = exc
+        except TimeoutError:
+            raise
+        except Exception as exc:
+            if attempt < retries:
+                pending[key] = (sender.submit(*calls[key], avoid=engine_of(ar)), attempt + 1)
+            else:
+                results[key] = exc
+    return {key: results[key] for key in calls}
+
+
+def remote_error_text(exc: BaseException) -> str:
+    """Traceback text of a task that raised on the engine (or never ran)."""
+    render = getattr(exc, "render_traceback", None)
+    if render is not None:
+        try:
+            return "\n".join(render())
+        except Exception:  # pragma: no cover - best effort formatting
+            pass
+    return f"{type(exc).__name__}: {exc}"
+
+
+def judge_fit_failures(fit_errors: list[str], n_fits: int, error_score: Any) -> None:
+    """Raise if every fit failed, warn if some did (sklearn's wording and grouping).
+
+    Mirrors ``sklearn.model_selection._validation._warn_or_raise_about_fit_failures``
+    so users see the message they know from GridSearchCV.
+    """
+    if not fit_errors:
+        return
+    delimiter = "-" * 80 + "\n"
+    summary = "\n".join(
+        f"{delimiter}{count} fits failed with the following error:\n{error}"
+        for error, count in Counter(fit_errors).items()
+    )
+    if len(fit_errors) == n_fits:
+        raise ValueError(
+            f"\nAll the {n_fits} fits failed.\n"
+            "It is very likely that your model is misconfigured.\n"
+            "You can try to debug the error by setting error_score='raise'.\n\n"
+            f"Below are more details about the failures:\n{summary}"
+        )
+    warnings.warn(
+        f"\n{len(fit_errors)} fits failed out of a total of {n_fits}.\n"
+        "The score on these train-test partitions for these parameters"
+        f" will be set to {error_score}.\n"
+        "If these failures are not expected, you can try to debug them "
+        "by setting error_score='raise'.\n\n"
+        f"Below are more details about the failures:\n{summary}",
+        FitFailedWarning,
+        stacklevel=3,
+    )

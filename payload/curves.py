@@ -1,0 +1,128 @@
+"""Learning curves on the cluster, over the same persisted splits as the search.
+
+One task per (train size, split): the engine takes the first ``k`` rows of the
+split's training set, exactly what ``sklearn.model_selection.learning_curve``
+does with ``shuffle=False`` on a fixed CV (``train[:k]``), so the numbers match.
+Largest sizes are submitted first, they are the slowest fits.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import check_scoring
+
+from . import _engine
+from ._remote import TaskSender, gather, judge_fit_failures, load_balanced_view, remote_error_text
+
+
+def train_sizes_absolute(train_sizes: Any, n_max: int) -> np.ndarray:
+    """Fractions (floats in (0, 1]) or counts -> unique absolute sizes, as sklearn."""
+    sizes = np.asarray(train_sizes)
+    n_ticks = sizes.shape[0]
+    low, high = np.min(sizes), np.max(sizes)
+    if np.issubdtype(sizes.dtype, np.floating):
+        if low <= 0.0 or high > 1.0:
+            raise ValueError(f"train_sizes as fractions must be within (0, 1], got [{low}, {high}]")
+        sizes = np.clip((sizes * n_max).astype(int), 1, n_max)
+    elif low <= 0 or high > n_max:
+        raise ValueError(f"train_sizes as counts must be within (0, {n_max}], got [{low}, {high}]")
+    sizes = np.unique(sizes)
+    if n_ticks > sizes.shape[0]:
+        warnings.warn(
+            f"Removed duplicate entries from 'train_sizes': {sizes.shape[0]} ticks instead "
+            f"of {n_ticks}.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return sizes
+
+
+def learning_curve_distributed(
+    view_or_client: Any,
+    estimator: Any,
+    split_paths: Iterable[str | os.PathLike],
+    train_sizes: Any = np.linspace(0.1, 1.0, 5),  # noqa: B008 - immutable in practice, as sklearn
+    scoring: str | Callable | None = None,
+    *,
+    retries: int = 2,
+    error_score: float = np.nan,
+    timeout: float | None = None,
+) -> dict:
+    """Train and validation scores per training-set size and split.
+
+    The largest size is read from split 0 on an engine (the client may not
+    hold the files). Returns ``train_sizes_abs`` (n_sizes,), ``train_scores``
+    and ``test_scores`` (n_sizes, n_splits), and ``fit_times``; failed fits
+    score ``error_score`` and are judged like the search's (warn or raise).
+    """
+    view = load_balanced_view(view_or_client)
+    paths = [str(p) for p in split_paths]
+    if not paths:
+        raise ValueError("split_paths is empty")
+    sizes_task = gather(TaskSender(view, _engine.split_sizes), {0: (paths[0],)}, retries, timeout)
+    if isinstance(sizes_task[0], BaseException):
+        raise sizes_task[0]
+    sizes = train_sizes_absolute(train_sizes, sizes_task[0][0])
+
+    scorer = check_scoring(estimator, scoring)
+    sender = TaskSender(view, partial(_engine.evaluate, estimator, scorer, True, error_score))
+    calls = {
+        (i, s): (i, s, path, {}, int(sizes[i]))
+        for i in reversed(range(len(sizes)))
+        for s, path in enumerate(paths)
+    }
+    shape = (len(sizes), len(paths))
+    train_scores, test_scores = np.full(shape, np.nan), np.full(shape, np.nan)
+    fit_times = np.zeros(shape)
+    errors = []
+    for (i, s), result in gather(sender, calls, retries, timeout).items():
+        if isinstance(result, BaseException):
+            errors.append("Task failed on the cluster:\n" + remote_error_text(result))
+            train_scores[i, s] = test_scores[i, s] = error_score
+            continue
+        if result["fit_error"]:
+            errors.append(result["fit_error"])
+        train_scores[i, s] = result["train_score"]
+        test_scores[i, s] = result["test_score"]
+        fit_times[i, s] = result["fit_time"]
+    judge_fit_failures(errors, len(calls), error_score)
+    return {
+        "train_sizes_abs": sizes,
+        "train_scores": train_scores,
+        "test_scores": test_scores,
+        "fit_times": fit_times,
+    }
+
+
+def plot_learning_curve(result: dict, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Mean train and validation score against training-set size, +/- one std."""
+    from matplotlib.figure import Figure
+
+    from .report import save_png
+
+    sizes = result["train_sizes_abs"]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    for key, label, color in (
+        ("train_scores", "train", "tab:orange"),
+        ("test_scores", "validation", "tab:blue"),
+    ):
+        scores = np.asarray(result[key], dtype=float)
+        mean, std = scores.mean(axis=1), scores.std(axis=1)
+        ax.fill_between(sizes, mean - std, mean + std, color=color, alpha=0.2)
+        ax.plot(sizes, mean, "o-", color=color, label=label)
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("score")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="best")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return save_png(fig, path)

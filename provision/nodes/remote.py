@@ -1,0 +1,390 @@
+"""SSH to nodes: lazy Fabric connections, waiting for SSH, per-host results.
+
+Modelled on Fabric's own contract (``fabric/group.py``): running something on
+many hosts never raises half-way. It returns a `GroupResult` mapping each node
+to its value *or* its exception, so the orchestrator can keep the nodes that
+worked and roll back or retry only the others.
+
+Connections are lazy, as in Fabric: `connection()` does not touch the network;
+the first `run`/`put` opens it and `close()` (or ``with``) ends it. Host keys
+are trusted on first use and recorded in a per-cluster known_hosts file, never
+in ``~/.ssh/known_hosts``: EC2 reuses private addresses across clusters, so a
+global file would either fill with stale keys or reject a fresh instance, while
+a per-cluster file still catches a key that changes under a running cluster.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import socket
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import fabric
+import invoke
+import paramiko
+from paramiko.ssh_exception import NoValidConnectionsError
+
+T = TypeVar("T")
+
+# Errors that mean "the SSH link dropped or is not up yet", worth one more try.
+# Authentication failures are included for waiting only: on EC2, cloud-init
+# installs the key a few seconds after sshd starts answering.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    NoValidConnectionsError,
+    paramiko.SSHException,
+    EOFError,
+    ConnectionError,
+    TimeoutError,
+    socket.timeout,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one node over SSH."""
+
+    name: str  # node name or instance id, used in every message
+    host: str  # address the client connects to
+    user: str
+    key_path: Path
+    known_hosts: Path | None = None  # per-cluster TOFU file; None = trust, record nothing
+    port: int = 22
+
+
+class NodeError(Exception):
+    """One line naming the node, host, command, exit code and stderr tail."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str = "",
+        host: str = "",
+        command: str = "",
+        exit_code: int | None = None,
+        stderr: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.node, self.host, self.command = node, host, command
+        self.exit_code, self.stderr = exit_code, stderr
+
+    @classmethod
+    def from_command(
+        cls, ep: Endpoint, command: str, exit_code: int | None, stderr: str, what: str = ""
+    ) -> NodeError:
+        tail = _tail(stderr)
+        shown = _short(command)
+        status = what or f"exited {exit_code}"
+        return cls(
+            f"{ep.name} ({ep.host}): `{shown}` {status}" + (f": {tail}" if tail else ""),
+            node=ep.name, host=ep.host, command=command, exit_code=exit_code, stderr=stderr,
+        )
+
+
+def _short(command: str, width: int = 80) -> str:
+    first = command.strip().splitlines()[0] if command.strip() else command
+    return first if len(first) <= width else first[: width - 3] + "..."
+
+
+def _tail(text: str, lines: int = 3, width: int = 400) -> str:
+    kept = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
+    return kept[-width:]
+
+
+class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
+    """Record an unknown host's key in the cluster file; refuse a changed one.
+
+    Paramiko only consults the policy for hosts missing from the keys loaded when
+    the connection was made, and other threads may have recorded the host since:
+    re-read the file under a lock before deciding, and append (never rewrite) so
+    concurrent connections cannot drop each other's entries.
+    """
+
+    _lock = threading.Lock()
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        with self._lock:
+            known = paramiko.HostKeys()
+            if self.path.exists():
+                known.load(str(self.path))
+            entry = known.lookup(hostname)
+            if entry:
+                ours = entry.get(key.get_name()) or next(iter(entry.values()))
+                if ours != key:
+                    raise paramiko.BadHostKeyException(hostname, key, ours)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                with os.fdopen(fd, "a") as f:
+                    f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def forget_host(known_hosts: Path, host: str, port: int = 22) -> None:
+    """Drop a host from the cluster file, e.g. when its instance is terminated.
+
+    EC2 hands the same private address to a later instance with a new key.
+    """
+    if not known_hosts.exists():
+        return
+    name = host if port == 22 else f"[{host}]:{port}"
+    with _TrustOnFirstUse._lock:
+        keys = paramiko.HostKeys(str(known_hosts))
+        if name in keys:
+            del keys[name]
+            keys.save(str(known_hosts))
+
+
+def connection(ep: Endpoint, connect_timeout: float = 10) -> fabric.Connection:
+    """A lazy Fabric connection: key auth only, host keys per cluster.
+
+    The config is built lazily (no ``~/.ssh/config``, no Fabric/Invoke yaml) so
+    what reaches the node depends on the `Endpoint` alone, not on the user's
+    dotfiles; agent and ``~/.ssh/id_*`` keys are off for the same reason.
+    """
+    conn = fabric.Connection(
+        ep.host,
+        user=ep.user,
+        port=ep.port,
+        config=fabric.Config(lazy=True),
+        connect_timeout=max(1, round(connect_timeout)),
+        connect_kwargs={
+            "key_filename": str(ep.key_path),
+            "look_for_keys": False,
+            "allow_agent": False,
+            "banner_timeout": max(connect_timeout, 15),
+            "auth_timeout": max(connect_timeout, 15),
+        },
+        inline_ssh_env=True,
+    )
+    if ep.known_hosts is not None:
+        if ep.known_hosts.exists():
+            conn.client.get_host_keys().load(str(ep.known_hosts))
+        conn.client.set_missing_host_key_policy(_TrustOnFirstUse(ep.known_hosts))
+    conn.endpoint = ep  # type: ignore[attr-defined]  # for messages when given a connection
+    return conn
+
+
+def _endpoint_of(conn: fabric.Connection) -> Endpoint:
+    ep = getattr(conn, "endpoint", None)
+    if ep is None:
+        ep = Endpoint(name=conn.host, host=conn.host, user=conn.user, key_path=Path(), port=conn.port)
+    return ep
+
+
+class Borrowed:
+    """Use a given connection as is, or open one for an Endpoint and close it after."""
+
+    def __init__(self, target: Endpoint | fabric.Connection) -> None:
+        self.owned = isinstance(target, Endpoint)
+        self.conn = connection(target) if isinstance(target, Endpoint) else target
+        self.ep = target if isinstance(target, Endpoint) else _endpoint_of(target)
+
+    def __enter__(self) -> Borrowed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owned:
+            self.conn.close()
+
+
+def wait_for_ssh(ep: Endpoint, timeout: float, interval: float = 0.5) -> float:
+    """Wait until the node runs a command over SSH; return the seconds waited.
+
+    A TCP probe first (cheap, and it fails fast while the instance boots), then a
+    real ``true`` over SSH, since sshd accepts TCP before it can authenticate us.
+    Transient failures back off up to 5 s; there is one overall deadline.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    delay = interval
+    last: BaseException | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            with socket.create_connection((ep.host, ep.port), timeout=min(remaining, 5)):
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with connection(ep, connect_timeout=min(remaining, 10)) as conn:
+                conn.run("true", hide=True, in_stream=False, timeout=max(1, round(remaining)))
+            return time.monotonic() - start
+        except paramiko.BadHostKeyException:
+            raise  # not transient: someone else answers at this address
+        except (*TRANSIENT_ERRORS, invoke.CommandTimedOut) as e:
+            last = e
+        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 5.0)
+    raise NodeError(
+        f"{ep.name} ({ep.host}) did not answer SSH within {timeout:.0f}s", node=ep.name, host=ep.host
+    ) from last
+
+
+def run(
+    target: Endpoint | fabric.Connection,
+    cmd: str,
+    *,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Run `cmd` on the node and return its stdout; `NodeError` on a nonzero exit.
+
+    Commands run without a pty and with stdin closed, so a remote program that
+    reads input fails instead of hanging the orchestrator.
+    """
+    with Borrowed(target) as b:
+        try:
+            result = b.conn.run(
+                cmd, hide=True, warn=True, in_stream=False, env=env or {},
+                timeout=None if timeout is None else max(1, round(timeout)),
+            )
+        except invoke.CommandTimedOut as e:
+            raise NodeError.from_command(
+                b.ep, cmd, None, e.result.stderr, what=f"timed out after {timeout:.0f}s"
+            ) from None
+        if not result.ok:
+            raise NodeError.from_command(b.ep, cmd, result.exited, result.stderr or result.stdout)
+        return result.stdout
+
+
+def put(target: Endpoint | fabric.Connection, local: Path | str, remote: str, mode: int | None = None) -> None:
+    """Copy one file to the node (SFTP), optionally setting its mode before writing data."""
+    with Borrowed(target) as b:
+        sftp = b.conn.sftp()
+        if mode is None:
+            sftp.put(str(local), remote)
+            return
+        # Create it with the mode first, so a secret is never readable in between.
+        with sftp.open(remote, "w") as f:
+            f.chmod(mode)
+            f.set_pipelined(True)
+            f.write(Path(local).read_bytes())
+
+
+def get(target: Endpoint | fabric.Connection, remote: str, local: Path | str) -> None:
+    """Copy one file from the node (SFTP)."""
+    with Borrowed(target) as b:
+        b.conn.get(remote, str(local))
+
+
+def push_tree(
+    target: Endpoint | fabric.Connection,
+    local_dir: Path,
+    remote_dir: str,
+    *,
+    timeout: float | None = 600,
+) -> None:
+    """Stream `local_dir` to `remote_dir` as one uncompressed tar over one channel.
+
+    Per-file SFTP pays a round trip per request; a single ``tar x`` channel keeps
+    the SSH window full. No compression: wheels are already zip files. The
+    tree lands in a sibling temp dir and is renamed into place, so an
+    interrupted push never looks complete.
+    """
+    tmp = f"{remote_dir}.tmp"
+    q = shlex.quote
+    cmd = f"rm -rf {q(tmp)} && mkdir -p {q(tmp)} && tar -x -f - -C {q(tmp)} && rm -rf {q(remote_dir)} && mv {q(tmp)} {q(remote_dir)}"
+    with Borrowed(target) as b:
+        b.conn.open()
+        # A 16 MiB window instead of 2 MiB keeps long, fat links busy.
+        chan = b.conn.transport.open_session(window_size=1 << 24, timeout=30)
+        chan.settimeout(timeout)
+        chan.exec_command(cmd)
+        try:
+            with tarfile.open(fileobj=_ChannelWriter(chan), mode="w|", bufsize=1 << 16) as tar:
+                for path in sorted(local_dir.iterdir()):
+                    tar.add(str(path), arcname=path.name)
+            chan.shutdown_write()
+        except OSError:
+            pass  # the remote end quit early; its exit code and stderr say why
+        stderr = chan.makefile_stderr("rb").read()
+        code = chan.recv_exit_status()
+        chan.close()
+        if code != 0:
+            raise NodeError.from_command(b.ep, cmd, code, stderr.decode(errors="replace"))
+
+
+class _ChannelWriter(io.RawIOBase):
+    """File-like sink for tarfile that writes into an SSH channel."""
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self.chan = chan
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.chan.sendall(data)
+        return len(data)
+
+
+class GroupResult(dict[str, Any]):
+    """Node name -> return value, or the exception that stopped it (as Fabric's)."""
+
+    @property
+    def succeeded(self) -> dict[str, Any]:
+        return {k: v for k, v in self.items() if not isinstance(v, BaseException)}
+
+    @property
+    def failed(self) -> dict[str, BaseException]:
+        return {k: v for k, v in self.items() if isinstance(v, BaseException)}
+
+    def raise_for_failures(self) -> GroupResult:
+        """Raise `GroupError` carrying the whole map if any node failed; else return self."""
+        if self.failed:
+            raise GroupError(self)
+        return self
+
+
+class GroupError(Exception):
+    """Some nodes failed; `.result` still holds what the others returned."""
+
+    def __init__(self, result: GroupResult) -> None:
+        self.result = result
+        failed = result.failed
+        lines = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        super().__init__(f"{len(failed)} of {len(result)} nodes failed: {lines}")
+
+
+def on_hosts(
+    fn: Callable[[Endpoint], T], endpoints: Iterable[Endpoint], *, max_workers: int | None = None
+) -> GroupResult:
+    """Call ``fn(ep)`` for every endpoint in a thread pool; never raises for one node.
+
+    Exceptions become values, keyed like results by ``ep.name``, which must be
+    unique. `KeyboardInterrupt` and friends still propagate.
+    """
+    eps = list(endpoints)
+    names = [ep.name for ep in eps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"endpoint names must be unique: {names}")
+    result = GroupResult()
+    if not eps:
+        return result
+
+    def call(ep: Endpoint) -> Any:
+        try:
+            return fn(ep)
+        except Exception as e:  # errors are values; the caller judges them together
+            return e
+
+    with ThreadPoolExecutor(max_workers=max_workers or min(32, len(eps)), thread_name_prefix="node") as pool:
+        for ep, value in zip(eps, pool.map(call, eps), strict=True):
+            result[ep.name] = value
+    return result

@@ -1,0 +1,384 @@
+"""Node environments: the client's Python minor and exact package versions, fast.
+
+Engines unpickle what the client pickles (estimators, closures, numpy arrays), so
+a node must run the versions the client runs, not whatever an index resolves
+today. The versions are read from the client's own installation, the wheels are
+downloaded once on the client into a wheelhouse keyed by those versions, pushed
+once per node as one tar stream, and installed with ``uv`` offline: nodes never
+need a route to an index (the simulated hosts have none), and a node takes
+seconds instead of pip's minutes.
+
+Re-running is cheap: the install digest is written last on the node, and a node
+whose digest matches and whose venv starts is skipped after one SSH round trip.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.metadata as md
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import fabric
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from provision.nodes.remote import TRANSIENT_ERRORS, Endpoint, NodeError, connection, push_tree, run
+
+T = TypeVar("T")
+
+# What every node needs, whatever the payload: engines, pickling, the estimators.
+BASE_PACKAGES = (
+    "ipyparallel",
+    "cloudpickle",
+    "scikit-learn",
+    "numpy",
+    "scipy",
+    "joblib",
+    "threadpoolctl",
+    "psutil",
+)
+COMPLETE = ".complete"  # wheelhouse manifest, written last
+UV_GZ = "uv.gz"  # the uv binary, gzipped: 38 MB -> 18 MB of the push
+
+ProgressFn = Callable[[int, int, str], None]  # (done, total, what)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What a node's environment must be; `digest` names it on the node and in the cache."""
+
+    python_minor: str  # "3.11"
+    requirements: tuple[str, ...]  # "name==version", sorted, transitive closure
+    remote_root: str = "/srv/provision"
+    # Wheel platform tag such as "manylinux_2_28_x86_64"; None = this client's own
+    # platform, right when the client runs the nodes' OS and architecture.
+    platform: str | None = None
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps(
+            [self.python_minor, sorted(self.requirements), self.remote_root, self.platform]
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def venv(self) -> str:
+        return f"{self.remote_root}/venv"
+
+
+@dataclass(frozen=True)
+class SetupResult:
+    name: str
+    skipped: bool  # the node already had this exact environment
+    seconds: float
+
+
+def _marker_env(python_minor: str, platform: str | None) -> dict[str, str]:
+    """Environment markers as seen on the nodes, not necessarily on this client."""
+    env = dict(default_environment())
+    env.update(python_version=python_minor, extra="")
+    if platform is not None and "linux" in platform:
+        machine = platform.split("_", 3)[-1] if platform.startswith("manylinux_") else platform.rsplit("_", 1)[-1]
+        machine = {"x86_64": "x86_64", "aarch64": "aarch64"}.get(machine, machine)
+        env.update(
+            sys_platform="linux", platform_system="Linux", os_name="posix",
+            platform_machine=machine, implementation_name="cpython",
+            platform_python_implementation="CPython", python_full_version=f"{python_minor}.0",
+        )
+    return env
+
+
+def _pinned_closure(roots: Iterable[str], marker_env: dict[str, str]) -> tuple[str, ...]:
+    """Pin `roots` and everything they need to the versions installed on this client."""
+    pins: dict[str, str] = {}
+    stack: list[Requirement] = [Requirement(r) for r in roots]
+    while stack:
+        req = stack.pop()
+        key = canonicalize_name(req.name)
+        if key in pins:
+            continue
+        try:
+            dist = md.distribution(req.name)
+        except md.PackageNotFoundError:
+            raise ValueError(
+                f"{req.name} is needed on the nodes but not installed on this client: "
+                f"`pip install {req.name}` here, so the nodes can get the same version"
+            ) from None
+        if req.specifier and not req.specifier.contains(dist.version, prereleases=True):
+            raise ValueError(
+                f"{req} is asked for, but this client has {req.name} {dist.version}: "
+                "the nodes run the client's versions, so upgrade it here first"
+            )
+        pins[key] = f"{dist.metadata['Name']}=={dist.version}"
+        for spec in dist.requires or []:
+            dep = Requirement(spec)
+            if dep.marker is None or dep.marker.evaluate(marker_env):
+                stack.append(dep)
+    return tuple(sorted(pins.values(), key=str.lower))
+
+
+def client_env_spec(
+    extra_packages: Iterable[str] = (),
+    remote_root: str = "/srv/provision",
+    platform: str | None = None,
+) -> EnvSpec:
+    """The environment nodes need: this client's Python minor and package versions.
+
+    `extra_packages` are requirement strings (e.g. from the cluster file's
+    ``packages``); each must already be installed here, since its version is
+    taken from this client.
+    """
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    reqs = _pinned_closure([*BASE_PACKAGES, *extra_packages], _marker_env(minor, platform))
+    return EnvSpec(python_minor=minor, requirements=reqs, remote_root=remote_root, platform=platform)
+
+
+def default_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("provision")) / "wheelhouse"
+
+
+def _platform_tags(platform: str) -> list[str]:
+    """pip takes platform tags literally: spell out the older manylinux tags a node also runs."""
+    if not platform.startswith("manylinux_2_"):
+        return [platform]
+    _, _, minor, arch = platform.split("_", 3)
+    tags = [f"manylinux_2_{m}_{arch}" for m in range(int(minor), 4, -1)]
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+    return tags + [f"{name}_{arch}" for m, name in legacy.items() if int(minor) >= m]
+
+
+def _pip(spec: EnvSpec, command: str, dest: Path, reqs: list[str]) -> list[str]:
+    args = [sys.executable, "-m", "pip", command, "--no-deps", "--disable-pip-version-check",
+            "--progress-bar", "off", "-d" if command == "download" else "-w", str(dest)]
+    if command == "download":
+        args.append("--only-binary=:all:")
+    if spec.platform is not None:
+        args += [f"--platform={t}" for t in _platform_tags(spec.platform)]
+        nodot = spec.python_minor.replace(".", "")
+        args += ["--python-version", spec.python_minor, "--implementation", "cp", "--abi", f"cp{nodot}"]
+    return args + reqs
+
+
+def _have(dest: Path) -> set[str]:
+    names = set()
+    for p in dest.glob("*.whl"):
+        names.add(canonicalize_name(parse_wheel_filename(p.name)[0]))
+    return names
+
+
+def _missing(dest: Path, reqs: Iterable[str]) -> list[str]:
+    have = _have(dest)
+    return [r for r in reqs if canonicalize_name(Requirement(r).name) not in have]
+
+
+def build_wheelhouse(
+    spec: EnvSpec, cache_dir: Path | None = None, on_progress: ProgressFn | None = None
+) -> Path:
+    """Download every pinned wheel once, on the client, into ``cache_dir/<digest>/``.
+
+    Reused as is when its manifest is complete. One ``pip download`` for all
+    requirements (one resolver start, parallel-free but cache-friendly); only a
+    requirement without a binary wheel falls back to ``pip wheel`` (which can
+    build for this client's platform only). The uv binary goes next to the wheels.
+    """
+    root = cache_dir or default_cache_dir()
+    dest = root / spec.digest
+    if _is_complete(dest):
+        return dest
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{spec.digest}.", dir=root))
+    try:
+        reqs = list(spec.requirements)
+        _stream_pip(_pip(spec, "download", tmp, reqs), len(reqs), on_progress)
+        for req in _missing(tmp, reqs):  # one at a time, so one sdist-only package is found
+            _stream_pip(_pip(spec, "download", tmp, [req]), len(reqs), None, check=False)
+        for req in _missing(tmp, reqs):
+            if spec.platform is not None:
+                raise RuntimeError(f"no {spec.platform} wheel for {req}, and it cannot be built here")
+            _stream_pip(_pip(spec, "wheel", tmp, [req]), len(reqs), None)
+        still = _missing(tmp, reqs)
+        if still:
+            raise RuntimeError(f"wheelhouse incomplete, no wheel for: {', '.join(still)}")
+        _add_uv(spec, tmp)
+        files = sorted(p.name for p in tmp.iterdir())
+        (tmp / COMPLETE).write_text(json.dumps({"digest": spec.digest, "files": files}))
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _is_complete(dest: Path) -> bool:
+    try:
+        files = json.loads((dest / COMPLETE).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all((dest / f).exists() for f in files)
+
+
+def _stream_pip(args: list[str], total: int, on_progress: ProgressFn | None, check: bool = True) -> None:
+    """Run pip, reporting each saved file, and keep its output for the error."""
+    out: list[str] = []
+    done = 0
+    env = {**os.environ, "PIP_NO_INPUT": "1"}
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if line.startswith(("Saved ", "File was already downloaded ")):
+                done += 1
+                if on_progress:
+                    on_progress(done, total, Path(line.split()[-1]).name)
+    if check and proc.returncode != 0:
+        tail = "".join(out[-15:]).strip()
+        raise RuntimeError(f"`{' '.join(args[:4])} ...` exited {proc.returncode}:\n{tail}")
+
+
+def _add_uv(spec: EnvSpec, dest: Path) -> None:
+    """Put a gzipped uv binary for the nodes' platform into the wheelhouse.
+
+    Wheels are zip files already; the uv binary is not, and it is a third of
+    the bytes every node receives.
+    """
+    if spec.platform is None:
+        import uv
+
+        data = Path(uv.find_uv_bin()).read_bytes()
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            version = md.version("uv")
+            args = _pip(spec, "download", Path(tmp), [f"uv=={version}"])
+            args = [a for a in args if not a.startswith(("--python-version", "--abi", "cp3"))]
+            args = [a for a in args if a not in ("--implementation", "cp", spec.python_minor)]
+            _stream_pip(args, 1, None)
+            (wheel,) = Path(tmp).glob("uv-*.whl")
+            with zipfile.ZipFile(wheel) as z:
+                member = next(n for n in z.namelist() if n.endswith("/scripts/uv"))
+                data = z.read(member)
+    (dest / UV_GZ).write_bytes(gzip.compress(data, compresslevel=1))
+
+
+def python_minor(ep: Endpoint | fabric.Connection) -> str:
+    """The node's ``python3`` as "3.11"."""
+    return run(ep, "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'").strip()
+
+
+class _Session:
+    """One connection per node, reopened once when the SSH link drops mid-stage.
+
+    Every stage is idempotent (temp dirs renamed into place, ``uv venv --clear``,
+    digest written last), so running one again after a drop is safe.
+    """
+
+    def __init__(self, ep: Endpoint) -> None:
+        self.ep = ep
+        self.conn = connection(ep)
+
+    def stage(self, what: str, fn: Callable[[fabric.Connection], T]) -> T:
+        for attempt in (1, 2):
+            try:
+                return fn(self.conn)
+            except NodeError:
+                raise
+            except TRANSIENT_ERRORS as e:
+                self.conn.close()
+                self.conn = connection(self.ep)
+                if attempt == 2:
+                    raise NodeError(
+                        f"{self.ep.name} ({self.ep.host}): SSH failed twice during {what}: {e!r}",
+                        node=self.ep.name, host=self.ep.host,
+                    ) from e
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _probe_script(spec: EnvSpec) -> str:
+    root = shlex.quote(spec.remote_root)
+    return "\n".join([
+        # One interpreter start (pyenv shims cost ~0.3 s each); the real path, not a shim.
+        "python3 -c 'import sys; print(\"minor=%d.%d\" % sys.version_info[:2]); "
+        "print(\"python=\" + sys.executable)' 2>/dev/null",
+        f"printf 'env=%s\\n' \"$(cat {root}/.env-digest 2>/dev/null)\"",
+        f"printf 'wheels=%s\\n' \"$(cat {root}/wheels/.digest 2>/dev/null)\"",
+        f"{root}/venv/bin/python -c '' 2>/dev/null && echo venv=ok || echo venv=",
+        "",
+    ])
+
+
+def _parse(out: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def setup_node(ep: Endpoint, spec: EnvSpec, wheelhouse: Path) -> SetupResult:
+    """Give the node a venv at ``{remote_root}/venv`` matching `spec`; skip if it has one.
+
+    Stages: probe (Python minor, digest) -> push wheelhouse + uv (once per
+    wheelhouse) -> ``uv venv`` + ``uv pip install --no-index`` -> digest. The
+    node needs ``python3`` of the client's minor and nothing else: no index, no
+    pip, no python3-venv.
+    """
+    start = time.monotonic()
+    session = _Session(ep)
+    root = shlex.quote(spec.remote_root)
+    try:
+        probe = _parse(session.stage("probe", lambda c: run(c, _probe_script(spec))))
+        remote = probe.get("minor", "")
+        if not remote:
+            raise NodeError(f"{ep.name} ({ep.host}): no python3 on the node", node=ep.name, host=ep.host)
+        if remote != spec.python_minor:
+            raise NodeError(
+                f"{ep.name} ({ep.host}): Python {remote} on the node, {spec.python_minor} on this "
+                f"client: use an image with Python {spec.python_minor} (or set image_id to one "
+                f"that has it)",
+                node=ep.name, host=ep.host,
+            )
+        if probe.get("env") == spec.digest and probe.get("venv") == "ok":
+            return SetupResult(ep.name, skipped=True, seconds=time.monotonic() - start)
+
+        mkroot = (
+            f"mkdir -p {root} 2>/dev/null && test -w {root} || "
+            f"{{ sudo -n mkdir -p {root} && sudo -n chown \"$(id -u):$(id -g)\" {root}; }}"
+        )
+        session.stage("mkdir", lambda c: run(c, mkroot))
+        if probe.get("wheels") != spec.digest:
+            def push(c: fabric.Connection) -> None:
+                push_tree(c, wheelhouse, f"{spec.remote_root}/wheels")
+                run(c, f"gzip -df {root}/wheels/{UV_GZ} && chmod 755 {root}/wheels/uv && "
+                       f"printf %s {spec.digest} > {root}/wheels/.digest")
+            session.stage("wheelhouse push", push)
+
+        wheels = f"{root}/wheels"
+        reqs = " ".join(shlex.quote(r) for r in spec.requirements)
+        install = "\n".join([
+            "set -e",
+            f"rm -f {root}/.env-digest",  # a half-done install must never look complete
+            f"export UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 UV_NO_PROGRESS=1 UV_CACHE_DIR={root}/uv-cache",
+            f"{wheels}/uv venv --quiet --clear --python {shlex.quote(probe['python'])} {root}/venv",
+            f"{wheels}/uv pip install --quiet --no-index --find-links {wheels} "
+            f"--python {root}/venv/bin/python {reqs}",
+            f"printf %s {spec.digest} > {root}/.env-digest.tmp && mv {root}/.env-digest.tmp {root}/.env-digest",
+        ])
+        session.stage("install", lambda c: run(c, install, timeout=900))
+        return SetupResult(ep.name, skipped=False, seconds=time.monotonic() - start)
+    finally:
+        session.close()

@@ -1,0 +1,60 @@
+"""Shared fixtures. The simulated region is brought up once per session: it costs
+seconds (moto's server, the bridge), while each test only launches instances."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from provision.cloud.common import Region
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "run_last: runs after every other test (it stops or restarts the shared region)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move `run_last` tests to the end of the session, keeping their relative order,
+    so no test after them sees a region that was torn down under it."""
+    items.sort(key=lambda item: item.get_closest_marker("run_last") is not None)
+
+
+@pytest.fixture(scope="session")
+def sim_region() -> Iterator[Region]:
+    """The simulated region, up for the whole session; down (and verified empty) at the end."""
+    from provision import sim
+    from provision.sim import hosts
+
+    try:
+        hosts.check_requirements()
+    except hosts.SimError as e:
+        pytest.skip(f"simulated region unavailable: {e}")
+    sim.up(boot_delay=0.2)
+    yield sim.region()
+    sim.down()  # tolerates a region a run_last test already stopped
+
+
+@pytest.fixture
+def sim_key(sim_region: Region, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An ed25519 key pair imported into the region: (key name, private key path)."""
+    from provision import sim
+    from provision.sim.state import client
+
+    path = tmp_path / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sim-test", "-f", str(path)],
+        check=True,
+    )
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    ec2 = client("ec2", sim.region().endpoint_url or "")  # not sim_region: run_last may restart
+    ec2.import_key_pair(KeyName=name, PublicKeyMaterial=path.with_suffix(".pub").read_bytes())
+    yield name, path
+    with contextlib.suppress(Exception):  # the region may be gone already (run_last tests)
+        ec2.delete_key_pair(KeyName=name)

@@ -1,0 +1,297 @@
+"""Node setup, engines and the client, on namespace hosts with their own sshd.
+
+The hosts here are made directly with `provision.sim.hosts` (no EC2 API): three
+nodes at 10.77.0.201-203 on a bridge of their own (10.77.0.193/27, more specific
+than the simulated region's /24), with their own namespace and veth prefixes,
+so a simulated region running at the same time neither reaps nor routes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata as md
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from provision.client import connect_client
+from provision.nodes import engines, remote, setup
+from provision.nodes.remote import Endpoint, GroupError, GroupResult, NodeError
+
+BRIDGE_CIDR = "10.77.0.193/27"
+IPS = ("10.77.0.201", "10.77.0.202", "10.77.0.203")
+DEAD_IP = "10.77.0.209"  # inside the /27, nothing there
+ROOT = "/srv/provision"
+
+
+@dataclass
+class Nodes:
+    endpoints: list[Endpoint]  # master first
+    dead: Endpoint
+    key: Path
+    known_hosts: Path
+
+    @property
+    def master(self) -> Endpoint:
+        return self.endpoints[0]
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
+    from provision.sim import hosts
+
+    try:
+        hosts.check_requirements()
+    except hosts.SimError as e:
+        pytest.skip(f"namespace hosts unavailable: {e}")
+    tmp = tmp_path_factory.mktemp("nodes")
+    key = tmp / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hosts, "BRIDGE", "pntbr0")
+        mp.setattr(hosts, "NETNS_PREFIX", "pnt-")
+        mp.setattr(hosts, "VETH_PREFIX", "pntv")
+        mp.setattr(hosts, "STATE_ROOT", tmp / "sim")
+        try:
+            for ip in IPS:
+                hosts.stop_host(hosts.netns_name(ip))  # leftovers of a killed run
+            hosts.ensure_bridge(BRIDGE_CIDR)
+            pub = key.with_suffix(".pub").read_text()
+            for ip in IPS:
+                hosts.start_host(ip, 27, pub, f"node-{ip.rsplit('.', 1)[1]}", tmp_path_factory and "1g")
+            kh = tmp / "known_hosts"
+            eps = [Endpoint(f"node{i}", ip, "root", key, kh) for i, ip in enumerate(IPS)]
+            dead = Endpoint("ghost", DEAD_IP, "root", key, kh)
+            yield Nodes(eps, dead, key, kh)
+        finally:
+            for ip in IPS:
+                hosts.stop_host(hosts.netns_name(ip))
+            hosts.remove_bridge()
+
+
+@pytest.fixture(scope="module")
+def spec() -> setup.EnvSpec:
+    return setup.client_env_spec(remote_root=ROOT)
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(spec: setup.EnvSpec) -> Path:
+    """Built once per session on the client (the first build ever downloads from PyPI)."""
+    return setup.build_wheelhouse(spec)
+
+
+@pytest.fixture(scope="module")
+def installed(nodes: Nodes, spec: setup.EnvSpec, wheelhouse: Path) -> GroupResult:
+    for ep in nodes.endpoints:
+        remote.wait_for_ssh(ep, 30)
+    return remote.on_hosts(lambda ep: setup.setup_node(ep, spec, wheelhouse), nodes.endpoints)
+
+
+@dataclass
+class Cluster:
+    client_json: Path
+    engine_json: Path
+    local_dir: Path
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    nodes: Nodes, installed: GroupResult, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    installed.raise_for_failures()
+    m = nodes.master
+    engines.start_controller(m, ROOT, m.host)
+    local = tmp_path_factory.mktemp("conn") / "security"
+    client_json, engine_json = engines.fetch_connection_files(m, ROOT, local)
+    remote.on_hosts(
+        lambda ep: engines.start_engines(ep, ROOT, 1, engine_json), nodes.endpoints
+    ).raise_for_failures()
+    yield Cluster(client_json, engine_json, local)
+    remote.on_hosts(lambda ep: engines.stop_engines(ep, ROOT), nodes.endpoints)
+    engines.stop_controller(m, ROOT)
+
+
+# --- without hosts ---------------------------------------------------------------
+
+
+def test_env_spec_pins_the_clients_versions_including_transitive_dependencies() -> None:
+    spec = setup.client_env_spec()
+    pins = dict(r.split("==") for r in spec.requirements)
+    assert pins["scikit-learn"] == md.version("scikit-learn")
+    assert pins["ipyparallel"] == md.version("ipyparallel")
+    assert pins["pyzmq"] == md.version("pyzmq")  # only reached through ipyparallel
+    assert spec.python_minor == "3.11"
+    assert spec.digest == setup.client_env_spec().digest
+    assert spec.digest != setup.client_env_spec(remote_root="/opt/p").digest
+
+
+def test_a_package_missing_on_the_client_is_named() -> None:
+    with pytest.raises(ValueError, match="no-such-pkg-xyz is needed on the nodes but not installed"):
+        setup.client_env_spec(["no-such-pkg-xyz"])
+
+
+def test_group_result_keeps_successes_next_to_failures() -> None:
+    result = remote.on_hosts(
+        lambda ep: 1 / 0 if ep.name == "b" else ep.name,
+        [Endpoint(n, n, "u", Path("k")) for n in "abc"],
+    )
+    assert result.succeeded == {"a": "a", "c": "c"}
+    assert list(result.failed) == ["b"]
+    with pytest.raises(GroupError, match="1 of 3 nodes failed: b: division by zero") as info:
+        result.raise_for_failures()
+    assert info.value.result.succeeded == {"a": "a", "c": "c"}
+
+
+# --- on namespace hosts ----------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_wait_for_ssh_returns_once_a_live_host_answers(nodes: Nodes) -> None:
+    waited = remote.wait_for_ssh(nodes.master, timeout=30)
+    assert 0 <= waited < 30
+    assert nodes.known_hosts.read_text().startswith(f"{nodes.master.host} ssh-ed25519 ")
+
+
+@pytest.mark.e2e
+def test_wait_for_ssh_on_a_dead_address_names_the_node_and_the_timeout(nodes: Nodes) -> None:
+    start = time.monotonic()
+    with pytest.raises(NodeError) as info:
+        remote.wait_for_ssh(nodes.dead, timeout=2)
+    assert str(info.value) == f"ghost ({DEAD_IP}) did not answer SSH within 2s"
+    assert time.monotonic() - start < 4
+
+
+@pytest.mark.e2e
+def test_unreachable_host_does_not_hide_the_others(nodes: Nodes) -> None:
+    def hostname(ep: Endpoint) -> str:
+        remote.wait_for_ssh(ep, timeout=2)
+        return remote.run(ep, "hostname").strip()
+
+    result = remote.on_hosts(hostname, [*nodes.endpoints[:2], nodes.dead])
+    assert result.succeeded == {"node0": "node-201", "node1": "node-202"}
+    assert list(result.failed) == ["ghost"]
+    assert "did not answer SSH within 2s" in str(result.failed["ghost"])
+    with pytest.raises(GroupError) as info:
+        result.raise_for_failures()
+    assert info.value.result is result
+
+
+@pytest.mark.e2e
+def test_a_changed_host_key_is_refused(nodes: Nodes, tmp_path: Path) -> None:
+    forged = tmp_path / "known_hosts"
+    other = paramiko.Ed25519Key.from_private_key_file(str(nodes.key))  # not the host's key
+    forged.write_text(f"{nodes.master.host} ssh-ed25519 {other.get_base64()}\n")
+    ep = dataclasses.replace(nodes.master, known_hosts=forged)
+    with pytest.raises(paramiko.BadHostKeyException):
+        remote.run(ep, "true")
+
+
+@pytest.mark.e2e
+def test_a_failing_command_names_node_exit_code_and_stderr(nodes: Nodes) -> None:
+    with pytest.raises(NodeError) as info:
+        remote.run(nodes.master, "echo oops >&2; exit 3")
+    assert str(info.value) == "node0 (10.77.0.201): `echo oops >&2; exit 3` exited 3: oops"
+    assert info.value.exit_code == 3
+
+
+@pytest.mark.e2e
+def test_setup_installs_the_clients_versions_and_a_second_run_is_skipped(
+    nodes: Nodes, spec: setup.EnvSpec, wheelhouse: Path, installed: GroupResult
+) -> None:
+    installed.raise_for_failures()
+    assert not any(r.skipped for r in installed.values())
+    check = (
+        f"{ROOT}/venv/bin/python -c 'import sklearn, ipyparallel, numpy; "
+        "print(sklearn.__version__, ipyparallel.__version__, numpy.__version__)'"
+    )
+    versions = remote.on_hosts(lambda ep: remote.run(ep, check).split(), nodes.endpoints)
+    expected = [md.version("scikit-learn"), md.version("ipyparallel"), md.version("numpy")]
+    assert versions.raise_for_failures().succeeded == {ep.name: expected for ep in nodes.endpoints}
+
+    again = remote.on_hosts(lambda ep: setup.setup_node(ep, spec, wheelhouse), nodes.endpoints)
+    assert all(r.skipped for r in again.raise_for_failures().values())
+    assert max(r.seconds for r in again.values()) < 5
+
+
+@pytest.mark.e2e
+def test_python_minor_mismatch_says_what_to_use(
+    nodes: Nodes, spec: setup.EnvSpec, wheelhouse: Path
+) -> None:
+    wrong = dataclasses.replace(spec, python_minor="3.99")
+    with pytest.raises(NodeError) as info:
+        setup.setup_node(nodes.master, wrong, wheelhouse)
+    assert str(info.value) == (
+        "node0 (10.77.0.201): Python 3.11 on the node, 3.99 on this client: "
+        "use an image with Python 3.99 (or set image_id to one that has it)"
+    )
+
+
+@pytest.mark.e2e
+def test_connection_files_are_private_and_carry_a_curve_key(cluster: Cluster) -> None:
+    assert cluster.local_dir.stat().st_mode & 0o777 == 0o700
+    for path in (cluster.client_json, cluster.engine_json):
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert len(json.loads(path.read_text())["curve_serverkey"]) == 40  # Z85 of 32 bytes
+
+
+@pytest.mark.e2e
+def test_controller_listens_on_the_private_ip_only(nodes: Nodes, cluster: Cluster) -> None:
+    info = json.loads(cluster.client_json.read_text())
+    assert info["interface"] == f"tcp://{nodes.master.host}"
+    listening = remote.run(nodes.master, "ss -Hltn").split("\n")
+    local = {line.split()[3] for line in listening if line.strip()}
+    assert f"{nodes.master.host}:{info['registration']}" in local
+    assert not any(a.endswith(f":{info['registration']}") and a.startswith(("0.0.0.0", "*", "["))
+                   for a in local)
+
+
+@pytest.mark.e2e
+def test_tunnelled_client_sees_one_engine_per_host(nodes: Nodes, cluster: Cluster) -> None:
+    rc = connect_client(cluster.client_json, nodes.master, n_engines=3, timeout=60)
+    try:
+        names = rc[:].apply_sync(lambda: __import__("socket").gethostname())
+    finally:
+        rc.close()
+    assert sorted(names) == ["node-201", "node-202", "node-203"]
+
+
+@pytest.mark.e2e
+def test_starting_engines_again_starts_none(nodes: Nodes, cluster: Cluster) -> None:
+    counts = remote.on_hosts(
+        lambda ep: engines.start_engines(ep, ROOT, 1, cluster.engine_json), nodes.endpoints
+    )
+    assert counts.raise_for_failures() == {ep.name: 1 for ep in nodes.endpoints}
+    pids = remote.run(nodes.master, "pgrep -f -c 'bin/ipengine' || true").strip()
+    # the process table is shared by all simulated hosts: 3 engines in all
+    assert pids == "3"
+
+
+@pytest.mark.e2e
+def test_too_few_engines_is_a_timeout_naming_how_many_registered(
+    nodes: Nodes, cluster: Cluster
+) -> None:
+    with pytest.raises(TimeoutError, match=r"only 3 of 9 engines registered .* within 3s"):
+        connect_client(cluster.client_json, nodes.master, n_engines=9, timeout=3)
+
+
+@pytest.mark.e2e
+def test_a_vanished_host_loses_its_engine_within_seconds(nodes: Nodes, cluster: Cluster) -> None:
+    from provision.sim import hosts  # patched to this module's prefixes by the `nodes` fixture
+
+    rc = connect_client(cluster.client_json, None, n_engines=3, timeout=60, tunnel=False)
+    try:
+        hosts.stop_host(hosts.netns_name(IPS[2]))
+        start = time.monotonic()
+        while len(rc.ids) > 2 and time.monotonic() - start < 15:
+            time.sleep(0.2)
+        noticed = time.monotonic() - start
+        assert len(rc.ids) == 2
+        assert noticed < 10
+    finally:
+        rc.close()
