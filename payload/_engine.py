@@ -101,7 +101,7 @@ def evaluate(
     text) with ``error_score`` as scores, so one bad candidate does not stop the
     search; the client judges failures once everything is collected. A split
     that cannot be loaded raises instead: that is the host's fault, and raising
-    lets the load-balanced view retry the task elsewhere.
+    lets the client retry the task on another engine.
 
     ``params`` are not echoed back: the client already has them, and objects
     defined in a notebook could not be pickled back by the engine.

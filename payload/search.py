@@ -437,7 +437,8 @@ class DistributedSearch:
                     "A fit failed and error_score='raise'; the remaining tasks were "
                     f"aborted. Traceback from the engine:\n{self._raise_error}"
                 )
-            results = self._cv_results(np.arange(len(self.candidates)), warn=True)
+            # Missing pairs of an aborted search are not failures: no warning then.
+            results = self._cv_results(np.arange(len(self.candidates)), warn=not self.aborted)
             self.cv_results_ = results
             self.best_index_ = int(np.argmin(results["rank_test_score"]))
             self.best_params_ = self.candidates[self.best_index_]

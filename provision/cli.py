@@ -171,6 +171,7 @@ def _region(name: str) -> Any:
 @click.option("--spot-master/--on-demand-master", default=None, help="Master on spot too (default: on-demand).")
 @click.option("--name", help="Cluster name (default: from the cluster file).")
 @click.option("--instance-type", help="A c-family type, e.g. c5.xlarge.")
+@click.option("--region", help="AWS region, or `sim` for the simulated region.")
 @click.option("--engines-per-node", type=int, help="Engines per node (default: vCPUs).")
 @click.option("--replace-failed", is_flag=True, help="Replace workers that fail setup instead of just removing them.")
 @config_options

@@ -15,17 +15,21 @@ Closing the client closes the tunnel.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import select
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import fabric
 import ipyparallel
 import paramiko
+from traitlets.log import get_logger
 
 from provision.nodes.remote import Endpoint, connection
 
@@ -148,6 +152,32 @@ def _tunnelled_info(info: dict[str, Any], tunnel: Tunnel) -> dict[str, Any]:
     return cfg
 
 
+class _DropSigningWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Message signing is disabled" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _curve_replaces_signing(info: dict[str, Any]) -> Iterator[None]:
+    """Silence jupyter_client's "signing is disabled" warning when CurveZMQ is on.
+
+    With curve, ipyparallel leaves the HMAC key empty on purpose: every message
+    is already encrypted and authenticated (its controller log says to ignore
+    the warning), so showing it to users would only teach them to ignore warnings.
+    """
+    if not info.get("curve_serverkey"):
+        yield
+        return
+    log = get_logger()
+    log = getattr(log, "logger", log)  # a LoggerAdapter wraps the logger that filters
+    drop = _DropSigningWarning()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
+
+
 def connect_client(
     client_json: Path,
     master: Endpoint | None,
@@ -166,6 +196,8 @@ def connect_client(
     start = time.monotonic()
     info = json.loads(Path(client_json).read_text())
     remote_host = info["interface"].split("://", 1)[1]
+    if remote_host in ("*", "0.0.0.0", ""):
+        remote_host = info["location"]
     tun: Tunnel | None = None
     if tunnel:
         if master is None:
@@ -173,13 +205,17 @@ def connect_client(
         ports = [info[k] for k in CLIENT_PORTS if isinstance(info.get(k), int)]
         tun = Tunnel(connection(master), remote_host, ports)
         try:
-            rc: ipyparallel.Client = TunneledClient(_tunnelled_info(info, tun), timeout=max(1, timeout))
+            with _curve_replaces_signing(info):
+                rc: ipyparallel.Client = TunneledClient(
+                    _tunnelled_info(info, tun), timeout=max(1, timeout)
+                )
         except BaseException:
             tun.close()
             raise
         rc._provision_tunnel = tun
     else:
-        rc = ipyparallel.Client(str(client_json), timeout=max(1, timeout))
+        with _curve_replaces_signing(info):
+            rc = ipyparallel.Client(str(client_json), timeout=max(1, timeout))
     if n_engines:
         remaining = max(0.0, timeout - (time.monotonic() - start))
         try:

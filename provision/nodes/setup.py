@@ -19,6 +19,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import os
+import platform as _platform
 import shlex
 import shutil
 import subprocess
@@ -87,13 +88,28 @@ class SetupResult:
     seconds: float
 
 
+_ARCHES = ("x86_64", "aarch64", "i686", "ppc64le", "s390x", "armv7l")
+
+
+def platform_for(arch: str) -> str | None:
+    """The `EnvSpec.platform` for nodes of EC2 architecture `arch` ("x86_64", "arm64").
+
+    None when this client is Linux on the same architecture (its own wheels and
+    uv fit the nodes); otherwise a manylinux tag, e.g. for a macOS laptop or for
+    Graviton nodes. glibc 2.28 covers every current EC2 Linux image.
+    """
+    machine = {"arm64": "aarch64", "amd64": "x86_64"}.get(arch, arch)
+    if sys.platform == "linux" and machine == _platform.machine():
+        return None
+    return f"manylinux_2_28_{machine}"
+
+
 def _marker_env(python_minor: str, platform: str | None) -> dict[str, str]:
     """Environment markers as seen on the nodes, not necessarily on this client."""
     env = dict(default_environment())
     env.update(python_version=python_minor, extra="")
     if platform is not None and "linux" in platform:
-        machine = platform.split("_", 3)[-1] if platform.startswith("manylinux_") else platform.rsplit("_", 1)[-1]
-        machine = {"x86_64": "x86_64", "aarch64": "aarch64"}.get(machine, machine)
+        machine = next((a for a in _ARCHES if platform.endswith(a)), platform.rsplit("_", 1)[-1])
         env.update(
             sys_platform="linux", platform_system="Linux", os_name="posix",
             platform_machine=machine, implementation_name="cpython",
