@@ -12,7 +12,7 @@ import numpy as np
 
 from provision import lifecycle, state
 from provision.cli import _config, config_options, err, out
-from provision.errors import BadInput
+from provision.errors import BadInput, ProvisionError
 from provision.progress import RichReporter
 
 
@@ -133,7 +133,11 @@ def _gridsearch(rc: Any, estimator: Any, grid: dict[str, Any], split_paths: list
         search.start()
         done, total = search.progress
         with reporter.wait(f"{type(estimator).__name__}: {total} fits on {len(rc.ids)} engines", total=total) as advance:
-            search.wait(timeout=timeout, progress=lambda d, t: advance(d))
+            finished = search.wait(timeout=timeout, progress=lambda d, t: advance(d))
+    if not finished:
+        search.abort()
+        raise ProvisionError(f"the search did not finish within {timeout:.0f} s (--timeout); "
+                             f"re-run the same command to resume from {target / 'journal.jsonl'}")
     wall = time.perf_counter() - started
     results = search.cv_results_
     out.print(report_text(results, top=top))

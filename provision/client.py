@@ -106,7 +106,8 @@ class Tunnel:
         except (OSError, EOFError, paramiko.SSHException):
             pass
         finally:
-            chan.close()
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                chan.close()  # the transport may already be gone
             sock.close()
             with self._lock:
                 if (sock, chan) in self._pairs:
@@ -122,7 +123,8 @@ class Tunnel:
         with self._lock:
             pairs = list(self._pairs)
         for sock, chan in pairs:
-            chan.close()
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                chan.close()
             sock.close()
         self._thread.join(timeout=2)
         self.conn.close()

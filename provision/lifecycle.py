@@ -169,6 +169,8 @@ def _launch(ctx: Context, role: str, count: int, sg: str, *, spot: bool, bid: fl
 def reconcile(ctx: Context, sg: str, workers_wanted: int) -> ClusterInfo:
     """Launch only what the tags say is missing: one master, `workers_wanted` workers."""
     info = ec2.describe_cluster(ctx.region, ctx.name)
+    if any(not i.name for i in info.alive):  # an earlier launch failed before naming them
+        ec2.name_unnamed(ctx.region, ctx.name)
     cfg = ctx.config
     if info.master is None:
         ctx.reporter.stage("master", "launching", step=0, total=len(STAGES) - 1)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import cloudpickle
 import numpy as np
 import pytest
 
@@ -24,6 +26,12 @@ from provision.sim import hosts
 
 pytestmark = pytest.mark.e2e
 NAME = "e2e"
+# Engines cannot import this test module: send its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
 
 def _hostname() -> str:
@@ -34,7 +42,7 @@ def _slow_square(x: float) -> tuple[float, str]:
     import socket
     import time
 
-    time.sleep(0.2)
+    time.sleep(0.25)
     return x * x, socket.gethostname()
 
 
@@ -45,6 +53,7 @@ def env(sim_region, tmp_path_factory):
     old = os.environ.get("PROVISION_STATE_DIR")
     os.environ["PROVISION_STATE_DIR"] = str(root / "state")
     cfg_file = root / "cluster.yaml"
+    _keygen(root / "key")
     cfg_file.write_text(
         "default: sim\nclusters:\n  sim:\n    region: sim\n    name: e2e\n"
         f"    key_path: {root}/key\n    cluster_size: 3\n    spot_bid: 0.10\n"
@@ -68,7 +77,9 @@ def cluster(env):
 
 
 def _client(n: int | None = None):
-    return lifecycle.connect(NAME, n_engines=n, timeout=120)
+    rc = lifecycle.connect(NAME, n_engines=n, timeout=120)
+    rc[:].use_cloudpickle()  # functions of this module travel by value
+    return rc
 
 
 def test_up_gives_a_client_with_one_engine_on_each_of_three_hosts(cluster):
@@ -129,12 +140,16 @@ def test_addnode_joins_a_running_map_and_gets_the_data(cluster):
     try:
         view = rc.load_balanced_view()
         view.retries = 2
-        pending = view.map_async(_slow_square, range(120))
+        # Long enough (~40 s on 3 engines) that the new node joins mid-map.
+        pending = view.map_async(_slow_square, range(480))
         time.sleep(1.0)
+        started = time.monotonic()
         grown = lifecycle.addnode(NAME, 1)
+        print(f"addnode took {time.monotonic() - started:.1f} s")
         assert grown.engines == 4
+        assert not pending.ready(), "the map ended before the node joined: make it longer"
         results = pending.get(timeout=300)
-        assert [r[0] for r in results] == [x * x for x in range(120)]
+        assert [r[0] for r in results] == [x * x for x in range(480)]
         new = {i.instance_id for i in grown.cluster.workers} - {i.instance_id for i in cluster.cluster.workers}
         (new_node,) = [i for i in grown.cluster.workers if i.instance_id in new]
         new_host = "ip-" + new_node.private_ip.replace(".", "-")
@@ -200,6 +215,7 @@ def test_ctrl_c_during_up_then_down_leaves_nothing(sim_region, tmp_path):
     import signal
 
     cfg = tmp_path / "c.yaml"
+    _keygen(tmp_path / "key")
     cfg.write_text(
         "default: s\nclusters:\n  s:\n    region: sim\n    name: ctrlc\n"
         f"    key_path: {tmp_path}/key\n    cluster_size: 2\n    engines_per_node: 1\n"

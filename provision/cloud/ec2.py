@@ -613,6 +613,38 @@ def launch(region: Region, req: LaunchRequest, *, zones: list[str] | None = None
     )
 
 
+@_api
+def name_unnamed(region: Region, cluster: str) -> dict[str, str]:
+    """Name live nodes that have no Name tag; returns {instance_id: name}.
+
+    `launch` names nodes in a second call after RunInstances, so a failure in
+    between leaves them unnamed; the next `up` calls this to finish the job,
+    with the names `launch` would have given ("master", lowest free nodeNNN).
+    """
+    ec2 = ec2_client(region)
+    live = _instances(
+        ec2, [_by_tag(CLUSTER_TAG, cluster), {"Name": "instance-state-name", "Values": LIVE_STATES}]
+    )
+    used = {int(m.group(1)) for i in live if (m := _NODE_NAME.match(_tag_dict(i).get("Name", "")))}
+    free = (n for n in range(1, len(live) + len(used) + 1) if n not in used)
+    named = {}
+    def launched(inst: dict[str, Any]) -> tuple[Any, ...]:
+        return inst.get("LaunchTime"), inst.get("AmiLaunchIndex", 0), inst["InstanceId"]
+
+    for inst in sorted(live, key=launched):
+        if _tag_dict(inst).get("Name"):
+            continue
+        name = MASTER if _tag_dict(inst).get(ROLE_TAG) == MASTER else f"node{next(free):03d}"
+        extra = [inst.get("SpotInstanceRequestId")] + [
+            m["Ebs"]["VolumeId"] for m in inst.get("BlockDeviceMappings", []) if "Ebs" in m
+        ]
+        ec2.create_tags(
+            Resources=[inst["InstanceId"], *filter(None, extra)], Tags=_tags({"Name": name})
+        )
+        named[inst["InstanceId"]] = name
+    return named
+
+
 # --- wait, describe, terminate ------------------------------------------------
 
 

@@ -1,0 +1,398 @@
+"""`up` under injected EC2 faults, and what it leaves open, against moto.
+
+moto answers the k-th EC2 request of `up`'s cloud phase with an error instead
+of acting on it, as AWS does when it throttles or has no capacity, so botocore
+parses and retries it exactly as it would an answer from AWS: throttling and
+capacity errors on ordinary calls are retried away by the clients' retry
+config, capacity errors on RunInstances move the launch to the next zone, and
+a generic error (UnauthorizedOperation, never retried) must surface as one line
+naming the step. Whatever happened, `down` must then leave nothing tagged with
+the cluster, and a clean `up` must converge to one master and N workers, each
+named once.
+
+`up` runs for real with its per-node pipeline swapped for a stub that stops
+where SSH would start, so these tests follow `up` as it changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import boto3
+import botocore.retries.bucket
+import botocore.retries.standard
+import pytest
+from botocore.awsrequest import AWSResponse
+from click.testing import CliRunner
+from moto import mock_aws
+from moto.core.botocore_stubber import BotocoreStubber
+
+from provision import lifecycle, state
+from provision.cli import main
+from provision.cloud import ec2
+from provision.cloud.common import MASTER, WORKER, Region
+from provision.config import load_config
+from provision.errors import ProvisionError
+
+NAME = "faulty"
+REGION = Region("us-east-1")
+CIDR = "203.0.113.7/32"
+WORKERS = 2
+SECRET = "SECRETVALUE123"
+
+CONFIG = """\
+default: aws
+clusters:
+  aws:
+    region: us-east-1
+    name: {name}
+    instance_type: c5.large
+    image_id: ami-760aaa0f
+    ssh_cidr: {cidr}
+    cluster_size: {size}
+    spot_bid: 0.10
+{key}"""
+
+# The EC2 requests of `up` before SSH, in order, for a cluster of 1 + 2 on
+# spot workers in a fresh region. test_the_cloud_phase_makes_exactly_these_ec2_calls
+# keeps it honest: when `up` changes, update this list.
+SEQUENCE = (
+    # prepare: validate before creating anything
+    "DescribeInstanceTypes",
+    "DescribeImages",
+    # ensure_security_group
+    "DescribeVpcs",
+    "DescribeSecurityGroups",
+    "CreateSecurityGroup",
+    "AuthorizeSecurityGroupIngress",
+    # ensure_key_pair
+    "DescribeKeyPairs",
+    "ImportKeyPair",
+    # reconcile: describe_cluster
+    "DescribeInstances",
+    "DescribeSecurityGroups",
+    "DescribeKeyPairs",
+    # launch the master (on-demand)
+    "DescribeInstances",
+    "DescribeImages",
+    "DescribeInstanceTypeOfferings",
+    "DescribeSubnets",
+    "RunInstances",
+    "CreateTags",
+    # launch the workers (spot)
+    "DescribeInstances",
+    "DescribeSpotPriceHistory",
+    "DescribeImages",
+    "DescribeInstanceTypeOfferings",
+    "DescribeSubnets",
+    "RunInstances",
+    "CreateTags",
+    "CreateTags",
+    # reconcile: describe_cluster again
+    "DescribeInstances",
+    "DescribeSecurityGroups",
+    "DescribeKeyPairs",
+)
+
+# Error code, HTTP status (as EC2 sends them), and whether `up` must survive it.
+KINDS = {
+    "throttling": ("RequestLimitExceeded", 503, True),
+    "capacity": ("InsufficientInstanceCapacity", 500, True),
+    "generic": ("UnauthorizedOperation", 403, False),
+}
+# Calls whose failure `up` may ignore: spot prices only order zones and warn.
+OPTIONAL = {"DescribeSpotPriceHistory"}
+CASES = [
+    pytest.param(kind, k, id=f"{kind}-{k:02d}-{op}")
+    for kind in KINDS
+    for k, op in enumerate(SEQUENCE, start=1)
+]
+
+
+class _Raw:
+    """The body of a fake HTTP response, as botocore reads it."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **kwargs: Any) -> Iterator[bytes]:
+        yield self.body
+
+
+class Faults:
+    """Counts EC2 requests and answers the armed one with an error."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.calls: list[str] = []
+        self.fail_at: int | None = None
+        self.kind = "generic"
+        self.injected: str | None = None
+
+    def arm(self, k: int, kind: str) -> None:
+        self.calls, self.fail_at, self.kind, self.injected = [], k, kind, None
+
+    def disarm(self) -> None:
+        self.fail_at = None
+
+    def answer(self, request: Any, op: str) -> AWSResponse | None:
+        """The error response for this request, or None to let moto act on it."""
+        with self._lock:
+            self.calls.append(op)
+            if len(self.calls) != self.fail_at:
+                return None
+            self.injected = op
+        code, status, _ = KINDS[self.kind]
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+            f"<Code>{code}</Code><Message>injected at call {self.fail_at} ({op})</Message>"
+            f"</Error></Errors><RequestID>fault-{self.fail_at}</RequestID></Response>"
+        )
+        return AWSResponse(request.url, status, {}, _Raw(body.encode()))
+
+
+FAULTS = Faults()
+# boto3 builds a client class afresh for every client (~0.1 s for EC2's ~700
+# operations) and ec2.py asks for one per function; reusing them (same retry
+# configs, made by ec2._client itself) keeps this module's ~120 runs of `up` cheap.
+_CLIENTS: dict[tuple[Any, ...], Any] = {}
+
+
+class StopBeforeSSH(Exception):
+    """Raised where `up` would start SSH to the nodes: the cloud phase is over."""
+
+
+class NoPipeline:
+    """Stands in for lifecycle._Pipeline: no wheelhouse, no SSH."""
+
+    def __init__(self, ctx: Any, replace_failed: bool = False) -> None:
+        pass
+
+    def start_wheelhouse(self) -> None:
+        pass
+
+    def run(self, nodes: Any) -> dict[str, Any]:
+        raise StopBeforeSSH
+
+
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, amis: str, secret: str = "testing") -> None:
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_SSM", "AWS_PROFILE",
+                "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home/.config"))
+    monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("MOTO_AMIS_PATH", amis)
+    monkeypatch.setattr(lifecycle, "_Pipeline", NoPipeline)
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("key") / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, key: Path) -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CONFIG.format(name=NAME, cidr=CIDR, size=1 + WORKERS, key=f"    key_path: {key}\n"))
+    return path
+
+
+@pytest.fixture
+def faults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, moto_default_amis: str) -> Iterator[Faults]:
+    """moto's EC2, answering the armed request with an error; retries do not sleep."""
+    _env(monkeypatch, tmp_path, moto_default_amis)
+    make = ec2._client
+
+    def client(service: str, region: Region, fail_fast: bool) -> Any:
+        key = (service, region.name, region.endpoint_url, fail_fast)
+        if key not in _CLIENTS:
+            _CLIENTS[key] = make(service, region, fail_fast)
+        return _CLIENTS[key]
+
+    moto_answer = BotocoreStubber.__call__
+
+    def answer(self: BotocoreStubber, event_name: str, request: Any, **kwargs: Any) -> Any:
+        # moto's handler on every client's before-send; all handlers run, the
+        # first response wins, so the fault must replace moto's, not precede it.
+        ec2_request = self.enabled and event_name.startswith("before-send.ec2.")
+        if ec2_request and (fault := FAULTS.answer(request, event_name.rsplit(".", 1)[-1])):
+            return fault
+        return moto_answer(self, event_name, request, **kwargs)
+
+    monkeypatch.setattr(ec2, "_client", client)
+    monkeypatch.setattr(BotocoreStubber, "__call__", answer)
+    # Retries happen as configured, only without their waits: botocore's backoff,
+    # adaptive mode's client-side rate limit, and launch's own throttling retry.
+    monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount", lambda self, ctx: 0)
+    monkeypatch.setattr(botocore.retries.bucket.TokenBucket, "acquire", lambda self, *a, **kw: True)
+    monkeypatch.setattr(ec2, "time", SimpleNamespace(sleep=lambda seconds: None, monotonic=time.monotonic))
+    FAULTS.reset()
+    with mock_aws():
+        yield FAULTS
+    FAULTS.reset()
+
+
+def up_until_ssh(cfg: Path) -> Exception | None:
+    """Run `up` until it would SSH to the nodes: None, or the one-line error it raised."""
+    try:
+        lifecycle.up(load_config(cfg))
+    except StopBeforeSSH:
+        return None
+    except (ProvisionError, ec2.CloudError) as err:
+        return err
+    raise AssertionError("up went past its cloud phase")
+
+
+def assert_converged() -> None:
+    """One master and WORKERS workers, each named once, and one group and key pair."""
+    info = ec2.describe_cluster(REGION, NAME)
+    assert sorted(i.role for i in info.alive) == [MASTER] + [WORKER] * WORKERS
+    names = sorted(i.name for i in info.alive)
+    assert names == ["master"] + [f"node{n:03d}" for n in range(1, WORKERS + 1)], names
+    left = ec2.leftovers(REGION, NAME)
+    assert len(left["instances"]) == 1 + WORKERS
+    assert len(left["security_groups"]) == 1 and len(left["key_pairs"]) == 1
+
+
+def assert_one_line_naming_the_step(err: Exception, op: str) -> None:
+    text = str(err)
+    assert "\n" not in text and text.strip(), text
+    assert op in text or (op == "RunInstances" and text.startswith("launching ")), text
+
+
+def down_leaves_nothing() -> None:
+    lifecycle.down(NAME, region=REGION)
+    assert ec2.leftovers(REGION, NAME) == {
+        "instances": [], "spot_requests": [], "volumes": [], "security_groups": [], "key_pairs": []
+    }
+    assert state.load(NAME) == {}
+
+
+def test_the_cloud_phase_makes_exactly_these_ec2_calls(faults, cfg):
+    assert up_until_ssh(cfg) is None
+    assert tuple(faults.calls) == SEQUENCE, "up changed: update SEQUENCE in this module"
+    assert_converged()
+
+
+@pytest.mark.parametrize(("kind", "k"), CASES)
+def test_a_fault_at_any_ec2_call_is_retried_or_one_line_and_down_then_leaves_nothing(faults, cfg, kind, k):
+    op = SEQUENCE[k - 1]
+    faults.arm(k, kind)
+    err = up_until_ssh(cfg)
+    faults.disarm()
+    assert faults.injected == op
+    if KINDS[kind][2] or op in OPTIONAL:
+        assert err is None, f"{kind} at {op} should have been retried away: {err}"
+        assert_converged()
+    else:
+        assert err is not None, f"{kind} at {op} went unnoticed"
+        assert_one_line_naming_the_step(err, op)
+    down_leaves_nothing()
+
+
+@pytest.mark.parametrize("k", range(1, len(SEQUENCE) + 1), ids=[f"{k:02d}-{op}" for k, op in enumerate(SEQUENCE, 1)])
+def test_up_after_a_failed_call_converges_without_duplicates(faults, cfg, k):
+    faults.arm(k, "generic")
+    up_until_ssh(cfg)
+    faults.disarm()
+    assert up_until_ssh(cfg) is None
+    assert_converged()
+
+
+@pytest.mark.parametrize("op", ["CreateSecurityGroup", "ImportKeyPair", "RunInstances"])
+def test_provision_up_exits_1_with_one_line_when_an_ec2_call_fails(faults, cfg, op):
+    faults.arm(SEQUENCE.index(op) + 1, "generic")
+    result = CliRunner().invoke(main, ["up", "--config", str(cfg)], catch_exceptions=False)
+    faults.disarm()
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert "UnauthorizedOperation" in errors[0] or "launching" in errors[0], result.output
+    assert CliRunner().invoke(main, ["down", NAME, "--yes"], catch_exceptions=False).exit_code == 0
+    assert not any(ec2.leftovers(REGION, NAME).values())
+
+
+# --- what `up` leaves open ------------------------------------------------------
+
+
+@pytest.fixture
+def secured(monkeypatch, tmp_path, moto_default_amis) -> Iterator[Path]:
+    """`up` until SSH with a distinctive AWS secret and a key `up` generates itself."""
+    _env(monkeypatch, tmp_path, moto_default_amis, secret=SECRET)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a session that reads SECRET
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CONFIG.format(name=NAME, cidr=CIDR, size=1 + WORKERS, key=""))
+    with mock_aws():
+        yield path
+
+
+def test_up_opens_ssh_to_the_configured_cidr_only_and_everything_else_to_the_group(secured):
+    assert up_until_ssh(secured) is None
+    client = boto3.client("ec2", region_name=REGION.name)
+    info = ec2.describe_cluster(REGION, NAME)
+    group = client.describe_security_groups(GroupIds=[info.security_group_id])["SecurityGroups"][0]
+    rules = ec2._flatten(group["IpPermissions"])
+    assert rules == {("tcp", 22, 22, "cidr", CIDR), ("-1", None, None, "group", info.security_group_id)}
+    assert all(p["IpRanges"] == [] for p in group["IpPermissions"] if p.get("FromPort") != 22)
+    assert not any(p.get("Ipv6Ranges") for p in group["IpPermissions"])
+
+
+def test_up_requires_imdsv2_and_encrypts_root_volumes(secured):
+    assert up_until_ssh(secured) is None
+    client = boto3.client("ec2", region_name=REGION.name)
+    ids = [i.instance_id for i in ec2.describe_cluster(REGION, NAME).alive]
+    found = [i for r in client.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]]
+    assert len(found) == 1 + WORKERS
+    assert {i["MetadataOptions"]["HttpTokens"] for i in found} == {"required"}
+    volumes = client.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": ids}])["Volumes"]
+    assert len(volumes) == len(ids)
+    assert all(v["Encrypted"] for v in volumes), volumes
+
+
+def test_up_writes_the_key_and_local_state_private(secured):
+    assert up_until_ssh(secured) is None
+    cfg = load_config(secured)
+    private = cfg.key_path
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert private.parent.stat().st_mode & 0o777 == 0o700
+    d = state.cluster_dir(NAME, create=False)
+    assert d.stat().st_mode & 0o777 == 0o700
+    files = [p for p in d.rglob("*") if p.is_file()]
+    assert files, "up wrote no local state"
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
+
+
+def test_no_aws_secret_or_private_key_reaches_logs_or_status_json(secured, caplog):
+    caplog.set_level(logging.DEBUG)
+    assert up_until_ssh(secured) is None
+    result = CliRunner().invoke(main, ["status", NAME, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)["nodes"]) == 1 + WORKERS
+    private = load_config(secured).key_path.read_text().splitlines()
+    body = [line for line in private if line and not line.startswith("-----")]
+    assert body
+    text = caplog.text + result.output
+    assert "botocore" in caplog.text  # the logs really were captured, at DEBUG
+    assert SECRET not in text
+    for line in body:
+        assert line not in text
