@@ -120,9 +120,8 @@ def run(name: str, kind: str, label: str, model: str, params: tuple[str, ...], f
 
 def _gridsearch(rc: Any, estimator: Any, grid: dict[str, Any], split_paths: list[str], n_iter: int | None,
                 scoring: str | None, seed: int, top: int, timeout: float, target: Path) -> None:
-    from payload.report import plot_heatmap, plot_param_boxplots, report_text
-
     from payload import DistributedSearch
+    from payload.report import plot_heatmap, plot_param_boxplots, report_text
 
     search = DistributedSearch(
         rc.load_balanced_view(), estimator, grid, split_paths, scoring=scoring, n_iter=n_iter,

@@ -8,6 +8,7 @@ except the last, which takes it down.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -60,10 +61,8 @@ def env(sim_region, tmp_path_factory):
         "    engines_per_node: 1\n    ssh_timeout: 120\n"
     )
     yield {"root": root, "config": cfg_file}
-    try:
+    with contextlib.suppress(Exception):  # already down after the last test
         lifecycle.down(NAME)
-    except Exception:  # noqa: BLE001 - already down (the last test)
-        pass
     if old is None:
         os.environ.pop("PROVISION_STATE_DIR", None)
     else:
