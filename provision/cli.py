@@ -29,7 +29,8 @@ from provision.config import ClusterConfig, load_config, write_starter
 from provision.errors import BadInput, ProvisionError
 from provision.progress import RichReporter
 
-out = Console(soft_wrap=True)
+# Wide enough for the node table when output goes to a file or a pipe.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 # Errors that mean "your input is wrong" (exit 2) or "it failed" (exit 1),
@@ -192,8 +193,22 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, **f
     out.print(f"connect from a notebook:\n  import provision\n  rc = provision.connect({cfg.name!r})")
 
 
-def _print_nodes(info: Any, cfg: ClusterConfig, prices: dict[str, float] | None = None) -> None:
-    out.print(_nodes_table(info, prices or {}))
+def _print_nodes(info: Any, cfg: ClusterConfig) -> None:
+    out.print(_nodes_table(info, _prices(info.region, cfg.instance_type)))
+
+
+def _prices(region: Any, instance_type: str) -> dict[str, float]:
+    """Spot price per zone, plus "on-demand": the approximate list price."""
+    from provision.cloud import ec2
+
+    try:
+        prices = {p.zone: p.current for p in ec2.spot_price_history(region, instance_type, days=0.1)}
+        od = ec2.describe_instance_type(region, instance_type).on_demand_price
+    except ec2.CloudError:
+        return {}
+    if od is not None:
+        prices["on-demand"] = od
+    return prices
 
 
 def _node_rows(info: Any, prices: dict[str, float]) -> list[dict[str, Any]]:
@@ -201,27 +216,26 @@ def _node_rows(info: Any, prices: dict[str, float]) -> list[dict[str, Any]]:
     rows = []
     for i in sorted(info.instances, key=lambda i: (i.role != "master", i.name, i.instance_id)):
         hours = (now - i.launch_time).total_seconds() / 3600 if i.launch_time and i.state != "terminated" else 0.0
-        price = prices.get(i.zone) if i.lifecycle == "spot" else None
+        price = prices.get(i.zone) if i.lifecycle == "spot" else prices.get("on-demand")
         rows.append({
             "id": i.instance_id, "name": i.name, "role": i.role, "type": i.instance_type, "zone": i.zone,
             "lifecycle": i.lifecycle, "state": i.state, "private_ip": i.private_ip, "public_ip": i.public_ip,
-            "uptime_hours": round(hours, 3), "spot_price": price,
+            "uptime_hours": round(hours, 3), "price_per_hour": price,
             "cost_so_far": None if price is None else round(price * hours, 6),
         })
     return rows
 
 
 def _nodes_table(info: Any, prices: dict[str, float]) -> Table:
-    table = Table(title=f"cluster {info.name} ({info.region.name})")
-    cols = ("id", "name", "role", "type", "zone", "lifecycle", "state", "private_ip", "public_ip",
-            "uptime", "spot $/h", "cost so far")
-    for c in cols:
-        table.add_column(c)
+    table = Table(title=f"cluster {info.name} ({info.region.name})", title_justify="left")
+    for c in ("id", "name", "role", "type", "zone", "market", "state", "private ip", "public ip",
+              "uptime", "$/hour", "cost so far"):
+        table.add_column(c, no_wrap=True)
     for r in _node_rows(info, prices):
         table.add_row(
             r["id"], r["name"], r["role"], r["type"], r["zone"], r["lifecycle"], r["state"],
             r["private_ip"] or "-", r["public_ip"] or "-", f"{r['uptime_hours'] * 60:.0f} min",
-            "-" if r["spot_price"] is None else f"{r['spot_price']:.4f}",
+            "-" if r["price_per_hour"] is None else f"{r['price_per_hour']:.4f}",
             "-" if r["cost_so_far"] is None else f"${r['cost_so_far']:.4f}",
         )
     return table
@@ -238,10 +252,7 @@ def status(name: str | None, config_path: Path | None, template: str | None, as_
     cfg = _config(config_path, template, name)
     reg = _region(cfg.region)
     info = ec2.describe_cluster(reg, cfg.name)
-    try:
-        prices = {p.zone: p.current for p in ec2.spot_price_history(reg, cfg.instance_type, days=0.1)}
-    except ec2.CloudError:
-        prices = {}
+    prices = _prices(reg, cfg.instance_type)
     record = state.load(cfg.name)
     if as_json:
         out.print_json(json.dumps({

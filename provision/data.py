@@ -211,7 +211,7 @@ def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: s
     lock = threading.Lock()
     done_bytes = [0]
 
-    with ctx.reporter.wait(f"put-data {digest}: {len(nodes)} host(s), {total / 1e6:.1f} MB each", total=total * len(nodes)) as advance:
+    with ctx.reporter.wait(f"put-data {digest}: {len(nodes)} host(s), {total / 1e6:.1f} MB each", total=total * len(nodes), unit="bytes") as advance:
 
         def one(ep: remote.Endpoint) -> int:
             # The manifest is written last, so its presence means "complete".

@@ -233,6 +233,7 @@ class _Pipeline:
                 ec2.wait_running(ctx.region, [inst.instance_id], timeout=cfg.launch_timeout)
                 inst = ec2.describe_cluster(ctx.region, ctx.name).find(inst.instance_id) or inst
             ep = ctx.endpoint(inst)
+            self._claim_address(ep, inst.instance_id)
             ctx.reporter.stage(label, f"waiting for SSH on {ep.host}", step=2, total=total)
             remote.wait_for_ssh(ep, timeout=cfg.ssh_timeout)
             ctx.reporter.stage(label, "installing packages", step=3, total=total)
@@ -261,6 +262,19 @@ class _Pipeline:
                 self.controller_ready.set()
             ctx.reporter.stage(label, f"[red]failed[/]: {err}", step=total, total=total)
             self._done(label, err)
+
+    def _claim_address(self, ep: remote.Endpoint, instance_id: str) -> None:
+        """Forget the host key of an address that belonged to another instance.
+
+        EC2 reuses private addresses, and a new instance has a new host key: the
+        trust-on-first-use record is per instance, not per address.
+        """
+        with self._lock:
+            owners = state.load(self.ctx.name).get("address_owners", {})
+            if owners.get(ep.host) not in (None, instance_id) and ep.known_hosts is not None:
+                remote.forget_host(ep.known_hosts, ep.host)
+            owners[ep.host] = instance_id
+            state.update(self.ctx.name, address_owners=owners)
 
     def _done(self, label: str, err: BaseException | None) -> None:
         with self._lock:

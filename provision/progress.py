@@ -14,7 +14,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
 log = logging.getLogger("provision")
 
@@ -32,9 +41,18 @@ class Reporter:
         log.warning("%s", text)
 
     @contextmanager
-    def wait(self, description: str, total: float | None = None) -> Iterator[Callable[[float], None]]:
+    def wait(self, description: str, total: float | None = None, unit: str = "") -> Iterator[Callable[[float], None]]:
         log.info("%s", description)
         yield lambda completed: None
+
+
+class _CountColumn(ProgressColumn):
+    """done/total, in MB when the task counts bytes."""
+
+    def render(self, task: Task) -> Text:
+        if task.fields.get("unit") == "bytes":
+            return Text(f"{task.completed / 1e6:.1f}/{(task.total or 0) / 1e6:.1f} MB")
+        return Text(f"{task.completed:.0f}/{task.total or 0:.0f}")
 
 
 class RichReporter(Reporter):
@@ -47,7 +65,7 @@ class RichReporter(Reporter):
             TextColumn("{task.fields[node]:<12}"),
             TextColumn("{task.description}"),
             BarColumn(bar_width=24),
-            TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+            _CountColumn(),
             TimeElapsedColumn(),
             console=self.console,
             transient=False,
@@ -81,8 +99,8 @@ class RichReporter(Reporter):
         self.progress.console.print(f"[yellow]warning:[/] {text}")
 
     @contextmanager
-    def wait(self, description: str, total: float | None = None) -> Iterator[Callable[[float], None]]:
-        task = self.progress.add_task(description, node="", total=total or 1)
+    def wait(self, description: str, total: float | None = None, unit: str = "") -> Iterator[Callable[[float], None]]:
+        task = self.progress.add_task(description, node="", total=total or 1, unit=unit)
         try:
             yield lambda completed: self.progress.update(task, completed=completed)
         finally:

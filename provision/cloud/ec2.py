@@ -98,7 +98,7 @@ class InstanceTypeInfo:
     vcpus: int  # one ipengine per vCPU
     memory_mib: int
     arch: str  # "x86_64" or "arm64": picks the image
-    on_demand_price: float | None = None  # not looked up yet (Pricing API is us-east-1 only)
+    on_demand_price: float | None = None  # approximate list price (pricing.on_demand_estimate)
 
 
 # --- clients ----------------------------------------------------------------
@@ -193,6 +193,7 @@ def describe_instance_type(region: Region, instance_type: str) -> InstanceTypeIn
         vcpus=t["VCpuInfo"]["DefaultVCpus"],
         memory_mib=t["MemoryInfo"]["SizeInMiB"],
         arch="arm64" if "arm64" in archs else "x86_64",
+        on_demand_price=pricing.on_demand_estimate(instance_type, t["VCpuInfo"]["DefaultVCpus"]),
     )
 
 

@@ -70,3 +70,20 @@ def _time_weighted_mean(
             total += span
             weighted += span * price
     return weighted / total if total > 0 else samples[-1][1]
+
+
+# Approximate us-east-1 Linux on-demand list prices of the `.large` size (2 vCPUs),
+# per family. Within a c-family the price scales with vCPUs, so this small table
+# covers every size. It feeds estimates only (`up`'s hourly cost, `status`); the
+# Pricing API would need extra permissions and is served from us-east-1 alone.
+ON_DEMAND_LARGE_USD = {
+    "c5": 0.085, "c5a": 0.077, "c5d": 0.096, "c5n": 0.108,
+    "c6a": 0.0765, "c6g": 0.068, "c6gn": 0.0864, "c6i": 0.085, "c6id": 0.1008, "c6in": 0.1134,
+    "c7a": 0.10264, "c7g": 0.0725, "c7gn": 0.12480, "c7i": 0.08925, "c8g": 0.07976,
+}
+
+
+def on_demand_estimate(instance_type: str, vcpus: int) -> float | None:
+    """Approximate on-demand USD/hour, or None for a family not in the table."""
+    base = ON_DEMAND_LARGE_USD.get(instance_type.split(".", 1)[0])
+    return None if base is None else round(base * vcpus / 2, 5)
