@@ -9,6 +9,7 @@ except the last, which takes it down.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -134,9 +135,141 @@ def test_gridsearch_on_the_cluster_equals_sklearn_on_the_same_splits(cluster):
         assert len(hosts_used) >= 2
 
 
-def test_addnode_joins_a_running_map_and_gets_the_data(cluster):
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "provision"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+
+
+def test_ssh_put_and_get_reach_the_right_nodes(cluster, tmp_path):
+    hosts_seen = _cli("ssh", NAME, "node001", "hostname")
+    assert hosts_seen.returncode == 0, hosts_seen.stderr
+    node001 = ec2.describe_cluster(lifecycle.context_for(NAME).region, NAME).find("node001")
+    assert hosts_seen.stdout.strip() == "ip-" + node001.private_ip.replace(".", "-")
+    local = tmp_path / "note.txt"
+    local.write_text("hello nodes\n")
+    put = _cli("put", NAME, str(local), "/srv/note.txt")
+    assert put.returncode == 0, put.stderr
+    assert put.stdout.count("/srv/note.txt") == 3
+    back = tmp_path / "back.txt"
+    got = _cli("get", NAME, "/srv/note.txt", str(back), "--node", "node002")
+    assert got.returncode == 0, got.stderr
+    assert back.read_text() == "hello nodes\n"
+
+
+def test_sklearn_searches_run_unchanged_through_the_joblib_backend(cluster):
+    from sklearn.datasets import load_iris
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import (
+        GridSearchCV,
+        HalvingGridSearchCV,
+        RandomizedSearchCV,
+        cross_validate,
+    )
+    from sklearn.svm import SVC
+
+    import provision
+
+    X, y = load_iris(return_X_y=True)
+    grid = {"C": [0.1, 1.0, 10.0], "gamma": [0.01, 0.1]}
+    makers = {
+        "grid": lambda: GridSearchCV(SVC(), grid, cv=3, n_jobs=-1),
+        "random": lambda: RandomizedSearchCV(SVC(), grid, n_iter=4, cv=3, n_jobs=-1, random_state=0),
+        "halving": lambda: HalvingGridSearchCV(SVC(), grid, cv=3, n_jobs=-1, random_state=0),
+    }
+    local = {k: m().fit(X, y).cv_results_["mean_test_score"] for k, m in makers.items()}
+    local_cv = cross_validate(SVC(), X, y, cv=3)["test_score"]
     rc = _client(3)
     try:
+        before = len(rc.history)
+        with provision.joblib_backend(rc):
+            remote = {k: m().fit(X, y).cv_results_["mean_test_score"] for k, m in makers.items()}
+            remote_cv = cross_validate(SVC(), X, y, cv=3, n_jobs=-1)["test_score"]
+        assert len(rc.history) > before, "tasks went through the cluster"
+    finally:
+        rc.close()
+    for k in makers:
+        np.testing.assert_allclose(remote[k], local[k])
+    np.testing.assert_allclose(remote_cv, local_cv)
+
+
+def test_learning_curve_from_the_cli_writes_its_plot(cluster, tmp_path):
+    result = _cli("run", NAME, "learning-curve", "--data", "digits", "--model", "sklearn.svm.SVC",
+                  "--set", "gamma=0.001", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+    assert "samples: train" in result.stdout
+
+
+def test_a_killed_client_resumes_the_search_without_recomputing(cluster, tmp_path):
+    """SIGKILL `provision run` mid-search; the re-run finishes from the journal."""
+    import signal
+
+    from payload.journal import verify_journal
+
+    exe = Path(sys.executable).parent / "provision"
+    args = [str(exe), "run", NAME, "gridsearch", "--data", "digits", "--model", "sklearn.svm.SVC",
+            "--param", "C=logspace(-1,2,4)", "--param", "gamma=logspace(-4,0,5)", "--out", str(tmp_path)]
+    journal = tmp_path / "journal.jsonl"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if journal.exists() and journal.read_text().count('"type":"result"') >= 10:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done_before = journal.read_text().count('"type":"result"')
+    assert 10 <= done_before < 60, "killed mid-search"
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("Rank 1: validation: ")
+    check = verify_journal(journal)
+    assert check.ok, check
+    assert check.n_sessions == 2
+    assert check.n_results - len(check.lost_in_flight) == 60
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import GridSearchCV, ShuffleSplit
+    from sklearn.svm import SVC
+
+    X, y = load_digits(return_X_y=True)
+    grid = {"C": np.logspace(-1, 2, 4), "gamma": np.logspace(-4, 0, 5)}
+    cv = list(ShuffleSplit(n_splits=3, test_size=0.25, random_state=42).split(X, y))
+    ref = GridSearchCV(SVC(), grid, cv=cv, n_jobs=2).fit(X, y)
+    ours = json.loads((tmp_path / "cv_results.json").read_text())
+    np.testing.assert_allclose(ours["mean_test_score"], ref.cv_results_["mean_test_score"], atol=1e-12)
+
+
+def test_engines_killed_mid_search_lose_no_result(cluster):
+    """A spot interruption during the payload's search: retries finish every pair."""
+    from sklearn.svm import SVC
+
+    from payload import DistributedSearch
+
+    region = lifecycle.context_for(NAME).region
+    victim = ec2.describe_cluster(region, NAME).workers[-1]
+    entry = state.load(NAME)["datasets"]["digits"]
+    paths = [f"{entry['remote_dir']}/{f}" for f in entry["files"]]
+    grid = {"C": [0.1, 1.0, 10.0, 100.0], "gamma": [1e-4, 1e-3, 1e-2]}
+    rc = _client()
+    try:
+        search = DistributedSearch(rc.load_balanced_view(), SVC(), grid, paths, retries=3)
+        search.start()
+        while search.progress[0] < 3:
+            time.sleep(0.05)
+        sim.interrupt(victim.instance_id)
+        assert search.wait(timeout=300)
+    finally:
+        rc.close()
+    assert not np.isnan(search.cv_results_["mean_test_score"]).any()
+    assert search.progress == (36, 36)
+
+
+def test_addnode_joins_a_running_map_and_gets_the_data(cluster):
+    region = lifecycle.context_for(NAME).region
+    before_ids = {i.instance_id for i in ec2.describe_cluster(region, NAME).alive}
+    rc = _client()
+    try:
+        engines_before = len(rc.ids)
         view = rc.load_balanced_view()
         view.retries = 2
         # Long enough (~40 s on 3 engines) that the new node joins mid-map.
@@ -145,12 +278,11 @@ def test_addnode_joins_a_running_map_and_gets_the_data(cluster):
         started = time.monotonic()
         grown = lifecycle.addnode(NAME, 1)
         print(f"addnode took {time.monotonic() - started:.1f} s")
-        assert grown.engines == 4
+        assert grown.engines == engines_before + 1
         assert not pending.ready(), "the map ended before the node joined: make it longer"
         results = pending.get(timeout=300)
         assert [r[0] for r in results] == [x * x for x in range(480)]
-        new = {i.instance_id for i in grown.cluster.workers} - {i.instance_id for i in cluster.cluster.workers}
-        (new_node,) = [i for i in grown.cluster.workers if i.instance_id in new]
+        (new_node,) = [i for i in grown.cluster.alive if i.instance_id not in before_ids]
         new_host = "ip-" + new_node.private_ip.replace(".", "-")
         assert new_host in {r[1] for r in results}, "the new engine took part in the running map"
     finally:
