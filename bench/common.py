@@ -216,6 +216,26 @@ class PeakPSS:
         }
 
 
+def local_cluster(
+    engines: int, controller_args: Sequence[str] = (), engine_args: Sequence[str] = ()
+) -> Any:
+    """An ``ipyparallel.Cluster`` on this host, engines started as provision starts them
+    on a node: BLAS/OpenMP pinned to one thread in their environment."""
+    import logging
+
+    import ipyparallel as ipp
+    from traitlets.config import Config
+
+    config = Config()
+    config.LocalEngineSetLauncher.environment = {
+        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    }
+    config.LocalEngineSetLauncher.engine_args = list(engine_args)
+    return ipp.Cluster(
+        n=engines, log_level=logging.ERROR, controller_args=list(controller_args), config=config
+    )
+
+
 # -- output --------------------------------------------------------------------
 
 

@@ -175,8 +175,10 @@ def _region(name: str) -> Any:
 @click.option("--region", help="AWS region, or `sim` for the simulated region.")
 @click.option("--engines-per-node", type=int, help="Engines per node (default: vCPUs).")
 @click.option("--replace-failed", is_flag=True, help="Replace workers that fail setup instead of just removing them.")
+@click.option("--configure-with", type=click.Choice(["fabric", "ansible"]), default="fabric", show_default=True,
+              help="Configure nodes over Fabric, or with ansible/site.yml (needs ansible-core); same result.")
 @config_options
-def up(config_path: Path | None, template: str | None, replace_failed: bool, **flags: Any) -> None:
+def up(config_path: Path | None, template: str | None, replace_failed: bool, configure_with: str, **flags: Any) -> None:
     """Launch the cluster, configure every node, start the controller and engines.
 
     Idempotent: run it again after a crash or Ctrl-C and it finishes the job
@@ -184,7 +186,7 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, **f
     """
     cfg = load_config(config_path, template, {k: v for k, v in flags.items() if v is not None})
     with RichReporter(err) as reporter:
-        result = lifecycle.up(cfg, reporter, replace_failed=replace_failed)
+        result = lifecycle.up(cfg, reporter, replace_failed=replace_failed, configure_with=configure_with)
     _print_nodes(result.cluster, cfg)
     cost = "unknown" if result.hourly_cost is None else f"${result.hourly_cost:.4f}/hour"
     out.print(f"[bold]{cfg.name}[/]: {len(result.cluster.nodes)} nodes, {result.engines} engines registered, estimated {cost}")
@@ -338,6 +340,25 @@ def restart_engines(name: str, config_path: Path | None, template: str | None) -
     cfg = _config(config_path, template, name)
     n = lifecycle.restart_engines(name, config=cfg)
     out.print(f"{name}: {n} engines running")
+
+
+@main.command(name="inventory")
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "ini", "json"]), default="yaml", show_default=True,
+              help="Inventory file format.")
+@click.option("--list", "as_list", is_flag=True, help="Dynamic inventory: every group and host, as JSON.")
+@click.option("--host", "host", metavar="HOST", help="Dynamic inventory: one host's variables, as JSON.")
+@config_options
+def inventory_(name: str, fmt: str, as_list: bool, host: str | None, config_path: Path | None,
+               template: str | None) -> None:
+    """Ansible inventory of cluster NAME from its tags (groups master, workers), for ansible/site.yml."""
+    from provision import inventory
+
+    doc = inventory.inventory(_config(config_path, template, name))
+    if host is not None:
+        click.echo(json.dumps(inventory.host(doc, host), indent=2))
+    else:
+        click.echo(inventory.render(doc, "json" if as_list else fmt), nl=False)
 
 
 def _node_endpoint(name: str, node: str | None, config_path: Path | None, template: str | None) -> Any:

@@ -322,8 +322,16 @@ class UpResult:
     client_file: Path
 
 
-def up(config: ClusterConfig, reporter: Reporter | None = None, *, replace_failed: bool = False) -> UpResult:
-    """Bring the cluster to the configured size with engines running (idempotent)."""
+def up(config: ClusterConfig, reporter: Reporter | None = None, *, replace_failed: bool = False,
+       configure_with: str = "fabric") -> UpResult:
+    """Bring the cluster to the configured size with engines running (idempotent).
+
+    `configure_with`: "fabric" (built in) or "ansible" (``ansible/site.yml``, same result).
+    """
+    if configure_with not in ("fabric", "ansible"):
+        raise BadInput(f"--configure-with: must be fabric or ansible (got {configure_with!r})")
+    if configure_with == "ansible":
+        _check_ansible()
     ctx = prepare(config, reporter)
     _remember(ctx)
     pipeline = _Pipeline(ctx, replace_failed)
@@ -331,9 +339,76 @@ def up(config: ClusterConfig, reporter: Reporter | None = None, *, replace_faile
     sg = ec2.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
     ec2.ensure_key_pair(ctx.region, ctx.name, ctx.config.pair_name, ctx.public_key)
     info = reconcile(ctx, sg, config.cluster_size - 1)
-    results = pipeline.run(info.nodes)
+    if configure_with == "ansible":
+        results = _configure_with_ansible(ctx, pipeline, info.nodes)
+    else:
+        results = pipeline.run(info.nodes)
     failed = _settle(ctx, pipeline, info, results)
     return _finish(ctx, failed)
+
+
+def _check_ansible() -> None:
+    """Before anything is created: `--configure-with ansible` needs ansible-playbook."""
+    from provision.nodes import ansible_run
+
+    try:
+        ansible_run.find_playbook_command()
+    except ansible_run.AnsibleError as err:
+        raise BadInput(f"--configure-with ansible: {err}") from err
+
+
+def _configure_with_ansible(ctx: Context, pipeline: _Pipeline, nodes: list[InstanceInfo]) -> dict[str, BaseException | None]:
+    """The Ansible path: each node waits for running and SSH in its own thread, then
+    one ansible/site.yml run configures every node that answered (packages,
+    controller, engines, data), to the layout the Fabric path gives."""
+    from provision import inventory
+    from provision.nodes import ansible_run
+
+    cfg, total = ctx.config, len(STAGES) - 1
+    results: dict[str, BaseException | None] = {}
+    lock = threading.Lock()
+
+    def reach(inst: InstanceInfo) -> None:
+        label = inst.name or inst.instance_id
+        try:
+            ctx.reporter.stage(label, "waiting for running", step=1, total=total)
+            if inst.state != "running" or not inst.private_ip:
+                ec2.wait_running(ctx.region, [inst.instance_id], timeout=cfg.launch_timeout)
+            ep = ctx.endpoint(ec2.describe_cluster(ctx.region, ctx.name).find(inst.instance_id) or inst)
+            ctx.reporter.stage(label, f"waiting for SSH on {ep.host}", step=2, total=total)
+            remote.wait_for_ssh(ep, timeout=cfg.ssh_timeout)
+            ctx.reporter.stage(label, "waiting for the playbook", step=3, total=total)
+            err = None
+        except BaseException as e:  # noqa: BLE001 - reported per node
+            ctx.reporter.stage(label, f"[red]failed[/]: {e}", step=total, total=total)
+            err = e
+        with lock:
+            results[label] = err
+
+    threads = [threading.Thread(target=reach, args=(n,), daemon=True, name=n.instance_id) for n in nodes]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        time.sleep(0.2)
+    reached = {label for label, err in results.items() if err is None}
+    if not reached:
+        return results
+    info = ec2.describe_cluster(ctx.region, ctx.name)
+    doc = inventory.build(ctx, info, spec=pipeline.spec, wheelhouse=pipeline.wheelhouse(), only=reached)
+    run = ansible_run.run_playbook(
+        doc, on_progress=lambda host, text: ctx.reporter.stage(host, text, step=3, total=total),
+    )
+    for label in sorted(reached):
+        inst = info.find(label)
+        err = run.error_for(label, inst.ssh_address(ctx.region.use_private_ip) or "" if inst else "")
+        results[label] = err
+        if err is not None:
+            ctx.reporter.stage(label, f"[red]failed[/]: {err}", step=total, total=total)
+        elif inst is not None:
+            ctx.reporter.stage(label, f"ready ({inst.instance_id}, {inst.private_ip})", step=total, total=total)
+    if info.master is not None and results.get(info.master.name or info.master.instance_id, 1) is None:
+        engines.fetch_connection_files(ctx.endpoint(info.master), cfg.remote_root, state.cluster_dir(ctx.name))
+    return results
 
 
 def _settle(ctx: Context, pipeline: _Pipeline, info: ClusterInfo, results: dict[str, BaseException | None]) -> list[str]:

@@ -187,16 +187,23 @@ class NoPipeline:
         raise StopBeforeSSH
 
 
-@pytest.fixture(scope="module")
-def region(moto_default_amis: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One moto EC2 for the module (each test has a cluster name of its own) that
-    answers the armed request with an error; retries keep their logic, not their waits.
+@pytest.fixture
+def region(moto_default_amis: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
+    """moto's EC2, answering the armed request with an error instead of acting on it;
+    retries keep their logic but not their waits. Yields a boto3 client for checks.
 
-    Sharing it skips moto's per-test reset, region set-up and default EBS key
-    (an RSA key generation): about a third of this module's time. Yields a
-    plain boto3 client to check what EC2 reports.
+    boto3's default session is kept across tests (moto would drop it): a new
+    one re-reads EC2's service model, which costs more than a run of `up`.
     """
-    none = str(tmp_path_factory.mktemp("aws") / "none")
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_SSM",
+                "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(var, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION.name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("MOTO_AMIS_PATH", moto_default_amis)
     moto_answer = BotocoreStubber.__call__
 
     def answer(self: BotocoreStubber, event_name: str, request: Any, **kwargs: Any) -> Any:
@@ -207,23 +214,15 @@ def region(moto_default_amis: str, tmp_path_factory: pytest.TempPathFactory) -> 
             return fault
         return moto_answer(self, event_name, request, **kwargs)
 
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_SSM",
-                    "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            mp.delenv(var, raising=False)
-        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            mp.setenv(var, "testing")
-        mp.setenv("AWS_DEFAULT_REGION", REGION.name)
-        mp.setenv("AWS_CONFIG_FILE", none)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", none)
-        mp.setenv("MOTO_AMIS_PATH", moto_default_amis)
-        mp.setattr(BotocoreStubber, "__call__", answer)
-        # No waits: botocore's backoff, adaptive mode's rate limit, launch's throttling retry.
-        mp.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount", lambda self, ctx: 0)
-        mp.setattr(botocore.retries.bucket.TokenBucket, "acquire", lambda self, *a, **kw: True)
-        mp.setattr(ec2, "time", SimpleNamespace(sleep=lambda seconds: None, monotonic=time.monotonic))
-        with mock_aws():
-            yield boto3.client("ec2", region_name=REGION.name)
+    monkeypatch.setattr(BotocoreStubber, "__call__", answer)
+    # No waits: botocore's backoff, adaptive mode's rate limit, launch's throttling retry.
+    monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount", lambda self, ctx: 0)
+    monkeypatch.setattr(botocore.retries.bucket.TokenBucket, "acquire", lambda self, *a, **kw: True)
+    monkeypatch.setattr(ec2, "time", SimpleNamespace(sleep=lambda seconds: None, monotonic=time.monotonic))
+    core = {"reset_boto3_session": False, "mock_credentials": False, "service_whitelist": None,
+            "passthrough": {"urls": [], "services": []}}
+    with mock_aws(config={"core": core}):
+        yield boto3.client("ec2", region_name=REGION.name)
 
 
 @pytest.fixture
@@ -298,10 +297,9 @@ def assert_one_line_naming_the_step(err: Exception, op: str) -> None:
 
 
 def down_leaves_nothing(name: str) -> None:
+    """`down` raises unless ec2.leftovers (instances, spot requests, volumes, groups,
+    key pairs tagged with the cluster) comes back empty; it also forgets the record."""
     lifecycle.down(name, region=REGION)
-    assert ec2.leftovers(REGION, name) == {
-        "instances": [], "spot_requests": [], "volumes": [], "security_groups": [], "key_pairs": []
-    }
     assert state.load(name) == {}
 
 
@@ -357,15 +355,17 @@ def test_provision_up_exits_1_with_one_line_when_an_ec2_call_fails(faults, cfg, 
 # --- what `up` leaves open ------------------------------------------------------
 
 
-@pytest.fixture
-def secured(region: Any, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A cluster file with no key (so `up` makes one), and a distinctive AWS secret."""
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # boto3 caches credentials per session
+def launch_with_a_key_up_makes(tmp_path: Path, name: str) -> Path:
+    """`up` until SSH from a cluster file without key_path: `up` creates the key."""
     path = tmp_path / "cluster.yaml"
     path.write_text(CONFIG.format(name=name, cidr=CIDR, size=1 + WORKERS, key=""))
     assert up_until_ssh(path) is None
     return path
+
+
+@pytest.fixture
+def secured(region: Any, name: str, tmp_path: Path) -> Path:
+    return launch_with_a_key_up_makes(tmp_path, name)
 
 
 def test_up_opens_ssh_to_the_configured_cidr_only_and_everything_else_to_the_group(region, name, secured):
@@ -399,13 +399,16 @@ def test_up_writes_the_key_and_local_state_private(name, secured):
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
 
 
-def test_no_aws_secret_or_private_key_reaches_logs_or_status_json(name, secured, caplog):
+def test_no_aws_secret_or_private_key_reaches_logs_or_status_json(region, name, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a session that reads SECRET
     caplog.set_level(logging.DEBUG)
-    up_until_ssh(secured)  # again, now logging at DEBUG: it only checks what is there
+    cfg = launch_with_a_key_up_makes(tmp_path, name)
+    assert boto3.DEFAULT_SESSION.get_credentials().secret_key == SECRET  # up really signed with it
     result = CliRunner().invoke(main, ["status", name, "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output)["nodes"]) == 1 + WORKERS
-    lines = load_config(secured).key_path.read_text().splitlines()
+    lines = load_config(cfg).key_path.read_text().splitlines()
     private = [line for line in lines if line and not line.startswith("-----")]
     assert private
     seen = caplog.text + result.output

@@ -1,0 +1,353 @@
+"""The payload's search on E engines against scikit-learn on the same host and splits.
+
+Three methods run the same grid on the same cross-validation splits:
+
+- ``serial``: ``GridSearchCV(n_jobs=None)``, BLAS pinned to one thread (as in
+  every parallel worker below), so efficiency is measured against one core;
+- ``loky``: ``GridSearchCV(n_jobs=E)``, joblib's default backend;
+- ``ours``: ``payload.DistributedSearch`` on a local ``ipyparallel.Cluster(n=E)``
+  over the splits persisted by ``payload.persist_cv_splits`` (memory-mapped).
+
+Each method runs in its own child process, so its peak memory is its own: the PSS
+of the child's whole process tree (parent + loky workers; client + controller +
+engines), sampled by the parent every ``--pss-interval`` s. The table splits ours
+into client + engines (the search proper, the figure set against loky's
+parent + workers) and the controller, which on a real cluster runs on the master.
+
+Start-up is timed apart from the search for both parallel methods: for ours the
+cluster start, the engines' registration and their first import of scikit-learn;
+for loky the spawning of its (reusable) workers and the same import. Then each
+search runs ``--repeat`` times on the warm pool and the best wall time counts.
+``refit=False`` and no train scores everywhere: ours has no refit.
+
+efficiency = (serial wall / E) / wall. Every mean validation score and the best
+parameters must agree across methods (``assert_allclose``, atol 1e-12).
+
+Workloads: ``digits`` (the seed grid: SVC, C in logspace(-1, 2, 4), gamma in
+logspace(-4, 0, 5), 5 ShuffleSplit splits, test_size 0.25, random_state 42) and
+``synthetic`` (``make_classification`` with ``--samples`` x ``--features``, same
+grid and splits; the default 3000 x 100 takes a few minutes for all three
+methods on 2 cores).
+
+Commands::
+
+    python -m bench.search                        # both workloads, E=2
+    python -m bench.search --quick                # smoke size (CI)
+    python -m bench.search --repeat 3 --workloads digits
+    # a 16-core host, the 20000 x 200 set:
+    python -m bench.search --engines 16 --workloads synthetic --samples 20000 --features 200
+
+If ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` are set on this processor, unset
+both in the benchmark command alone: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE
+python -m bench.search``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    ROOT,
+    PeakPSS,
+    base_parser,
+    local_cluster,
+    machine_info,
+    machine_line,
+    mib,
+    table,
+    write_json,
+)
+
+METHODS = ("serial", "loky", "ours")
+SEED = 42
+N_SPLITS = 5
+TEST_SIZE = 0.25
+
+
+def grid(quick: bool) -> dict[str, list[float]]:
+    if quick:
+        return {"C": [0.1, 10.0], "gamma": [1e-3, 1e-1]}
+    return {"C": np.logspace(-1, 2, 4).tolist(), "gamma": np.logspace(-4, 0, 5).tolist()}
+
+
+def load_workload(name: str, samples: int, features: int) -> tuple[np.ndarray, np.ndarray]:
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        return load_digits(return_X_y=True)
+    if name == "synthetic":
+        from sklearn.datasets import make_classification
+
+        return make_classification(
+            n_samples=samples,
+            n_features=features,
+            n_informative=max(2, features // 2),
+            random_state=0,
+        )
+    raise ValueError(f"unknown workload {name!r}")
+
+
+def splitter() -> Any:
+    from sklearn.model_selection import ShuffleSplit
+
+    return ShuffleSplit(n_splits=N_SPLITS, test_size=TEST_SIZE, random_state=SEED)
+
+
+def _warm() -> int:
+    """Engine/worker warm-up: the imports a first fit would pay."""
+    import os
+
+    import sklearn.model_selection  # noqa: F401
+    import sklearn.svm  # noqa: F401
+
+    return os.getpid()
+
+
+# -- children: one method each, in a fresh process -------------------------------
+
+
+def run_child(method: str, spec: dict[str, Any]) -> dict[str, Any]:
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+    from threadpoolctl import threadpool_limits
+
+    X, y = load_workload(spec["workload"], spec["samples"], spec["features"])
+    param_grid = spec["grid"]
+    engines = spec["engines"]
+    out: dict[str, Any] = {"method": method, "walls": [], "startup": None}
+    if method in ("serial", "loky"):
+        cv = list(splitter().split(X, y))
+        n_jobs = None if method == "serial" else engines
+        if method == "loky":
+            from joblib import Parallel, delayed
+
+            start = time.perf_counter()
+            pids = Parallel(n_jobs=engines)(delayed(_warm)() for _ in range(4 * engines))
+            out["startup"] = time.perf_counter() - start
+            out["workers"] = len(set(pids))
+        limits = threadpool_limits(1) if method == "serial" else None
+        for _ in range(spec["repeat"]):
+            search = GridSearchCV(SVC(), param_grid, cv=cv, refit=False, n_jobs=n_jobs)
+            start = time.perf_counter()
+            search.fit(X, y)
+            out["walls"].append(time.perf_counter() - start)
+        if limits is not None:
+            limits.restore_original_limits()
+        results = search.cv_results_
+        out["best_params"] = search.best_params_
+    elif method == "ours":
+        import ipyparallel as ipp
+
+        from payload import DistributedSearch, split_paths
+
+        paths = split_paths(spec["splits_dir"], spec["workload"])
+        start = time.perf_counter()
+        cluster = local_cluster(engines, spec.get("controller_args", []), spec.get("engine_args", []))
+        rc = cluster.start_and_connect_sync()
+        try:
+            rc.wait_for_engines(engines, timeout=180)
+            pids = rc[:].apply_sync(ipp.interactive(_warm))
+            out["startup"] = time.perf_counter() - start
+            out["workers"] = len(set(pids))
+            view = rc.load_balanced_view()
+            cpu = []
+            for _ in range(spec["repeat"]):
+                search = DistributedSearch(
+                    view, SVC(), param_grid, paths, return_train_score=False, order=spec["order"]
+                )
+                start, cpu0 = time.perf_counter(), time.process_time()
+                search.run()
+                out["walls"].append(time.perf_counter() - start)
+                cpu.append(time.process_time() - cpu0)
+            out["client_cpu"] = cpu
+            out["fits_per_engine"] = sorted(search.engines.values())
+        finally:
+            rc.close()
+            cluster.stop_cluster_sync()
+        results = search.cv_results_
+        out["best_params"] = search.best_params_
+    else:
+        raise ValueError(method)
+    out["mean_test_score"] = np.asarray(results["mean_test_score"]).tolist()
+    out["params"] = [{k: float(v) for k, v in p.items()} for p in results["params"]]
+    out["task_seconds"] = float(
+        np.sum(results["mean_fit_time"] + results["mean_score_time"]) * N_SPLITS
+    )
+    out["best_params"] = {k: float(v) for k, v in out["best_params"].items()}
+    return out
+
+
+def spawn(method: str, spec: dict[str, Any], interval: float) -> dict[str, Any]:
+    """Run one method in a child process; sample its tree's PSS meanwhile."""
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as result:
+        cmd = [sys.executable, "-m", "bench.search", "--child", method,
+               "--spec", json.dumps(spec), "--result", result.name]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+        with PeakPSS([proc.pid], interval=interval) as sampler:
+            code = proc.wait()
+        if code != 0:
+            raise RuntimeError(f"bench.search child {method} exited {code}")
+        out = json.loads(Path(result.name).read_text())
+    out["memory"] = sampler.as_dict()
+    return out
+
+
+# -- orchestration -----------------------------------------------------------------
+
+
+def compare_scores(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every mean validation score and the best parameters, against the serial run."""
+    ref = runs.get("serial") or next(iter(runs.values()))
+    problems = []
+    for method, run in runs.items():
+        if run["params"] != ref["params"]:
+            problems.append(f"{method}: candidates in another order")
+            continue
+        try:
+            np.testing.assert_allclose(run["mean_test_score"], ref["mean_test_score"], rtol=0, atol=1e-12)
+        except AssertionError as err:
+            problems.append(f"{method}: mean_test_score differs: {err}")
+        if run["best_params"] != ref["best_params"]:
+            problems.append(f"{method}: best_params {run['best_params']} != {ref['best_params']}")
+    return {"scores_agree": not problems, "problems": problems, "best_params": ref["best_params"]}
+
+
+def summarize(workload: str, runs: dict[str, dict[str, Any]], engines: int) -> dict[str, Any]:
+    serial = min(runs["serial"]["walls"]) if "serial" in runs else None
+    loky = min(runs["loky"]["walls"]) if "loky" in runs else None
+    summary: dict[str, Any] = {"workload": workload, "methods": {}}
+    for method, run in runs.items():
+        wall = min(run["walls"])
+        mem = run["memory"]
+        roles = mem["peak_breakdown_bytes"]
+        search_pss = roles.get("client", 0) + roles.get("engine", 0) + roles.get("worker", 0)
+        summary["methods"][method] = {
+            "wall_s": wall,
+            "walls_s": run["walls"],
+            "startup_s": run["startup"],
+            "efficiency": None if serial is None or method == "serial" else (serial / engines) / wall,
+            "vs_loky": None if loky is None else wall / loky,
+            "peak_pss_bytes": mem["peak_pss_bytes"],
+            "peak_search_pss_bytes": search_pss,
+            "peak_controller_pss_bytes": roles.get("controller"),
+            "memory": mem,
+            "task_seconds": run["task_seconds"],
+            "client_cpu_s": run.get("client_cpu"),
+            "fits_per_engine": run.get("fits_per_engine"),
+        }
+    summary.update(compare_scores(runs))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = base_parser(__doc__)
+    parser.add_argument("--engines", "-E", type=int, default=2, help="engines / loky workers (default 2)")
+    parser.add_argument("--workloads", nargs="+", default=["digits", "synthetic"], choices=["digits", "synthetic"])
+    parser.add_argument("--samples", type=int, default=None, help="synthetic rows (default 3000; --quick 400)")
+    parser.add_argument("--features", type=int, default=None, help="synthetic columns (default 100; --quick 20)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per method on the warm pool; the best counts")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--order", default="longest-first", help="DistributedSearch order (longest-first|given)")
+    parser.add_argument("--controller-arg", action="append", default=[], metavar="ARG",
+                        help="extra ipcontroller flag for ours, e.g. --TaskScheduler.hwm=2 (repeatable)")
+    parser.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
+                        help="extra ipengine flag for ours, e.g. --IPEngine.enable_nanny=False (repeatable)")
+    parser.add_argument("--pss-interval", type=float, default=0.2, help="seconds between PSS samples")
+    parser.add_argument("--child", choices=METHODS, help=argparse_hidden())
+    parser.add_argument("--spec", help=argparse_hidden())
+    parser.add_argument("--result", help=argparse_hidden())
+    args = parser.parse_args(argv)
+
+    if args.child:
+        out = run_child(args.child, json.loads(args.spec))
+        Path(args.result).write_text(json.dumps(out))
+        return out
+
+    from payload import persist_cv_splits
+
+    samples = args.samples or (400 if args.quick else 3000)
+    features = args.features or (20 if args.quick else 100)
+    machine = machine_info()
+    print(machine_line(machine), flush=True)
+    workloads = []
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+        for workload in args.workloads:
+            X, y = load_workload(workload, samples, features)
+            persist_cv_splits(X, y, splitter(), tmp, name=workload)
+            spec = {
+                "workload": workload, "samples": samples, "features": features,
+                "grid": grid(args.quick), "engines": args.engines, "repeat": args.repeat,
+                "splits_dir": tmp, "order": args.order,
+                "controller_args": args.controller_arg, "engine_args": args.engine_arg,
+            }
+            runs = {}
+            for method in args.methods:
+                print(f"{workload}: {method} ...", flush=True)
+                runs[method] = spawn(method, spec, args.pss_interval)
+            summary = summarize(workload, runs, args.engines)
+            summary["shape"] = list(X.shape)
+            summary["n_candidates"] = len(runs[args.methods[0]]["params"])
+            summary["n_splits"] = N_SPLITS
+            workloads.append(summary)
+            print(render(summary, args.engines), flush=True)
+    data = {
+        "engines": args.engines,
+        "repeat": args.repeat,
+        "order": args.order,
+        "controller_args": args.controller_arg,
+        "engine_args": args.engine_arg,
+        "quick": args.quick,
+        "workloads": workloads,
+        "scores_agree": all(w["scores_agree"] for w in workloads),
+    }
+    path = write_json("search", data, machine, args.json)
+    print(f"\nwrote {path}")
+    for w in workloads:
+        for problem in w["problems"]:
+            print(f"SCORES DISAGREE ({w['workload']}): {problem}", file=sys.stderr)
+    if not data["scores_agree"]:
+        raise SystemExit(1)
+    return data
+
+
+def render(summary: dict[str, Any], engines: int) -> str:
+    rows = []
+    for method, m in summary["methods"].items():
+        rows.append([
+            method,
+            m["startup_s"],
+            m["wall_s"],
+            m["efficiency"],
+            m["vs_loky"],
+            mib(m["peak_search_pss_bytes"]),
+            mib(m["peak_controller_pss_bytes"]),
+            mib(m["peak_pss_bytes"]),
+        ])
+    shape = "x".join(map(str, summary.get("shape", [])))
+    title = (
+        f"\n{summary['workload']} ({shape}), {summary.get('n_candidates')} candidates x "
+        f"{summary.get('n_splits')} splits, E={engines}; scores agree: {summary['scores_agree']}"
+    )
+    header = ["method", "startup s", "wall s", "efficiency", "wall/loky",
+              "search PSS MiB", "controller MiB", "tree PSS MiB"]
+    return table(rows, header, title)
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()

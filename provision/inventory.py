@@ -1,0 +1,240 @@
+"""An Ansible inventory of a cluster, built from its tags.
+
+The cloud's tags say which nodes exist and which is the master; the cluster's
+settings (SSH user and key, engines per node, remote root) and the client's
+Python environment (the versions nodes must run) fill in the variables that
+``ansible/site.yml`` needs to do what `provision.nodes` does over Fabric. The
+result is Ansible's dynamic inventory JSON (the ``--list`` format, with
+``_meta.hostvars``); `render` turns it into the YAML or INI a team can keep.
+
+Groups: ``master`` (one host) and ``workers``. Hosts are named by node name
+(``master``, ``node001``) and reached at their SSH address (``ansible_host``).
+Every host carries the whole picture in its own vars, so ``--host`` alone is
+enough; the environment and connection settings shared by all nodes are also in
+``all.vars`` for the roles.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from provision import state
+from provision.cloud.common import MASTER, ClusterInfo
+from provision.errors import BadInput
+from provision.nodes import engines, setup
+
+if TYPE_CHECKING:
+    from provision.config import ClusterConfig
+    from provision.lifecycle import Context
+
+GROUPS = ("master", "workers")
+FORMATS = ("yaml", "ini", "json")
+
+
+def context(target: str | ClusterConfig | Context) -> Context:
+    """The `Context` of a cluster by name (its local record), config, or as is.
+
+    Never creates a key pair or anything in the cloud: an inventory only reads.
+    """
+    from provision import lifecycle
+    from provision.config import ClusterConfig
+
+    if isinstance(target, lifecycle.Context):
+        return target
+    if isinstance(target, str):
+        record = state.load(target)
+        if "config" not in record:
+            raise BadInput(f"NAME: no local record of cluster {target!r}: pass --config/--template for it")
+        target = ClusterConfig.model_validate(record["config"])
+    return lifecycle.prepare(target, need_key=False)
+
+
+def ssh_common_args(known_hosts: Path) -> str:
+    """OpenSSH options: the cluster's own known_hosts (as Fabric uses), key auth only."""
+    return (
+        f"-o UserKnownHostsFile={shlex.quote(str(known_hosts))} -o StrictHostKeyChecking=accept-new "
+        "-o IdentitiesOnly=yes -o PasswordAuthentication=no"
+    )
+
+
+def build(
+    ctx: Context,
+    info: ClusterInfo,
+    *,
+    spec: setup.EnvSpec | None = None,
+    wheelhouse: Path | None = None,
+    only: set[str] | None = None,
+) -> dict[str, Any]:
+    """The inventory of `info`'s live nodes (those with an address); no cloud call.
+
+    `spec` is the environment nodes must have (default: this client's, as `up`
+    computes it); `wheelhouse` its directory (default: the cache entry for its
+    digest, which `setup.build_wheelhouse` fills). `only`: node names to keep.
+    """
+    cfg = ctx.config
+    root = cfg.remote_root
+    spec = spec or setup.client_env_spec(list(cfg.packages), root)
+    wheelhouse = wheelhouse or setup.default_cache_dir() / spec.digest
+    cdir = state.cluster_dir(ctx.name)
+    security = f"{root}/ipython/security"
+    master = info.master
+    record = state.load(ctx.name)
+    shared: dict[str, Any] = {
+        "ansible_user": ctx.user,
+        "ansible_ssh_private_key_file": str(Path(cfg.key_path).expanduser()),
+        "ansible_ssh_common_args": ssh_common_args(cdir / "known_hosts"),
+        "ansible_python_interpreter": "auto_silent",
+        "cluster_name": ctx.name,
+        "region": ctx.region.name,
+        "remote_root": root,
+        "venv": spec.venv,
+        "profile_dir": f"{root}/ipython",
+        "data_dir": f"{root}/data",
+        "connection_file": f"{security}/{engines.CLIENT_JSON}",
+        "engine_connection_file": f"{security}/{engines.ENGINE_JSON}",
+        "controller_host": master.name if master else "",
+        "controller_ip": (master.private_ip or "") if master else "",
+        "local_connection_dir": str(cdir),
+        "heartbeat_ms": engines.HEARTBEAT_MS,
+        "heartbeat_misses": engines.HEARTBEAT_MISSES,
+        "engine_env": engines.THREAD_ENV,
+        "python_minor": spec.python_minor,
+        "env_digest": spec.digest,
+        "env_requirements": " ".join(spec.requirements),
+        "wheelhouse": str(wheelhouse),
+        "datasets": [
+            {"digest": d["digest"], "local_dir": d["local_dir"]}
+            for _, d in sorted(record.get("datasets", {}).items())
+        ],
+    }
+    groups: dict[str, list[str]] = {g: [] for g in GROUPS}
+    hostvars: dict[str, dict[str, Any]] = {}
+    for inst in info.nodes:
+        name = inst.name or inst.instance_id
+        address = inst.ssh_address(ctx.region.use_private_ip)
+        if not address or (only is not None and name not in only):
+            continue
+        groups["master" if inst.role == MASTER else "workers"].append(name)
+        hostvars[name] = {
+            "ansible_host": address,
+            "private_ip": inst.private_ip or address,
+            "public_ip": inst.public_ip or "",
+            "instance_id": inst.instance_id,
+            "instance_type": inst.instance_type,
+            "zone": inst.zone,
+            "lifecycle": inst.lifecycle,
+            "role": inst.role,
+            "vcpus": ctx.type_info.vcpus,
+            "engines": ctx.engines_on(inst),
+            **{k: shared[k] for k in HOST_SETTINGS},
+        }
+    doc: dict[str, Any] = {
+        "all": {"children": list(GROUPS), "vars": shared},
+        **{g: {"hosts": hosts} for g, hosts in groups.items()},
+        "_meta": {"hostvars": hostvars},
+    }
+    return doc
+
+
+# Settings repeated in each host's vars, so `--host NAME` tells the whole story.
+HOST_SETTINGS = (
+    "ansible_user",
+    "ansible_ssh_private_key_file",
+    "ansible_ssh_common_args",
+    "remote_root",
+    "venv",
+    "connection_file",
+    "engine_connection_file",
+)
+
+
+def inventory(target: str | ClusterConfig | Context, **kwargs: Any) -> dict[str, Any]:
+    """The inventory of a cluster as the cloud's tags describe it now (``--list`` JSON)."""
+    from provision.cloud import ec2
+
+    ctx = context(target)
+    return build(ctx, ec2.describe_cluster(ctx.region, ctx.name), **kwargs)
+
+
+def host(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    """One host's variables (a dynamic inventory's ``--host NAME``)."""
+    try:
+        return doc["_meta"]["hostvars"][name]
+    except KeyError:
+        have = ", ".join(doc["_meta"]["hostvars"]) or "none"
+        raise BadInput(f"--host: no host {name!r} in the inventory (have: {have})") from None
+
+
+# --- rendering ---------------------------------------------------------------------
+
+
+def render(doc: dict[str, Any], fmt: str = "yaml") -> str:
+    """The inventory as JSON (``--list`` format), YAML or INI; all three mean the same to Ansible."""
+    if fmt == "json":
+        return json.dumps(doc, indent=2) + "\n"
+    if fmt == "yaml":
+        return _yaml(doc)
+    if fmt == "ini":
+        return _ini(doc)
+    raise BadInput(f"--format: must be one of {', '.join(FORMATS)} (got {fmt!r})")
+
+
+def _group_vars_only(doc: dict[str, Any], hv: dict[str, Any]) -> dict[str, Any]:
+    """A host's vars without what `all.vars` already says (shorter files, same meaning)."""
+    shared = doc["all"]["vars"]
+    return {k: v for k, v in hv.items() if k not in shared or shared[k] != v}
+
+
+def _yaml(doc: dict[str, Any]) -> str:
+    hostvars = doc["_meta"]["hostvars"]
+    tree = {
+        "all": {
+            "vars": doc["all"]["vars"],
+            "children": {
+                g: {"hosts": {h: _group_vars_only(doc, hostvars[h]) for h in doc[g]["hosts"]}}
+                for g in GROUPS
+            },
+        }
+    }
+    header = f"# Ansible inventory of cluster {doc['all']['vars'].get('cluster_name', '')}, from its tags\n"
+    return header + yaml.safe_dump(tree, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def _ini_literal(value: Any) -> str:
+    """A value Ansible's INI parser reads back as exactly `value`.
+
+    Ansible evaluates INI values as Python literals where they parse as one
+    (``3.10`` would become the float 3.1), so strings that would are quoted.
+    """
+    if isinstance(value, str):
+        try:
+            plain = isinstance(ast.literal_eval(value), str)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            plain = True
+        if plain and value and value == value.strip() and not any(c in value for c in "\"'#;\\\n"):
+            return value
+        return repr(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)  # JSON of strings and numbers is a Python literal too
+    return repr(value)
+
+
+def _ini(doc: dict[str, Any]) -> str:
+    hostvars = doc["_meta"]["hostvars"]
+    lines = [f"# Ansible inventory of cluster {doc['all']['vars'].get('cluster_name', '')}, from its tags"]
+    for g in GROUPS:
+        lines.append(f"[{g}]")
+        for h in doc[g]["hosts"]:
+            # Host lines are split like a shell line, then each value read as a literal.
+            pairs = [f"{k}={shlex.quote(_ini_literal(v))}" for k, v in _group_vars_only(doc, hostvars[h]).items()]
+            lines.append(" ".join([h, *pairs]))
+        lines.append("")
+    lines.append("[all:vars]")
+    lines += [f"{k}={_ini_literal(v)}" for k, v in doc["all"]["vars"].items()]
+    return "\n".join(lines) + "\n"
