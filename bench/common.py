@@ -236,6 +236,51 @@ def local_cluster(
     )
 
 
+# -- simulated region ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sim_session(prefix: str) -> Any:
+    """The simulated region (started, or reused if running) and a private state dir.
+
+    Yields ``(region state, temp dir)``; ``PROVISION_STATE_DIR`` points into the temp
+    dir meanwhile. The region is left running: other users may share it, and
+    ``provision sim down`` is theirs to call.
+    """
+    import shutil
+    import tempfile
+
+    from provision import sim
+
+    st = sim.up()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    old = os.environ.get("PROVISION_STATE_DIR")
+    os.environ["PROVISION_STATE_DIR"] = str(tmp / "state")
+    try:
+        yield st, tmp
+    finally:
+        if old is None:
+            os.environ.pop("PROVISION_STATE_DIR", None)
+        else:
+            os.environ["PROVISION_STATE_DIR"] = old
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sim_config(name: str, nodes: int, key_dir: Path, **extra: Any) -> Any:
+    """A cluster of `nodes` nodes (master included), one engine each, on the simulated region."""
+    from provision.config import ClusterConfig
+
+    return ClusterConfig(
+        name=name, region="sim", key_path=key_dir / "id_ed25519", cluster_size=nodes,
+        spot_bid=0.10, engines_per_node=1, ssh_timeout=300, **extra,
+    )
+
+
+def unique_name(kind: str) -> str:
+    """A cluster name no other run uses: bench-<kind>-<pid>-<time>."""
+    return f"bench-{kind}-{os.getpid() % 100000}-{int(time.time()) % 100000}"
+
+
 # -- output --------------------------------------------------------------------
 
 

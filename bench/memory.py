@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+import payload._remote  # noqa: F401 - registers payload._engine to travel by value
 from bench.common import (
     base_parser,
     local_cluster,
@@ -45,17 +46,16 @@ from bench.common import (
     tree,
     write_json,
 )
+from payload._engine import load_split
 
 
 def _load_all(paths: list[str]) -> int:
     """Engine side: load every split through the payload's engine code, read every page."""
     import numpy as np
 
-    from payload import _engine  # by value: the engines need not have payload
-
     total = 0
     for path in paths:
-        for array in _engine.load_split(path):
+        for array in load_split(path):  # shipped by value, as the payload ships it
             total += int(np.asarray(array).nbytes)
             np.add.reduce(np.asarray(array).ravel())  # touch every page
     return total
@@ -75,24 +75,16 @@ def _drop_splits() -> int:
     return n
 
 
-def _touch_pushed(names: list[str]) -> int:
-    """Engine side: the pushed arrays are in the namespace; read them too."""
+def _touch(*splits: tuple) -> int:
+    """Engine side: read every page of the pushed arrays (passed as references)."""
     import numpy as np
 
     total = 0
-    for name in names:
-        for array in globals()[name]:
+    for split in splits:
+        for array in split:
             total += int(array.nbytes)
             np.add.reduce(np.asarray(array).ravel())
     return total
-
-
-def _clear_pushed(names: list[str]) -> None:
-    import gc
-
-    for name in names:
-        globals().pop(name, None)
-    gc.collect()
 
 
 def engine_pss(pids: list[int]) -> int:
@@ -172,12 +164,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 dview.push({name: arrays}, block=True)
                 names.append(name)
                 del arrays
-            dview.apply_sync(ipp.interactive(_touch_pushed), names)
+            dview.apply_sync(_touch, *[ipp.Reference(name) for name in names])
             push_seconds = time.perf_counter() - start
             after = settle(pids)
             results["push"] = {"before_bytes": before, "after_bytes": after, "added_bytes": after - before,
                                "seconds": push_seconds}
-            dview.apply_sync(ipp.interactive(_clear_pushed), names)
+            dview.execute(f"del {', '.join(names)}; import gc; gc.collect()", block=True)
         finally:
             rc.close()
             cluster.stop_cluster_sync()

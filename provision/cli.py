@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from provision import lifecycle, state
@@ -45,6 +47,12 @@ class Main(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:  # one line, like every other bad input
+            where = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+            err.print(f"[red]error:[/] {escape(e.format_message())}{where}", highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt:
@@ -56,7 +64,7 @@ class Main(click.Group):
                 traceback.print_exc()
             names = {c.__name__ for c in type(e).__mro__}
             hint = "" if names & (BAD_INPUT | FAILURE) else f" ({type(e).__name__}; --debug shows the traceback)"
-            err.print(f"[red]error:[/] {e}{hint}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/] {escape(str(e))}{hint}", highlight=False, soft_wrap=True)
             sys.exit(2 if names & BAD_INPUT else getattr(e, "exit_code", 1))
 
 
@@ -330,6 +338,31 @@ def removenode(name: str, node: str, config_path: Path | None, template: str | N
     cfg = _config(config_path, template, name)
     inst = lifecycle.removenode(name, node, config=cfg)
     out.print(f"{name}: removed {inst.name} ({inst.instance_id})")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--interval", type=click.FloatRange(min=1), default=15, show_default=True, help="Seconds between checks.")
+@click.option("--once", is_flag=True, help="Check and replace once, then exit.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Stop watching after this many seconds.")
+@config_options
+def watch(name: str, interval: float, once: bool, timeout: float | None, config_path: Path | None,
+          template: str | None) -> None:
+    """Keep the cluster at its size: replace workers lost to spot interruptions.
+
+    Replacements' engines join the running controller, so a running search uses
+    them; the search's retries cover the tasks the lost node had.
+    """
+    cfg = _config(config_path, template, name)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        with RichReporter(err) as reporter:
+            launched = lifecycle.keep_size(name, config=cfg, reporter=reporter)
+        if launched:
+            out.print(f"{name}: replaced {launched} worker(s)")
+        if once or (deadline is not None and time.monotonic() >= deadline):
+            return
+        time.sleep(interval)
 
 
 @main.command(name="restart-engines")

@@ -89,9 +89,11 @@ def run(name: str, kind: str, label: str, model: str, params: tuple[str, ...], f
     _config(config_path, template, name)
     fixed_params = {}
     for spec in fixed:
-        key, _, expr = spec.partition("=")
-        values, _dist = parse_value(expr, spec)
-        if not key or values is None or len(values) != 1:
+        key, sep, expr = spec.partition("=")
+        if not key or not sep:
+            raise BadInput(f"--set {spec}: expected NAME=VALUE")
+        values, _dist = parse_value(expr, spec, flag="--set")
+        if values is None or len(values) != 1:
             raise BadInput(f"--set {spec}: expected NAME=VALUE")
         fixed_params[key] = values[0]
     estimator = load_estimator(model, fixed_params)

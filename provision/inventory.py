@@ -89,7 +89,8 @@ def build(
         "ansible_user": ctx.user,
         "ansible_ssh_private_key_file": str(Path(cfg.key_path).expanduser()),
         "ansible_ssh_common_args": ssh_common_args(cdir / "known_hosts"),
-        "ansible_python_interpreter": "auto_silent",
+        # Not discovered: a pyenv shim on PATH can win discovery and then refuse to run.
+        "ansible_python_interpreter": "/usr/bin/python3",
         "cluster_name": ctx.name,
         "region": ctx.region.name,
         "remote_root": root,

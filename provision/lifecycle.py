@@ -574,3 +574,21 @@ def ship_recorded_data(ctx: Context, nodes: list[InstanceInfo]) -> None:
 
     for entry in state.load(ctx.name).get("datasets", {}).values():
         data.ship(ctx, nodes, Path(entry["local_dir"]), entry["digest"])
+
+
+def keep_size(name: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None) -> int:
+    """Replace lost workers (spot interruptions) so the cluster has its configured size.
+
+    Returns how many workers were launched. New engines join the controller, so a
+    running search picks them up; its retries already cover the lost tasks.
+    """
+    ctx = context_for(name, config, reporter)
+    info = ec2.describe_cluster(ctx.region, name)
+    if info.master is None:
+        raise ProvisionError(f"cluster {name!r} lost its master: run `provision up` to rebuild it")
+    shortfall = ctx.config.cluster_size - 1 - len(info.workers)
+    if shortfall <= 0:
+        return 0
+    ctx.reporter.note(f"{name}: {shortfall} worker(s) lost, launching replacements")
+    addnode(name, shortfall, config=ctx.config, reporter=ctx.reporter)
+    return shortfall

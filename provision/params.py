@@ -38,38 +38,42 @@ def load_estimator(path: str, params: dict[str, Any] | None = None) -> Any:
     return est
 
 
-def _literal(node: ast.AST, spec: str) -> Any:
+def _literal(node: ast.AST, spec: str, flag: str = "--param") -> Any:
     try:
         return ast.literal_eval(node)
-    except ValueError as e:
-        raise BadInput(f"--param {spec}: not a literal value") from e
+    except (ValueError, TypeError) as e:  # TypeError: e.g. {[1]: 2}
+        raise BadInput(f"{flag} {spec}: not a literal value") from e
 
 
-def parse_value(expr: str, spec: str) -> tuple[list[Any] | None, Any]:
-    """(grid values, None) or (None, a scipy distribution) for one right-hand side."""
+def parse_value(expr: str, spec: str, flag: str = "--param") -> tuple[list[Any] | None, Any]:
+    """(grid values, None) or (None, a scipy distribution) for one right-hand side;
+    errors name `flag` and the whole `spec`."""
     try:
         tree = ast.parse(expr, mode="eval").body
     except SyntaxError as e:
-        raise BadInput(f"--param {spec}: cannot parse {expr!r}") from e
+        raise BadInput(f"{flag} {spec}: cannot parse {expr!r}") from e
     if isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name):
         fn = tree.func.id
-        args = [_literal(a, spec) for a in tree.args]
+        args = [_literal(a, spec, flag) for a in tree.args]
         if fn in GRIDS:
             try:
                 return [v.item() for v in GRIDS[fn](*args)], None
-            except TypeError as e:
-                raise BadInput(f"--param {spec}: {fn}{tuple(args)}: {e}") from e
+            except (TypeError, ValueError) as e:  # ValueError: e.g. linspace(1, 2, -1)
+                raise BadInput(f"{flag} {spec}: {fn}{tuple(args)}: {e}") from e
         if fn in DISTRIBUTIONS:
             from scipy import stats
 
             dist = {"loguniform": stats.loguniform, "uniform": stats.uniform, "randint": stats.randint}[fn]
-            return None, dist(*args)
+            try:
+                return None, dist(*args)
+            except (TypeError, ValueError) as e:  # e.g. loguniform(1): a shape is missing
+                raise BadInput(f"{flag} {spec}: {fn}{tuple(args)}: {e}") from e
         known = ", ".join((*GRIDS, *DISTRIBUTIONS))
-        raise BadInput(f"--param {spec}: unknown function {fn!r} (use one of {known})")
-    value = _literal(tree, spec)
+        raise BadInput(f"{flag} {spec}: unknown function {fn!r} (use one of {known})")
+    value = _literal(tree, spec, flag)
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     if not values:
-        raise BadInput(f"--param {spec}: empty list of values")
+        raise BadInput(f"{flag} {spec}: empty list of values")
     return values, None
 
 

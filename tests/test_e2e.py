@@ -330,6 +330,29 @@ def test_spot_interruption_mid_map_loses_no_result(cluster):
     assert hosts.netns_name(victim.private_ip) not in hosts.namespaces()
 
 
+def test_watch_replaces_lost_workers_whose_engines_join_a_running_map(cluster):
+    region = lifecycle.context_for(NAME).region
+    before = ec2.describe_cluster(region, NAME)
+    if len(before.workers) == 2:  # run alone: lose one first
+        sim.interrupt(before.workers[-1].instance_id)
+        before = ec2.describe_cluster(region, NAME)
+    rc = _client()
+    try:
+        view = rc.load_balanced_view()
+        view.retries = 2
+        pending = view.map_async(_slow_square, range(240))
+        watched = _cli("watch", NAME, "--once")
+        assert watched.returncode == 0, watched.stderr
+        assert "replaced" in watched.stdout
+        results = pending.get(timeout=300)
+    finally:
+        rc.close()
+    after = ec2.describe_cluster(region, NAME)
+    assert len(after.workers) == 2
+    new_hosts = {"ip-" + i.private_ip.replace(".", "-") for i in after.workers if i not in before.workers}
+    assert new_hosts & {r[1] for r in results}, "replacement engines took part in the running map"
+
+
 def test_down_removes_everything_and_every_host(cluster):
     region = lifecycle.context_for(NAME).region
     ips = [i.private_ip for i in ec2.describe_cluster(region, NAME).instances if i.private_ip]
@@ -341,34 +364,48 @@ def test_down_removes_everything_and_every_host(cluster):
     assert not set(map(hosts.netns_name, ips)) & set(hosts.namespaces())
 
 
-def test_ctrl_c_during_up_then_down_leaves_nothing(sim_region, tmp_path):
-    """SIGINT once instances exist; `down` must then find and remove all of it."""
+@pytest.mark.parametrize(
+    ("delay", "rerun"),
+    [(0.0, False), (3.0, True), (10.0, False)],
+    ids=["after-launch", "during-ssh-or-install", "during-engines"],
+)
+def test_ctrl_c_during_up_then_down_leaves_nothing(sim_region, tmp_path, delay, rerun):
+    """SIGINT at a step of `up`; a re-run converges, and `down` removes all of it."""
     import signal
 
+    name = f"ctrlc{int(delay)}"
     cfg = tmp_path / "c.yaml"
     _keygen(tmp_path / "key")
     cfg.write_text(
-        "default: s\nclusters:\n  s:\n    region: sim\n    name: ctrlc\n"
+        f"default: s\nclusters:\n  s:\n    region: sim\n    name: {name}\n"
         f"    key_path: {tmp_path}/key\n    cluster_size: 2\n    engines_per_node: 1\n"
     )
     env = dict(os.environ, PROVISION_STATE_DIR=str(tmp_path / "state"))
-    exe = Path(os.sys.executable).parent / "provision"
+    exe = Path(sys.executable).parent / "provision"
     proc = subprocess.Popen([str(exe), "up", "--config", str(cfg)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     region = sim.region()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(ec2.describe_cluster(region, "ctrlc").alive) < 2:
-        time.sleep(0.2)
-    time.sleep(1.0)  # into the SSH wait / install
+    while time.monotonic() < deadline and len(ec2.describe_cluster(region, name).alive) < 2:
+        time.sleep(0.1)
+    time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.fail(f"up finished before SIGINT at +{delay}s: lower the delay\n{output}")
     assert proc.returncode == 130, output
     assert "interrupted" in output
-    ips = [i.private_ip for i in ec2.describe_cluster(region, "ctrlc").instances if i.private_ip]
-    down = subprocess.run([str(exe), "down", "ctrlc", "--yes", "--config", str(cfg)], env=env,
+    if rerun:
+        again = subprocess.run([str(exe), "up", "--config", str(cfg)], env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "2 nodes, 2 engines registered" in again.stdout
+        assert len(ec2.describe_cluster(region, name).alive) == 2
+    ips = [i.private_ip for i in ec2.describe_cluster(region, name).instances if i.private_ip]
+    down = subprocess.run([str(exe), "down", name, "--yes", "--config", str(cfg)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert not any(ec2.leftovers(region, "ctrlc").values())
+    assert not any(ec2.leftovers(region, name).values())
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and set(map(hosts.netns_name, ips)) & set(hosts.namespaces()):
         time.sleep(0.2)

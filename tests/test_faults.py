@@ -166,7 +166,7 @@ FAULTS = Faults()
 # boto3 builds a client class afresh for every client (~0.1 s for EC2's ~700
 # operations) and ec2.py asks for one per function; reusing them (same retry
 # configs, made by ec2._client itself) keeps this module's ~120 runs of `up` cheap.
-_CLIENTS: dict[tuple[Any, ...], Any] = {}
+_CLIENTS: dict[Any, Any] = {}
 _NAMES = itertools.count(1)
 
 
@@ -222,7 +222,14 @@ def region(moto_default_amis: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     core = {"reset_boto3_session": False, "mock_credentials": False, "service_whitelist": None,
             "passthrough": {"urls": [], "services": []}}
     with mock_aws(config={"core": core}):
-        yield boto3.client("ec2", region_name=REGION.name)
+        yield _checker()
+
+
+def _checker() -> Any:
+    """A plain boto3 client to check what EC2 reports (one for the module: see _CLIENTS)."""
+    if "checker" not in _CLIENTS:
+        _CLIENTS["checker"] = boto3.client("ec2", region_name=REGION.name)
+    return _CLIENTS["checker"]
 
 
 @pytest.fixture
@@ -364,7 +371,7 @@ def launch_with_a_key_up_makes(tmp_path: Path, name: str) -> Path:
 
 
 @pytest.fixture
-def secured(region: Any, name: str, tmp_path: Path) -> Path:
+def secured(faults: Faults, name: str, tmp_path: Path) -> Path:
     return launch_with_a_key_up_makes(tmp_path, name)
 
 
