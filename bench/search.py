@@ -20,8 +20,16 @@ for loky the spawning of its (reusable) workers and the same import. Then each
 search runs ``--repeat`` times on the warm pool and the best wall time counts.
 ``refit=False`` and no train scores everywhere: ours has no refit.
 
-efficiency = (serial wall / E) / wall. Every mean validation score and the best
-parameters must agree across methods (``assert_allclose``, atol 1e-12).
+efficiency = (serial wall / E) / wall. On a busy machine wall times mean little,
+so the CPU time (user + system) of each method's whole process tree during the
+search is reported too: CPU eff = serial CPU / CPU is the share of the CPU spent
+on the fits themselves, whatever the load. Every mean validation score and the
+best parameters must agree across methods (``assert_allclose``, atol 1e-12).
+
+``--controller-arg``/``--engine-arg`` pass flags to our local controller and
+engines, e.g. ``--controller-arg=--TaskScheduler.hwm=2`` or, for lighter
+engines, ``--engine-arg=--IPEngine.enable_nanny=False`` (ipyparallel starts a
+~27 MiB nanny process beside every engine by default).
 
 Workloads: ``digits`` (the seed grid: SVC, C in logspace(-1, 2, 4), gamma in
 logspace(-4, 0, 5), 5 ShuffleSplit splits, test_size 0.25, random_state 42) and
@@ -34,7 +42,9 @@ Commands::
     python -m bench.search                        # both workloads, E=2
     python -m bench.search --quick                # smoke size (CI)
     python -m bench.search --repeat 3 --workloads digits
-    # a 16-core host, the 20000 x 200 set:
+    # a 16-core host, the 20000 x 200 set (the serial baseline alone takes about
+    # 16 times the parallel wall; add --methods loky ours to skip it, and with it
+    # the efficiency column):
     python -m bench.search --engines 16 --workloads synthetic --samples 20000 --features 200
 
 If ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` are set on this processor, unset
@@ -75,7 +85,7 @@ TEST_SIZE = 0.25
 
 def grid(quick: bool) -> dict[str, list[float]]:
     if quick:
-        return {"C": [0.1, 10.0], "gamma": [1e-3, 1e-1]}
+        return {"C": [1.0, 10.0], "gamma": [1e-3]}
     return {"C": np.logspace(-1, 2, 4).tolist(), "gamma": np.logspace(-4, 0, 5).tolist()}
 
 
@@ -102,6 +112,20 @@ def splitter() -> Any:
     return ShuffleSplit(n_splits=N_SPLITS, test_size=TEST_SIZE, random_state=SEED)
 
 
+def tree_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process and its descendants alive now."""
+    from bench.common import tree
+
+    total = 0.0
+    for proc in tree([os.getpid()]):
+        try:
+            times = proc.cpu_times()
+        except Exception:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def _warm() -> int:
     """Engine/worker warm-up: the imports a first fit would pay."""
     import os
@@ -123,7 +147,7 @@ def run_child(method: str, spec: dict[str, Any]) -> dict[str, Any]:
     X, y = load_workload(spec["workload"], spec["samples"], spec["features"])
     param_grid = spec["grid"]
     engines = spec["engines"]
-    out: dict[str, Any] = {"method": method, "walls": [], "startup": None}
+    out: dict[str, Any] = {"method": method, "walls": [], "cpus": [], "startup": None}
     if method in ("serial", "loky"):
         cv = list(splitter().split(X, y))
         n_jobs = None if method == "serial" else engines
@@ -137,9 +161,10 @@ def run_child(method: str, spec: dict[str, Any]) -> dict[str, Any]:
         limits = threadpool_limits(1) if method == "serial" else None
         for _ in range(spec["repeat"]):
             search = GridSearchCV(SVC(), param_grid, cv=cv, refit=False, n_jobs=n_jobs)
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), tree_cpu()
             search.fit(X, y)
             out["walls"].append(time.perf_counter() - start)
+            out["cpus"].append(tree_cpu() - cpu0)
         if limits is not None:
             limits.restore_original_limits()
         results = search.cv_results_
@@ -164,9 +189,10 @@ def run_child(method: str, spec: dict[str, Any]) -> dict[str, Any]:
                 search = DistributedSearch(
                     view, SVC(), param_grid, paths, return_train_score=False, order=spec["order"]
                 )
-                start, cpu0 = time.perf_counter(), time.process_time()
+                start, cpu0, tree0 = time.perf_counter(), time.process_time(), tree_cpu()
                 search.run()
                 out["walls"].append(time.perf_counter() - start)
+                out["cpus"].append(tree_cpu() - tree0)
                 cpu.append(time.process_time() - cpu0)
             out["client_cpu"] = cpu
             out["fits_per_engine"] = sorted(search.engines.values())
@@ -192,13 +218,16 @@ def spawn(method: str, spec: dict[str, Any], interval: float) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "bench.search", "--child", method,
                "--spec", json.dumps(spec), "--result", result.name]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
         with PeakPSS([proc.pid], interval=interval) as sampler:
             code = proc.wait()
+        process_s = time.perf_counter() - start
         if code != 0:
             raise RuntimeError(f"bench.search child {method} exited {code}")
         out = json.loads(Path(result.name).read_text())
     out["memory"] = sampler.as_dict()
+    out["process_s"] = process_s
     return out
 
 
@@ -225,14 +254,20 @@ def compare_scores(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def summarize(workload: str, runs: dict[str, dict[str, Any]], engines: int) -> dict[str, Any]:
     serial = min(runs["serial"]["walls"]) if "serial" in runs else None
     loky = min(runs["loky"]["walls"]) if "loky" in runs else None
+    serial_cpu = min(runs["serial"]["cpus"]) if "serial" in runs else None
     summary: dict[str, Any] = {"workload": workload, "methods": {}}
     for method, run in runs.items():
         wall = min(run["walls"])
         mem = run["memory"]
         roles = mem["peak_breakdown_bytes"]
-        search_pss = roles.get("client", 0) + roles.get("engine", 0) + roles.get("worker", 0)
+        # Everything but the controller: client + engines; parent + workers + loky's tracker.
+        search_pss = mem["peak_pss_bytes"] - roles.get("controller", 0)
+        cpu = min(run["cpus"])
         summary["methods"][method] = {
             "wall_s": wall,
+            "cpu_s": cpu,
+            "cpus_s": run["cpus"],
+            "cpu_efficiency": None if serial_cpu is None or method == "serial" else serial_cpu / cpu,
             "walls_s": run["walls"],
             "startup_s": run["startup"],
             "efficiency": None if serial is None or method == "serial" else (serial / engines) / wall,
@@ -244,6 +279,7 @@ def summarize(workload: str, runs: dict[str, dict[str, Any]], engines: int) -> d
             "task_seconds": run["task_seconds"],
             "client_cpu_s": run.get("client_cpu"),
             "fits_per_engine": run.get("fits_per_engine"),
+            "process_s": run["process_s"],
         }
     summary.update(compare_scores(runs))
     return summary
@@ -329,6 +365,8 @@ def render(summary: dict[str, Any], engines: int) -> str:
             m["wall_s"],
             m["efficiency"],
             m["vs_loky"],
+            m["cpu_s"],
+            m["cpu_efficiency"],
             mib(m["peak_search_pss_bytes"]),
             mib(m["peak_controller_pss_bytes"]),
             mib(m["peak_pss_bytes"]),
@@ -338,7 +376,7 @@ def render(summary: dict[str, Any], engines: int) -> str:
         f"\n{summary['workload']} ({shape}), {summary.get('n_candidates')} candidates x "
         f"{summary.get('n_splits')} splits, E={engines}; scores agree: {summary['scores_agree']}"
     )
-    header = ["method", "startup s", "wall s", "efficiency", "wall/loky",
+    header = ["method", "startup s", "wall s", "efficiency", "wall/loky", "CPU s", "CPU eff",
               "search PSS MiB", "controller MiB", "tree PSS MiB"]
     return table(rows, header, title)
 

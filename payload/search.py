@@ -45,6 +45,7 @@ from . import _engine
 from ._remote import (
     TaskSender,
     engine_of,
+    forget,
     judge_fit_failures,
     load_balanced_view,
     remote_error_text,
@@ -375,6 +376,7 @@ class DistributedSearch:
                 # the fit, so it is not journaled and a resume runs it again.
                 journaled = False
                 result = self._task_failure(candidate, split, exc)
+            forget(ar)
             record = {**result, "params": self.candidates[candidate]}
             with self._cond:
                 self._pending.pop((candidate, split), None)

@@ -157,7 +157,7 @@ def persist_local(X: Any, y: np.ndarray, cv: Any) -> tuple[Path, str]:
     from payload import persist_cv_splits
 
     cache = state.root() / "data"
-    cache.mkdir(parents=True, exist_ok=True)
+    state.mkdir_private(cache)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".new-"))
     try:
         persist_cv_splits(X, y, cv, tmp)

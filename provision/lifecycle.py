@@ -374,7 +374,8 @@ def _configure_with_ansible(ctx: Context, pipeline: _Pipeline, nodes: list[Insta
             ctx.reporter.stage(label, "waiting for running", step=1, total=total)
             if inst.state != "running" or not inst.private_ip:
                 ec2.wait_running(ctx.region, [inst.instance_id], timeout=cfg.launch_timeout)
-            ep = ctx.endpoint(ec2.describe_cluster(ctx.region, ctx.name).find(inst.instance_id) or inst)
+                inst = ec2.describe_cluster(ctx.region, ctx.name).find(inst.instance_id) or inst
+            ep = ctx.endpoint(inst)
             ctx.reporter.stage(label, f"waiting for SSH on {ep.host}", step=2, total=total)
             remote.wait_for_ssh(ep, timeout=cfg.ssh_timeout)
             ctx.reporter.stage(label, "waiting for the playbook", step=3, total=total)
@@ -400,14 +401,16 @@ def _configure_with_ansible(ctx: Context, pipeline: _Pipeline, nodes: list[Insta
     )
     for label in sorted(reached):
         inst = info.find(label)
-        err = run.error_for(label, inst.ssh_address(ctx.region.use_private_ip) or "" if inst else "")
+        err = run.error_for(label, (inst.ssh_address(ctx.region.use_private_ip) or "") if inst else "")
         results[label] = err
         if err is not None:
             ctx.reporter.stage(label, f"[red]failed[/]: {err}", step=total, total=total)
         elif inst is not None:
             ctx.reporter.stage(label, f"ready ({inst.instance_id}, {inst.private_ip})", step=total, total=total)
-    if info.master is not None and results.get(info.master.name or info.master.instance_id, 1) is None:
-        engines.fetch_connection_files(ctx.endpoint(info.master), cfg.remote_root, state.cluster_dir(ctx.name))
+    master = info.master
+    master_label = (master.name or master.instance_id) if master else ""
+    if master is not None and master_label in reached and results[master_label] is None:
+        engines.fetch_connection_files(ctx.endpoint(master), cfg.remote_root, state.cluster_dir(ctx.name))
     return results
 
 

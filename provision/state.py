@@ -23,10 +23,18 @@ def root() -> Path:
     return Path(os.environ.get("PROVISION_STATE_DIR") or platformdirs.user_state_dir("provision"))
 
 
+def mkdir_private(path: Path) -> None:
+    """mkdir -p, with 0700 for every directory it creates (parents=True would give
+    the parents the umask's 0755, leaving the state root and data cache readable)."""
+    if not path.is_dir():
+        mkdir_private(path.parent)
+        path.mkdir(exist_ok=True, mode=0o700)
+
+
 def cluster_dir(name: str, create: bool = True) -> Path:
     d = root() / "clusters" / name
     if create:
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mkdir_private(d)
         os.chmod(d, 0o700)
     return d
 

@@ -6,15 +6,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import cloudpickle
 import pytest
+import test_cli
 import yaml
-from test_cli import _launch_unit_cluster, aws, cfg_file, invoke, nothing_created  # noqa: F401
+from test_cli import _launch_unit_cluster, invoke, nothing_created
 
 from provision import inventory, lifecycle
 from provision.cloud import ec2
@@ -23,6 +26,7 @@ from provision.nodes import ansible_run, engines
 ROOT = Path(__file__).resolve().parents[1]
 ANSIBLE = ROOT / "ansible"
 BIN = Path(sys.executable).parent
+aws, cfg_file = test_cli.aws, test_cli.cfg_file  # the CLI tests' moto fixtures
 # Engines cannot import this test module: send its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -121,6 +125,15 @@ def test_the_playbook_passes_ansible_syntax_check():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_the_playbook_passes_ansible_lint_at_the_production_profile():
+    lint = shutil.which("ansible-lint", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if lint is None:
+        pytest.skip("ansible-lint is optional: pip install ansible-lint")
+    proc = subprocess.run([lint, "--offline", "--format", "pep8", "site.yml"], cwd=ANSIBLE,
+                          env=_ansible_env(NO_COLOR="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
 def test_roles_start_processes_with_the_fabric_paths_flags_and_shell_functions():
     from jinja2 import Environment, FileSystemLoader
 
@@ -170,6 +183,33 @@ def test_recap_counts_and_failures_are_read_per_host_naming_the_task():
     assert "No route to host" in str(result.error_for("node002"))
     assert "exit 3" in str(result.error_for("master")) and "boom" in str(result.error_for("master"))
     assert "not in the playbook's recap" in str(result.error_for("node004"))
+
+
+def test_a_failing_and_an_unreachable_node_are_named_while_the_other_node_finishes(tmp_path):
+    book = tmp_path / "book.yml"
+    book.write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - name: Work\n      ansible.builtin.shell: echo boom >&2; exit {{ code }}\n"
+        "      changed_when: false\n"
+    )
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    doc = {
+        "all": {"children": ["master", "workers"], "vars": {}},
+        "master": {"hosts": ["master"]},
+        "workers": {"hosts": ["node001", "node002"]},
+        "_meta": {"hostvars": {
+            "master": {**local, "code": 0},
+            "node001": {**local, "code": 3},
+            "node002": {"ansible_host": "127.0.0.1", "ansible_port": 1, "code": 0},  # nothing listens
+        }},
+    }
+    progress: list[tuple[str, str]] = []
+    result = ansible_run.run_playbook(doc, playbook=book, on_progress=lambda h, t: progress.append((h, t)))
+    assert result.failed_hosts == ["node001", "node002"] and result.changed == 0
+    assert result.error_for("master") is None
+    assert str(result.error_for("node001", "10.77.0.5")) == "node001 (10.77.0.5): ansible: Work: exit 3: boom"
+    assert "node002" in str(result.error_for("node002")) and "port 1" in str(result.error_for("node002"))
+    assert ("master", "ansible: Work (ok)") in progress
 
 
 # --- end to end on the simulated region ------------------------------------------------
@@ -228,17 +268,52 @@ def test_up_configured_by_the_playbook_registers_one_engine_on_each_of_two_hosts
 
 
 @pytest.mark.e2e
-def test_a_second_playbook_run_through_the_dynamic_inventory_changes_nothing(ansible_cluster, sim_env):
+def test_a_second_playbook_run_through_the_dynamic_inventory_changes_nothing(ansible_cluster):
     started = time.monotonic()
-    proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", "inventory.py", "site.yml"], cwd=ANSIBLE, capture_output=True,
-        text=True, env=_ansible_env(PROVISION_CLUSTER=NAME), timeout=600,
-    )
+    control = tempfile.mkdtemp(prefix="pa-", dir="/tmp")  # not ~/.ansible/cp: addresses get reused
+    try:
+        proc = subprocess.run(
+            [str(BIN / "ansible-playbook"), "-i", "inventory.py", "site.yml"], cwd=ANSIBLE, capture_output=True,
+            text=True, env=_ansible_env(PROVISION_CLUSTER=NAME, ANSIBLE_SSH_CONTROL_PATH_DIR=control), timeout=600,
+        )
+    finally:
+        ansible_run._close_control_sockets(control)
     print(f"second playbook run: {time.monotonic() - started:.1f} s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     recap = ansible_run.parse_recap(proc.stdout)
     assert sorted(recap) == ["master", "node001"]
     assert all(r.changed == 0 and r.succeeded for r in recap.values()), proc.stdout[-3000:]
+
+
+@pytest.mark.e2e
+def test_the_inventory_script_without_provision_importable_asks_the_provision_command(ansible_cluster):
+    python = shutil.which("python3", path="/usr/bin")
+    if python is None or subprocess.run([python, "-c", "import provision"], capture_output=True).returncode == 0:
+        pytest.skip("needs a python3 that cannot import provision")
+    env = _ansible_env(PROVISION_CLUSTER=NAME)
+    listed = subprocess.run([python, str(ANSIBLE / "inventory.py"), "--list"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == inventory.inventory(NAME)
+    one = subprocess.run([python, str(ANSIBLE / "inventory.py"), "--host", "node001"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert json.loads(one.stdout)["engines"] == 1
+
+
+@pytest.mark.e2e
+def test_the_playbook_gives_a_node_the_datasets_the_cluster_already_holds(ansible_cluster):
+    from provision import data, inventory
+    from provision.nodes import remote
+
+    ctx = lifecycle.context_for(NAME)
+    shipped = data.put_data(ctx, "iris", n_splits=2)
+    node = ec2.describe_cluster(ctx.region, NAME).find("node001")
+    remote.run(ctx.endpoint(node), f"rm -rf {shipped.remote_dir}")  # as on a node added later
+    result = ansible_run.run_playbook(inventory.inventory(NAME))
+    assert result.failed_hosts == [], result.errors
+    assert result.recap["master"].changed == 0 and result.recap["node001"].changed > 0
+    listing = remote.run(ctx.endpoint(node), f"ls {shipped.remote_dir}").split()
+    assert sorted(listing) == sorted([*shipped.files, "manifest.json"])
 
 
 @pytest.mark.e2e

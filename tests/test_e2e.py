@@ -353,6 +353,42 @@ def test_watch_replaces_lost_workers_whose_engines_join_a_running_map(cluster):
     assert new_hosts & {r[1] for r in results}, "replacement engines took part in the running map"
 
 
+def test_ten_thousand_short_tasks_complete_with_bounded_client_memory(cluster, tmp_path):
+    """Load: 10,002 (candidate, split) fits, every result journaled, none lost,
+    and the Python objects the client keeps do not grow with the task count."""
+    import tracemalloc
+
+    import psutil
+    from sklearn.dummy import DummyClassifier
+
+    from payload import DistributedSearch
+    from payload.journal import verify_journal
+
+    entry = state.load(NAME)["datasets"]["digits"]
+    paths = [f"{entry['remote_dir']}/{f}" for f in entry["files"]]
+    grid = {"random_state": list(range(10_002 // len(paths)))}
+    me = psutil.Process()
+    rc = _client()
+    try:
+        rss_before = me.memory_info().rss
+        tracemalloc.start()
+        search = DistributedSearch(rc.load_balanced_view(), DummyClassifier(), grid, paths,
+                                   journal=tmp_path / "journal.jsonl", return_train_score=False)
+        search.run(timeout=900)
+        kept_mb = tracemalloc.get_traced_memory()[0] / 2**20
+        tracemalloc.stop()
+        rss_mb = (me.memory_info().rss - rss_before) / 2**20
+    finally:
+        rc.close()
+    n = len(grid["random_state"]) * len(paths)
+    assert search.progress == (n, n)
+    assert not np.isnan(search.cv_results_["mean_test_score"]).any()
+    check = verify_journal(tmp_path / "journal.jsonl")
+    assert check.ok and check.n_results == n
+    print(f"{n} tasks; Python objects kept {kept_mb:.1f} MiB; client RSS grew {rss_mb:.0f} MiB")
+    assert kept_mb < 32, f"the client kept {kept_mb:.0f} MiB of objects for {n} tasks"
+
+
 def test_down_removes_everything_and_every_host(cluster):
     region = lifecycle.context_for(NAME).region
     ips = [i.private_ip for i in ec2.describe_cluster(region, NAME).instances if i.private_ip]

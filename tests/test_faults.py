@@ -16,6 +16,7 @@ where SSH would start, so these tests follow `up` as it changes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -30,6 +31,7 @@ from typing import Any
 import boto3
 import botocore.retries.bucket
 import botocore.retries.standard
+import moto.kms.models
 import pytest
 from botocore.awsrequest import AWSResponse
 from click.testing import CliRunner
@@ -156,7 +158,7 @@ class Faults:
         code, status, _ = KINDS[self.kind]
         body = (
             '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
-            f"<Code>{code}</Code><Message>injected at call {self.fail_at} ({op})</Message>"
+            f"<Code>{code}</Code><Message>fault injected at call {self.fail_at}</Message>"
             f"</Error></Errors><RequestID>fault-{self.fail_at}</RequestID></Response>"
         )
         return AWSResponse(request.url, status, {}, _Raw(body.encode()))
@@ -168,6 +170,7 @@ FAULTS = Faults()
 # configs, made by ec2._client itself) keeps this module's ~120 runs of `up` cheap.
 _CLIENTS: dict[Any, Any] = {}
 _NAMES = itertools.count(1)
+_KMS_KEYS = functools.cache(moto.kms.models.generate_private_key)
 
 
 class StopBeforeSSH(Exception):
@@ -215,6 +218,8 @@ def region(moto_default_amis: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         return moto_answer(self, event_name, request, **kwargs)
 
     monkeypatch.setattr(BotocoreStubber, "__call__", answer)
+    # moto makes a fresh RSA key for EC2's default EBS encryption key after every reset.
+    monkeypatch.setattr(moto.kms.models, "generate_private_key", _KMS_KEYS)
     # No waits: botocore's backoff, adaptive mode's rate limit, launch's throttling retry.
     monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount", lambda self, ctx: 0)
     monkeypatch.setattr(botocore.retries.bucket.TokenBucket, "acquire", lambda self, *a, **kw: True)
@@ -340,6 +345,7 @@ def test_up_after_a_failed_call_converges_without_duplicates(faults, region, cfg
     faults.arm(k, "generic")
     up_until_ssh(cfg)
     faults.disarm()
+    assert faults.injected == SEQUENCE[k - 1]
     assert up_until_ssh(cfg) is None
     assert_converged(region, name)
 
@@ -378,10 +384,15 @@ def secured(faults: Faults, name: str, tmp_path: Path) -> Path:
 def test_up_opens_ssh_to_the_configured_cidr_only_and_everything_else_to_the_group(region, name, secured):
     group_id = ec2.describe_cluster(REGION, name).security_group_id
     group = region.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
-    assert ec2._flatten(group["IpPermissions"]) == {
-        ("tcp", 22, 22, "cidr", CIDR),
-        ("-1", None, None, "group", group_id),
+    rules = {
+        (p["IpProtocol"], p.get("FromPort"), p.get("ToPort"), source)
+        for p in group["IpPermissions"]
+        for source in [r["CidrIp"] for r in p.get("IpRanges", [])]
+        + [r["CidrIpv6"] for r in p.get("Ipv6Ranges", [])]
+        + [r["PrefixListId"] for r in p.get("PrefixListIds", [])]
+        + [g["GroupId"] for g in p.get("UserIdGroupPairs", [])]
     }
+    assert rules == {("tcp", 22, 22, CIDR), ("-1", None, None, group_id)}
 
 
 def test_up_requires_imdsv2_and_encrypts_root_volumes(region, name, secured):
@@ -400,7 +411,8 @@ def test_up_writes_the_key_and_local_state_private(name, secured):
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert oct(key.parent.stat().st_mode & 0o777) == "0o700"
     d = state.cluster_dir(name, create=False)
-    assert oct(d.stat().st_mode & 0o777) == "0o700"
+    for directory in (state.root(), d.parent, d):
+        assert oct(directory.stat().st_mode & 0o777) == "0o700", directory
     files = [p for p in d.rglob("*") if p.is_file()]
     assert files, "up wrote no local state"
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
@@ -410,6 +422,7 @@ def test_no_aws_secret_or_private_key_reaches_logs_or_status_json(region, name, 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a session that reads SECRET
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="provision")  # the CLI sets its own level
     cfg = launch_with_a_key_up_makes(tmp_path, name)
     assert boto3.DEFAULT_SESSION.get_credentials().secret_key == SECRET  # up really signed with it
     result = CliRunner().invoke(main, ["status", name, "--json"], catch_exceptions=False)

@@ -22,12 +22,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provision.errors import ProvisionError
 from provision.nodes.remote import NodeError
 
 PLAYBOOK = "site.yml"
@@ -46,8 +48,8 @@ _FAILURE = re.compile(
 _TASK = re.compile(r"^TASK \[(?P<task>.*)\] \**$")
 
 
-class AnsibleError(Exception):
-    """ansible-playbook is missing, or failed before any host ran."""
+class AnsibleError(ProvisionError):
+    """ansible-playbook is missing, timed out, or failed before any host ran."""
 
 
 @dataclass(frozen=True)
@@ -245,13 +247,19 @@ def run_playbook(
             args, cwd=root, env=_env(control_dir, root / "ansible.cfg"), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         ) as proc:
+            timed_out = threading.Event()
+
+            def expire() -> None:
+                timed_out.set()
+                proc.kill()
+
+            watchdog = threading.Timer(timeout, expire)
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     lines.append(line)
-                    if time.monotonic() - started > timeout:
-                        proc.kill()
-                        raise AnsibleError(f"ansible-playbook ran for more than {timeout:.0f}s")
                     if on_progress is None:
                         continue
                     t = _TASK.match(line.rstrip())
@@ -262,13 +270,17 @@ def run_playbook(
                     if m and task:
                         on_progress(m["host"], f"ansible: {task} ({m['status']})")
                 proc.wait()
-            except BaseException:  # Ctrl-C or a timeout: do not leave it configuring
+            except BaseException:  # Ctrl-C: do not leave it configuring behind our back
                 proc.terminate()
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                 raise
+            finally:
+                watchdog.cancel()
+            if timed_out.is_set():
+                raise AnsibleError(f"ansible-playbook ran for more than {timeout:.0f}s: {_tail(''.join(lines), 5)}")
     finally:
         os.unlink(inv_path)
         _close_control_sockets(control_dir)

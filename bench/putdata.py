@@ -1,0 +1,138 @@
+"""put-data to 1, 2, 4, 8 simulated hosts: time, bytes moved, and a re-run moving nothing.
+
+One cluster of max(N) hosts is launched on the simulated region and waited for
+until every host answers SSH (no packages or engines: put-data needs only SSH).
+The dataset's splits are persisted once on the client (``provision.data.persist_local``,
+timed apart); then for each N, with the hosts' data directories emptied first, the
+splits are shipped (``provision.data.ship``) to N hosts: time and bytes moved. The
+same ship is then run again on those N hosts: it must move 0 bytes.
+T(N)/T(1) near 1 means the hosts are served in parallel.
+
+The dataset is ``digits`` (as in ``provision put-data digits``) or, with
+``--samples``/``--features``, a ``make_classification`` set of that size
+(20000 x 200 float64 is 32 MB per split file, 160 MB per host).
+
+Needs root (network namespaces); the region is started if not running (and left
+running). If others share it, serialize with them, e.g. ``flock
+/tmp/provision-e2e.lock python -m bench.putdata``.
+
+Commands::
+
+    python -m bench.putdata                                  # digits, N = 1 2 4 8
+    python -m bench.putdata --samples 20000 --features 200   # 160 MB per host
+    python -m bench.putdata --quick                          # digits, N = 1 2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from bench.common import (
+    base_parser,
+    machine_info,
+    machine_line,
+    mib,
+    sim_config,
+    sim_session,
+    table,
+    unique_name,
+    write_json,
+)
+
+
+def hosts_up(config: Any) -> tuple[Any, list[Any]]:
+    """Launch the cluster's instances and wait for SSH on each; (context, nodes)."""
+    from provision import lifecycle
+    from provision.cloud import ec2
+    from provision.nodes import remote
+
+    ctx = lifecycle.prepare(config)
+    sg = ec2.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
+    ec2.ensure_key_pair(ctx.region, ctx.name, config.pair_name, ctx.public_key)
+    info = lifecycle.reconcile(ctx, sg, config.cluster_size - 1)
+    ec2.wait_running(ctx.region, [i.instance_id for i in info.nodes], timeout=config.launch_timeout)
+    nodes = ec2.describe_cluster(ctx.region, ctx.name).nodes
+    group = remote.on_hosts(lambda ep: remote.wait_for_ssh(ep, timeout=config.ssh_timeout),
+                            [ctx.endpoint(n) for n in nodes])
+    group.raise_for_failures()
+    return ctx, nodes
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = base_parser(__doc__)
+    parser.add_argument("--nodes", type=int, nargs="+", default=None, help="N values (default 1 2 4 8; --quick 1 2)")
+    parser.add_argument("--samples", type=int, default=None, help="make_classification rows instead of digits")
+    parser.add_argument("--features", type=int, default=200, help="make_classification columns (with --samples)")
+    parser.add_argument("--splits", type=int, default=5)
+    args = parser.parse_args(argv)
+    nodes_wanted = sorted(args.nodes or ([1, 2] if args.quick else [1, 2, 4, 8]))
+
+    from provision import data, lifecycle
+    from provision.nodes import remote
+
+    machine = machine_info()
+    print(machine_line(machine), flush=True)
+    if args.samples:
+        from sklearn.datasets import make_classification
+
+        X, y = make_classification(n_samples=args.samples, n_features=args.features,
+                                   n_informative=args.features // 2, random_state=0)
+        label = f"synthetic {args.samples}x{args.features}"
+    else:
+        X, y, label = data.load_dataset("digits")
+    results: dict[str, Any] = {"dataset": label, "shape": list(X.shape), "splits": args.splits,
+                               "quick": args.quick, "runs": []}
+    with sim_session("bench-putdata") as (st, tmp):
+        results["sim_boot_delay_s"] = st.boot_delay
+        start = time.perf_counter()
+        local_dir, digest = data.persist_local(X, y, data.make_cv("shuffle", args.splits, 0.25, 42))
+        results["persist_s"] = time.perf_counter() - start
+        per_host = sum(p.stat().st_size for p in local_dir.iterdir())
+        results["bytes_per_host"] = per_host
+        name = unique_name("putdata")
+        config = sim_config(name, max(nodes_wanted), tmp)
+        try:
+            print(f"launching {config.cluster_size} hosts ...", flush=True)
+            start = time.perf_counter()
+            ctx, nodes = hosts_up(config)
+            results["hosts_up_s"] = time.perf_counter() - start
+            clean = f"rm -rf {config.remote_root}/data"
+            for n in nodes_wanted:
+                group = remote.on_hosts(lambda ep: remote.run(ep, clean), [ctx.endpoint(i) for i in nodes])
+                group.raise_for_failures()
+                start = time.perf_counter()
+                first = data.ship(ctx, nodes[:n], local_dir, digest)
+                first_s = time.perf_counter() - start
+                start = time.perf_counter()
+                second = data.ship(ctx, nodes[:n], local_dir, digest)
+                second_s = time.perf_counter() - start
+                run = {"nodes": n, "seconds": first_s, "bytes_moved": first.bytes_moved,
+                       "second_seconds": second_s, "second_bytes_moved": second.bytes_moved,
+                       "mb_per_s": first.bytes_moved / first_s / 1e6}
+                results["runs"].append(run)
+                print(f"N={n}: {first_s:.2f} s, {first.bytes_moved} bytes; again {second_s:.2f} s, "
+                      f"{second.bytes_moved} bytes", flush=True)
+        finally:
+            with contextlib.suppress(Exception):
+                lifecycle.down(name, region=ctx.region if "ctx" in locals() else None)
+    base = next(r["seconds"] for r in results["runs"] if r["nodes"] == nodes_wanted[0])
+    for r in results["runs"]:
+        r["ratio_to_first"] = r["seconds"] / base
+    if nodes_wanted[0] == 1 and len(nodes_wanted) > 1:
+        results["ratio_max_to_1"] = {"n": nodes_wanted[-1], "ratio": results["runs"][-1]["ratio_to_first"]}
+    results["second_run_bytes"] = sum(r["second_bytes_moved"] for r in results["runs"])
+    rows = [[r["nodes"], r["seconds"], r["ratio_to_first"], mib(r["bytes_moved"]), r["mb_per_s"],
+             r["second_seconds"], r["second_bytes_moved"]] for r in results["runs"]]
+    title = (f"\nput-data {label}, {args.splits} splits, {mib(per_host)} MiB per host "
+             f"(persisted once in {results['persist_s']:.2f} s)")
+    print(table(rows, ["N", "T(N) s", f"T(N)/T({nodes_wanted[0]})", "moved MiB", "MB/s",
+                       "again s", "again bytes"], title))
+    path = write_json("putdata", results, machine, args.json)
+    print(f"\nwrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

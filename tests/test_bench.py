@@ -1,0 +1,87 @@
+"""Smoke tests of the benchmarks: each ``--quick`` mode runs and produces its figures.
+
+Only that figures exist and that scores agree across methods is asserted, never a
+timing: this machine is shared and small. Results go to tmp_path, not bench/results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import bootstrap, memory, overhead, putdata, search
+from bench.common import PeakPSS, machine_info, table
+
+
+def _positive(x: float | None) -> bool:
+    return x is not None and math.isfinite(x) and x > 0
+
+
+def test_machine_info_and_table():
+    info = machine_info()
+    assert info["logical_cores"] >= 1 and info["packages"]["numpy"]
+    text = table([["a", 1.23456, None]], ["name", "value", "other"], "title")
+    assert "1.235" in text and "-" in text.splitlines()[-1]
+
+
+def test_peak_pss_sees_this_process():
+    import os
+
+    with PeakPSS([os.getpid()], interval=0.05) as sampler:
+        block = bytearray(32 << 20)  # touched: counts in PSS
+        block[:: 4096] = b"x" * len(block[:: 4096])
+        sampler.sample()
+    assert sampler.peak > 32 << 20
+    assert sampler.as_dict()["peak_breakdown_bytes"]["client"] == sampler.peak
+
+
+def test_search_quick_scores_agree(tmp_path):
+    out = tmp_path / "search.json"
+    data = search.main(["--quick", "--workloads", "digits", "--json", str(out)])
+    assert data["scores_agree"]
+    (workload,) = data["workloads"]
+    assert set(workload["methods"]) == {"serial", "loky", "ours"}
+    for method, m in workload["methods"].items():
+        assert _positive(m["wall_s"]) and _positive(m["peak_pss_bytes"]), method
+        if method != "serial":
+            assert _positive(m["efficiency"]) and _positive(m["startup_s"]), method
+    assert workload["methods"]["ours"]["peak_controller_pss_bytes"] > 0
+    assert json.loads(out.read_text())["machine"]["cpu"]
+
+
+def test_memory_quick(tmp_path):
+    data = memory.main(["--quick", "--json", str(tmp_path / "memory.json")])
+    assert _positive(data["one_copy_bytes"])
+    for key in ("mmap", "push"):
+        assert _positive(data[key]["added_bytes"]) and _positive(data[key]["x_one_copy"]), key
+    assert all(n > 0.9 * data["one_copy_bytes"] for n in data["mmap"]["per_engine_bytes_read"])
+
+
+def test_overhead_quick(tmp_path):
+    data = overhead.main(["--quick", "--json", str(tmp_path / "overhead.json")])
+    assert data["n_tasks"] == 100
+    assert all(_positive(v) for v in data["ms_per_task"].values())
+    assert math.isfinite(data["overhead_ms_per_task"])
+
+
+@pytest.mark.e2e
+def test_putdata_quick(sim_region, tmp_path):
+    data = putdata.main(["--quick", "--json", str(tmp_path / "putdata.json")])
+    assert [r["nodes"] for r in data["runs"]] == [1, 2]
+    for r in data["runs"]:
+        assert r["bytes_moved"] == r["nodes"] * data["bytes_per_host"]
+        assert r["second_bytes_moved"] == 0
+    assert _positive(data["ratio_max_to_1"]["ratio"])
+
+
+@pytest.mark.e2e
+def test_bootstrap_quick(sim_region, tmp_path):
+    data = bootstrap.main(["--quick", "--json", str(tmp_path / "bootstrap.json")])
+    warm, cold = data["modes"]["warm"], data["modes"]["cold"]
+    assert [r["nodes"] for r in warm] == [1, 2] and [r["nodes"] for r in cold] == [1]
+    for r in warm + cold:
+        assert r["engines"] == r["nodes"] and _positive(r["total_s"])
+        assert all(_positive(r["phases_s"][p]) for p in ("launch", "ssh", "packages", "engines"))
+    assert _positive(cold[0]["wheelhouse_s"])
