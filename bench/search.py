@@ -126,6 +126,49 @@ def tree_cpu() -> float:
     return total
 
 
+def timeline(rc: Any, msg_ids: list[str]) -> dict[str, Any]:
+    """Where the engines' time went, from ipyparallel's per-task engine timestamps.
+
+    Over the span from the first task started to the last completed, E engines
+    have E x span seconds: ``busy`` (a task ran, unpickling and result included),
+    ``gaps`` (idle between two tasks on one engine: the round trip to the
+    scheduler for the next task), ``head`` (before an engine's first task) and
+    ``tail`` (after an engine's last task, waiting for the others to finish).
+    """
+    by_engine: dict[int, list[tuple[float, float]]] = {}
+    for msg_id in msg_ids:
+        md = rc.metadata.get(msg_id) or {}
+        if md.get("started") is None or md.get("completed") is None:
+            continue
+        by_engine.setdefault(md["engine_id"], []).append(
+            (md["started"].timestamp(), md["completed"].timestamp())
+        )
+    if not by_engine:
+        return {}
+    first = min(t[0] for ts in by_engine.values() for t in ts)
+    last = max(t[1] for ts in by_engine.values() for t in ts)
+    span = last - first
+    busy = gaps = head = tail = 0.0
+    n = 0
+    for ts in by_engine.values():
+        ts.sort()
+        n += len(ts)
+        busy += sum(b - a for a, b in ts)
+        gaps += sum(max(0.0, ts[i + 1][0] - ts[i][1]) for i in range(len(ts) - 1))
+        head += ts[0][0] - first
+        tail += last - ts[-1][1]
+    total = span * len(by_engine)
+    return {
+        "span_s": span,
+        "tasks": n,
+        "busy_share": busy / total,
+        "gap_share": gaps / total,
+        "head_share": head / total,
+        "tail_share": tail / total,
+        "gap_ms_per_task": 1000 * gaps / max(1, n - len(by_engine)),
+    }
+
+
 def _warm() -> int:
     """Engine/worker warm-up: the imports a first fit would pay."""
     import os
@@ -189,11 +232,13 @@ def run_child(method: str, spec: dict[str, Any]) -> dict[str, Any]:
                 search = DistributedSearch(
                     view, SVC(), param_grid, paths, return_train_score=False, order=spec["order"]
                 )
+                first_msg = len(rc.history)
                 start, cpu0, tree0 = time.perf_counter(), time.process_time(), tree_cpu()
                 search.run()
                 out["walls"].append(time.perf_counter() - start)
                 out["cpus"].append(tree_cpu() - tree0)
                 cpu.append(time.process_time() - cpu0)
+                out.setdefault("timeline", []).append(timeline(rc, rc.history[first_msg:]))
             out["client_cpu"] = cpu
             out["fits_per_engine"] = sorted(search.engines.values())
         finally:
@@ -280,6 +325,7 @@ def summarize(workload: str, runs: dict[str, dict[str, Any]], engines: int) -> d
             "client_cpu_s": run.get("client_cpu"),
             "fits_per_engine": run.get("fits_per_engine"),
             "process_s": run["process_s"],
+            "timeline": run.get("timeline"),
         }
     summary.update(compare_scores(runs))
     return summary
@@ -378,7 +424,18 @@ def render(summary: dict[str, Any], engines: int) -> str:
     )
     header = ["method", "startup s", "wall s", "efficiency", "wall/loky", "CPU s", "CPU eff",
               "search PSS MiB", "controller MiB", "tree PSS MiB"]
-    return table(rows, header, title)
+    text = table(rows, header, title)
+    ours = summary["methods"].get("ours", {})
+    if ours.get("timeline"):
+        best = min(range(len(ours["walls_s"])), key=ours["walls_s"].__getitem__)
+        t = ours["timeline"][best]
+        if t:
+            text += (
+                f"\nours, engine time over the search span: busy {t['busy_share']:.1%}, "
+                f"gaps between tasks {t['gap_share']:.1%} ({t['gap_ms_per_task']:.1f} ms each), "
+                f"head {t['head_share']:.1%}, tail {t['tail_share']:.1%}"
+            )
+    return text
 
 
 def argparse_hidden() -> str:

@@ -112,6 +112,8 @@ def prepare(config: ClusterConfig, reporter: Reporter | None = None, *, need_key
         region = resolve_region(config.region)
         type_info = ec2.describe_instance_type(region, config.instance_type)
         image_id = ec2.resolve_image(region, config.image_id, type_info.arch)
+    except ec2.CloudAPIError as err:
+        raise ProvisionError(f"{config.region}: {err}") from err
     except (ec2.CloudError, ConfigError) as err:
         raise BadInput(f"{config.region}: {err}") from err
     except Exception as err:  # SimError and friends: still nothing created

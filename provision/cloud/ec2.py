@@ -77,6 +77,11 @@ class CloudError(Exception):
     """A failure the user can act on, with a one-line message."""
 
 
+class CloudAPIError(CloudError):
+    """The API itself failed (permissions, throttling past retries, outages), as
+    opposed to a request the region cannot satisfy: not the user's input."""
+
+
 def _api(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn botocore failures escaping a public function into a one-line CloudError."""
 
@@ -85,9 +90,9 @@ def _api(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except ClientError as e:
-            raise CloudError(f"EC2 {e.operation_name} failed: {_message(e)} ({_code(e)})") from e
+            raise CloudAPIError(f"EC2 {e.operation_name} failed: {_message(e)} ({_code(e)})") from e
         except BotoCoreError as e:
-            raise CloudError(f"EC2 call failed: {e}") from e
+            raise CloudAPIError(f"EC2 call failed: {e}") from e
 
     return wrapper
 
