@@ -126,7 +126,7 @@ def tree_cpu() -> float:
     return total
 
 
-def timeline(rc: Any, msg_ids: list[str]) -> dict[str, Any]:
+def timeline(ars: list[Any]) -> dict[str, Any]:
     """Where the engines' time went, from ipyparallel's per-task engine timestamps.
 
     Over the span from the first task started to the last completed, E engines
@@ -136,8 +136,8 @@ def timeline(rc: Any, msg_ids: list[str]) -> dict[str, Any]:
     ``tail`` (after an engine's last task, waiting for the others to finish).
     """
     by_engine: dict[int, list[tuple[float, float]]] = {}
-    for msg_id in msg_ids:
-        md = rc.metadata.get(msg_id) or {}
+    for ar in ars:
+        md = ar.metadata
         if md.get("started") is None or md.get("completed") is None:
             continue
         by_engine.setdefault(md["engine_id"], []).append(
@@ -227,18 +227,27 @@ def run_child(method: str, spec: dict[str, Any]) -> dict[str, Any]:
             out["startup"] = time.perf_counter() - start
             out["workers"] = len(set(pids))
             view = rc.load_balanced_view()
+            ars: list[Any] = []  # every task's AsyncResult, for its engine timestamps
+            submit = view.apply_async
+
+            def recording(*args: Any, **kwargs: Any) -> Any:
+                ar = submit(*args, **kwargs)
+                ars.append(ar)
+                return ar
+
+            view.apply_async = recording
             cpu = []
             for _ in range(spec["repeat"]):
                 search = DistributedSearch(
                     view, SVC(), param_grid, paths, return_train_score=False, order=spec["order"]
                 )
-                first_msg = len(rc.history)
+                ars.clear()
                 start, cpu0, tree0 = time.perf_counter(), time.process_time(), tree_cpu()
                 search.run()
                 out["walls"].append(time.perf_counter() - start)
                 out["cpus"].append(tree_cpu() - tree0)
                 cpu.append(time.process_time() - cpu0)
-                out.setdefault("timeline", []).append(timeline(rc, rc.history[first_msg:]))
+                out.setdefault("timeline", []).append(timeline(ars))
             out["client_cpu"] = cpu
             out["fits_per_engine"] = sorted(search.engines.values())
         finally:
