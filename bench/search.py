@@ -112,18 +112,31 @@ def splitter() -> Any:
     return ShuffleSplit(n_splits=N_SPLITS, test_size=TEST_SIZE, random_state=SEED)
 
 
-def tree_cpu() -> float:
-    """CPU seconds (user + system) used so far by this process and its descendants alive now."""
-    from bench.common import tree
+def tree_cpu(by_role: dict[str, float] | None = None) -> float:
+    """CPU seconds (user + system) used so far by this process and its descendants alive now.
+
+    With ``by_role``, also add each process's seconds under its role (client,
+    controller, engine, worker, other).
+    """
+    from bench.common import role_of, tree
 
     total = 0.0
-    for proc in tree([os.getpid()]):
+    me = os.getpid()
+    for proc in tree([me]):
         try:
             times = proc.cpu_times()
         except Exception:
             continue
-        total += times.user + times.system
+        seconds = times.user + times.system
+        total += seconds
+        if by_role is not None:
+            role = role_of(proc, [me])
+            by_role[role] = by_role.get(role, 0.0) + seconds
     return total
+
+
+def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {role: after[role] - before.get(role, 0.0) for role in after}
 
 
 def timeline(ars: list[Any]) -> dict[str, Any]:
@@ -204,10 +217,13 @@ def run_child(method: str, spec: dict[str, Any]) -> dict[str, Any]:
         limits = threadpool_limits(1) if method == "serial" else None
         for _ in range(spec["repeat"]):
             search = GridSearchCV(SVC(), param_grid, cv=cv, refit=False, n_jobs=n_jobs)
-            start, cpu0 = time.perf_counter(), tree_cpu()
+            roles0: dict[str, float] = {}
+            start, cpu0 = time.perf_counter(), tree_cpu(roles0)
             search.fit(X, y)
             out["walls"].append(time.perf_counter() - start)
-            out["cpus"].append(tree_cpu() - cpu0)
+            roles1: dict[str, float] = {}
+            out["cpus"].append(tree_cpu(roles1) - cpu0)
+            out.setdefault("cpu_roles", []).append(_cpu_delta(roles0, roles1))
         if limits is not None:
             limits.restore_original_limits()
         results = search.cv_results_
@@ -242,10 +258,13 @@ def run_child(method: str, spec: dict[str, Any]) -> dict[str, Any]:
                     view, SVC(), param_grid, paths, return_train_score=False, order=spec["order"]
                 )
                 ars.clear()
-                start, cpu0, tree0 = time.perf_counter(), time.process_time(), tree_cpu()
+                roles0: dict[str, float] = {}
+                start, cpu0, tree0 = time.perf_counter(), time.process_time(), tree_cpu(roles0)
                 search.run()
                 out["walls"].append(time.perf_counter() - start)
-                out["cpus"].append(tree_cpu() - tree0)
+                roles1: dict[str, float] = {}
+                out["cpus"].append(tree_cpu(roles1) - tree0)
+                out.setdefault("cpu_roles", []).append(_cpu_delta(roles0, roles1))
                 cpu.append(time.process_time() - cpu0)
                 out.setdefault("timeline", []).append(timeline(ars))
             out["client_cpu"] = cpu
@@ -335,6 +354,7 @@ def summarize(workload: str, runs: dict[str, dict[str, Any]], engines: int) -> d
             "fits_per_engine": run.get("fits_per_engine"),
             "process_s": run["process_s"],
             "timeline": run.get("timeline"),
+            "cpu_by_role_s": run.get("cpu_roles"),
         }
     summary.update(compare_scores(runs))
     return summary
@@ -444,6 +464,11 @@ def render(summary: dict[str, Any], engines: int) -> str:
                 f"gaps between tasks {t['gap_share']:.1%} ({t['gap_ms_per_task']:.1f} ms each), "
                 f"head {t['head_share']:.1%}, tail {t['tail_share']:.1%}"
             )
+    for method, m in summary["methods"].items():
+        if m.get("cpu_by_role_s"):
+            best = min(range(len(m["walls_s"])), key=m["walls_s"].__getitem__)
+            roles = ", ".join(f"{k} {v:.2f}" for k, v in sorted(m["cpu_by_role_s"][best].items()) if v > 0.005)
+            text += f"\n{method} CPU s by process: {roles}"
     return text
 
 

@@ -188,6 +188,34 @@ def reconcile(ctx: Context, sg: str, workers_wanted: int) -> ClusterInfo:
     return ec2.describe_cluster(ctx.region, ctx.name)
 
 
+def reach(ctx: Context, inst: InstanceInfo, claim: threading.Lock) -> tuple[InstanceInfo, remote.Endpoint]:
+    """Wait for a node to run and answer SSH; shared by the Fabric and Ansible paths."""
+    label, total = inst.name or inst.instance_id, len(STAGES) - 1
+    ctx.reporter.stage(label, "waiting for running", step=1, total=total)
+    if inst.state != "running" or not inst.private_ip:
+        ec2.wait_running(ctx.region, [inst.instance_id], timeout=ctx.config.launch_timeout)
+        inst = ec2.describe_cluster(ctx.region, ctx.name).find(inst.instance_id) or inst
+    ep = ctx.endpoint(inst)
+    _claim_address(ctx, ep, inst.instance_id, claim)
+    ctx.reporter.stage(label, f"waiting for SSH on {ep.host}", step=2, total=total)
+    remote.wait_for_ssh(ep, timeout=ctx.config.ssh_timeout)
+    return inst, ep
+
+
+def _claim_address(ctx: Context, ep: remote.Endpoint, instance_id: str, lock: threading.Lock) -> None:
+    """Forget the host key of an address that belonged to another instance.
+
+    EC2 reuses private addresses, and a new instance has a new host key: the
+    trust-on-first-use record is per instance, not per address.
+    """
+    with lock:
+        owners = state.load(ctx.name).get("address_owners", {})
+        if owners.get(ep.host) not in (None, instance_id) and ep.known_hosts is not None:
+            remote.forget_host(ep.known_hosts, ep.host)
+        owners[ep.host] = instance_id
+        state.update(ctx.name, address_owners=owners)
+
+
 class _Pipeline:
     """Per-node pipelines sharing the wheelhouse and the controller's files."""
 
@@ -230,14 +258,7 @@ class _Pipeline:
         label = inst.name or inst.instance_id
         total = len(STAGES) - 1
         try:
-            ctx.reporter.stage(label, "waiting for running", step=1, total=total)
-            if inst.state != "running" or not inst.private_ip:
-                ec2.wait_running(ctx.region, [inst.instance_id], timeout=cfg.launch_timeout)
-                inst = ec2.describe_cluster(ctx.region, ctx.name).find(inst.instance_id) or inst
-            ep = ctx.endpoint(inst)
-            self._claim_address(ep, inst.instance_id)
-            ctx.reporter.stage(label, f"waiting for SSH on {ep.host}", step=2, total=total)
-            remote.wait_for_ssh(ep, timeout=cfg.ssh_timeout)
+            inst, ep = reach(ctx, inst, self._lock)
             ctx.reporter.stage(label, "installing packages", step=3, total=total)
             setup.setup_node(ep, self.spec, self.wheelhouse())
             if controller:
@@ -264,19 +285,6 @@ class _Pipeline:
                 self.controller_ready.set()
             ctx.reporter.stage(label, f"[red]failed[/]: {err}", step=total, total=total)
             self._done(label, err)
-
-    def _claim_address(self, ep: remote.Endpoint, instance_id: str) -> None:
-        """Forget the host key of an address that belonged to another instance.
-
-        EC2 reuses private addresses, and a new instance has a new host key: the
-        trust-on-first-use record is per instance, not per address.
-        """
-        with self._lock:
-            owners = state.load(self.ctx.name).get("address_owners", {})
-            if owners.get(ep.host) not in (None, instance_id) and ep.known_hosts is not None:
-                remote.forget_host(ep.known_hosts, ep.host)
-            owners[ep.host] = instance_id
-            state.update(self.ctx.name, address_owners=owners)
 
     def _done(self, label: str, err: BaseException | None) -> None:
         with self._lock:
@@ -368,18 +376,12 @@ def _configure_with_ansible(ctx: Context, pipeline: _Pipeline, nodes: list[Insta
 
     cfg, total = ctx.config, len(STAGES) - 1
     results: dict[str, BaseException | None] = {}
-    lock = threading.Lock()
+    lock, claim = threading.Lock(), threading.Lock()
 
-    def reach(inst: InstanceInfo) -> None:
+    def reach_one(inst: InstanceInfo) -> None:
         label = inst.name or inst.instance_id
         try:
-            ctx.reporter.stage(label, "waiting for running", step=1, total=total)
-            if inst.state != "running" or not inst.private_ip:
-                ec2.wait_running(ctx.region, [inst.instance_id], timeout=cfg.launch_timeout)
-                inst = ec2.describe_cluster(ctx.region, ctx.name).find(inst.instance_id) or inst
-            ep = ctx.endpoint(inst)
-            ctx.reporter.stage(label, f"waiting for SSH on {ep.host}", step=2, total=total)
-            remote.wait_for_ssh(ep, timeout=cfg.ssh_timeout)
+            reach(ctx, inst, claim)
             ctx.reporter.stage(label, "waiting for the playbook", step=3, total=total)
             err = None
         except BaseException as e:  # noqa: BLE001 - reported per node
@@ -388,7 +390,7 @@ def _configure_with_ansible(ctx: Context, pipeline: _Pipeline, nodes: list[Insta
         with lock:
             results[label] = err
 
-    threads = [threading.Thread(target=reach, args=(n,), daemon=True, name=n.instance_id) for n in nodes]
+    threads = [threading.Thread(target=reach_one, args=(n,), daemon=True, name=n.instance_id) for n in nodes]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):

@@ -23,21 +23,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from moto import mock_aws
+from test_cli import CONFIG
 
 from provision.cli import main
-
-CONFIG = """\
-default: aws
-clusters:
-  aws:
-    region: us-east-1
-    name: unit
-    instance_type: c5.large
-    ssh_cidr: 203.0.113.7/32
-    key_path: {key}
-    cluster_size: 3
-    spot_bid: 0.10
-"""
 
 
 @dataclass
