@@ -5,6 +5,7 @@
 source "$(dirname "$0")/setup.sh"
 export PROVISION_STATE_DIR="${PROVISION_STATE_DIR:-$PWD/.demo-state}"
 out="${1:-$PWD/demo-results}"
+rm -rf "$out"  # a fresh search each time (a re-run of `provision run` would resume from its journal)
 cfg="$PROVISION_STATE_DIR/cluster.yaml"
 
 cleanup() {
