@@ -216,11 +216,24 @@ class PeakPSS:
         }
 
 
+def controller_flags(extra: Sequence[str] = ()) -> list[str]:
+    """provision's controller scheduler flag (``TaskScheduler.hwm``) unless ``extra`` sets
+    it, then ``extra``. Imports provision (fabric, paramiko...): call it where memory
+    is not being measured."""
+    from provision.nodes.engines import TASK_HWM
+
+    flags = list(extra)
+    if not any(arg.startswith("--TaskScheduler.hwm") for arg in flags):
+        flags.insert(0, f"--TaskScheduler.hwm={TASK_HWM}")
+    return flags
+
+
 def local_cluster(
     engines: int, controller_args: Sequence[str] = (), engine_args: Sequence[str] = ()
 ) -> Any:
-    """An ``ipyparallel.Cluster`` on this host, engines started as provision starts them
-    on a node: BLAS/OpenMP pinned to one thread in their environment."""
+    """An ``ipyparallel.Cluster`` on this host, set up as provision sets up a node when
+    given ``controller_flags()``: engines with BLAS/OpenMP pinned to one thread in
+    their environment."""
     import logging
 
     import ipyparallel as ipp

@@ -37,6 +37,7 @@ import numpy as np
 import payload._remote  # noqa: F401 - registers payload._engine to travel by value
 from bench.common import (
     base_parser,
+    controller_flags,
     local_cluster,
     machine_info,
     machine_line,
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["one_copy_bytes"] = one_copy
         del X, y
 
-        cluster = local_cluster(args.engines)
+        cluster = local_cluster(args.engines, controller_flags())
         rc = cluster.start_and_connect_sync()
         try:
             rc.wait_for_engines(args.engines, timeout=180)

@@ -26,8 +26,10 @@ search is reported too: CPU eff = serial CPU / CPU is the share of the CPU spent
 on the fits themselves, whatever the load. Every mean validation score and the
 best parameters must agree across methods (``assert_allclose``, atol 1e-12).
 
-``--controller-arg``/``--engine-arg`` pass flags to our local controller and
-engines, e.g. ``--controller-arg=--TaskScheduler.hwm=2`` or, for lighter
+Our local controller gets provision's flags (``TaskScheduler.hwm``, see
+``provision.nodes.engines.TASK_HWM``). ``--controller-arg``/``--engine-arg`` pass
+more flags to our controller and engines, e.g. ``--controller-arg=--TaskScheduler.hwm=1``
+(ipyparallel's default) or, for lighter
 engines, ``--engine-arg=--IPEngine.enable_nanny=False`` (ipyparallel starts a
 ~27 MiB nanny process beside every engine by default).
 
@@ -69,6 +71,7 @@ from bench.common import (
     ROOT,
     PeakPSS,
     base_parser,
+    controller_flags,
     local_cluster,
     machine_info,
     machine_line,
@@ -386,6 +389,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from payload import persist_cv_splits
 
+    # Resolved here, not in the child: importing provision would weigh on its memory.
+    controller_args = controller_flags(args.controller_arg)
     samples = args.samples or (400 if args.quick else 3000)
     features = args.features or (20 if args.quick else 100)
     machine = machine_info()
@@ -399,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "workload": workload, "samples": samples, "features": features,
                 "grid": grid(args.quick), "engines": args.engines, "repeat": args.repeat,
                 "splits_dir": tmp, "order": args.order,
-                "controller_args": args.controller_arg, "engine_args": args.engine_arg,
+                "controller_args": controller_args, "engine_args": args.engine_arg,
             }
             runs = {}
             for method in args.methods:
@@ -415,7 +420,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "engines": args.engines,
         "repeat": args.repeat,
         "order": args.order,
-        "controller_args": args.controller_arg,
+        "controller_args": controller_args,
         "engine_args": args.engine_arg,
         "quick": args.quick,
         "workloads": workloads,

@@ -27,6 +27,12 @@ from provision.nodes.remote import Borrowed, Endpoint, put, run
 
 HEARTBEAT_MS = 1000  # controller pings every engine this often
 HEARTBEAT_MISSES = 4  # ... and drops one after this many missed pings (~5 s)
+# Tasks the scheduler hands an engine ahead (ipyparallel's default is 1): with 2,
+# the next task waits on the engine while it runs one, instead of a round trip to
+# the scheduler after each. `python -m bench.search` (E=2, digits seed grid):
+# engines busy 97.7-97.9% of the search span vs 96.1-97.0% with 1, gap between
+# tasks 6 ms vs 9-10 ms; the tail stays at 0.4-0.6% with longest-first feeding.
+TASK_HWM = 2
 THREAD_ENV = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1"  # one engine per core
 CLIENT_JSON = "ipcontroller-client.json"
 ENGINE_JSON = "ipcontroller-engine.json"
@@ -92,6 +98,7 @@ def start_controller(
         f"--location={shlex.quote(ip)} --profile-dir={shlex.quote(prof)} "
         f"--HeartMonitor.period={heartbeat_ms} "
         f"--HeartMonitor.max_heartmonitor_misses={heartbeat_misses} "
+        f"--TaskScheduler.hwm={TASK_HWM} "
         '>> "$R/log/ipcontroller.log" 2>&1 < /dev/null &',
         '  echo $! > "$pidf"',
         "fi",
