@@ -104,6 +104,7 @@ def build(
         "local_connection_dir": str(cdir),
         "heartbeat_ms": engines.HEARTBEAT_MS,
         "heartbeat_misses": engines.HEARTBEAT_MISSES,
+        "task_hwm": engines.TASK_HWM,
         "engine_env": engines.THREAD_ENV,
         "python_minor": spec.python_minor,
         "env_digest": spec.digest,

@@ -143,6 +143,7 @@ def test_roles_start_processes_with_the_fabric_paths_flags_and_shell_functions()
     controller, workers = defaults("controller"), defaults("engines")
     assert controller["heartbeat_ms"] == engines.HEARTBEAT_MS
     assert controller["heartbeat_misses"] == engines.HEARTBEAT_MISSES
+    assert controller["task_hwm"] == engines.TASK_HWM
     assert controller["client_json"] == engines.CLIENT_JSON
     assert controller["engine_json"] == workers["engine_json"] == engines.ENGINE_JSON
     assert workers["engine_env"] == engines.THREAD_ENV

@@ -414,8 +414,8 @@ def test_ctrl_c_during_up_then_down_leaves_nothing(sim_region, tmp_path, delay, 
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     region = sim.region()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(ec2.describe_cluster(region, name).alive) < 2:
-        time.sleep(0.1)
+    while time.monotonic() < deadline and proc.poll() is None and not ec2.describe_cluster(region, name).alive:
+        time.sleep(0.05)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)

@@ -104,7 +104,9 @@ def start_controller(
         "fi",
         f"i=0; while [ $i -lt {steps} ]; do",
         f'  [ -s "{sec}/{CLIENT_JSON}" ] && [ -s "{sec}/{ENGINE_JSON}" ] && exit 0',
-        '  alive "$(cat "$pidf")" ipcontroller || '
+        # By pid only: while the process execs (setsid -> nohup -> python), its
+        # cmdline can read empty for a moment, which `alive` takes for dead.
+        '  kill -0 "$(cat "$pidf")" 2>/dev/null || '
         '{ echo "ipcontroller exited:" >&2; tail -n 20 "$R/log/ipcontroller.log" >&2; exit 3; }',
         "  sleep 0.2; i=$((i+1))",
         "done",
