@@ -75,3 +75,16 @@ def moto_default_amis(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("moto-amis") / "amis.json"
     path.write_bytes(gzip.decompress(src.read_bytes()))
     return str(path)
+
+
+def offline_aws_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """Dummy credentials, us-east-1, no endpoint or profile, and a private home and
+    state dir: what every moto-backed CLI test needs before `mock_aws`."""
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_SSM", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(var, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("HOME", str(home / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "home/.config"))
+    monkeypatch.setenv("PROVISION_STATE_DIR", str(home / "state"))

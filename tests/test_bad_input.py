@@ -22,6 +22,7 @@ import joblib
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import offline_aws_env
 from moto import mock_aws
 from test_cli import CONFIG
 
@@ -71,14 +72,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def case(tmp_path: Path, keys: Path, moto_default_amis: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Case]:
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_SSM", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(var, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home/.config"))
-    monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path / "state"))
+    offline_aws_env(monkeypatch, tmp_path)
     monkeypatch.setenv("MOTO_AMIS_PATH", moto_default_amis)
     monkeypatch.delenv("PROVISION_TEST_UNSET", raising=False)
     key = tmp_path / "id_ed25519"  # a copy per case: some cases break it

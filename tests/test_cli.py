@@ -10,6 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 from click.testing import CliRunner
+from conftest import offline_aws_env
 from moto import mock_aws
 
 from provision import lifecycle, state
@@ -34,14 +35,7 @@ clusters:
 
 @pytest.fixture
 def aws(monkeypatch, tmp_path):
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(var, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home/.config"))
-    monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path / "state"))
+    offline_aws_env(monkeypatch, tmp_path)
     with mock_aws():
         yield boto3.client("ec2", region_name="us-east-1")
 
