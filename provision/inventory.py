@@ -106,6 +106,7 @@ def build(
         "heartbeat_misses": engines.HEARTBEAT_MISSES,
         "task_hwm": engines.TASK_HWM,
         "engine_env": engines.THREAD_ENV,
+        "engine_flags": engines.ENGINE_FLAGS,
         "python_minor": spec.python_minor,
         "env_digest": spec.digest,
         "env_requirements": " ".join(spec.requirements),

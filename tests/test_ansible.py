@@ -147,6 +147,7 @@ def test_roles_start_processes_with_the_fabric_paths_flags_and_shell_functions()
     assert controller["client_json"] == engines.CLIENT_JSON
     assert controller["engine_json"] == workers["engine_json"] == engines.ENGINE_JSON
     assert workers["engine_env"] == engines.THREAD_ENV
+    assert workers["engine_flags"] == engines.ENGINE_FLAGS
     env = Environment(loader=FileSystemLoader(str(ANSIBLE / "templates")))
     env.filters["quote"] = __import__("shlex").quote
     prelude = env.get_template("prelude.sh.j2").render(remote_root="/srv/my root")

@@ -34,7 +34,9 @@ def test_peak_pss_sees_this_process():
         block[:: 4096] = b"x" * len(block[:: 4096])
         sampler.sample()
     assert sampler.peak > 32 << 20
-    assert sampler.as_dict()["peak_breakdown_bytes"]["client"] == sampler.peak
+    breakdown = sampler.as_dict()["peak_breakdown_bytes"]
+    # The session may have children (the simulated region's daemon): they are other roles.
+    assert sum(breakdown.values()) == sampler.peak and breakdown["client"] > 32 << 20
 
 
 def test_search_quick_scores_agree(tmp_path):

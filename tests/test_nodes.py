@@ -320,7 +320,9 @@ def test_a_vanished_host_loses_its_engine_within_seconds(nodes: Nodes, cluster: 
         while len(rc.ids) > 2 and time.monotonic() - start < 15:
             time.sleep(0.2)
         noticed = time.monotonic() - start
-        assert len(rc.ids) == 2
+        if len(rc.ids) != 2:  # say why: the controller logs each missed beat
+            log = remote.run(nodes.master, f"grep -a -i -e heart -e unregist {ROOT}/log/ipcontroller.log | tail -n 30")
+            pytest.fail(f"{IPS[2]} still registered after {noticed:.1f} s; controller log:\n{log}")
         assert noticed < 10
     finally:
         rc.close()

@@ -34,13 +34,20 @@ HEARTBEAT_MISSES = 4  # ... and drops one after this many missed pings (~5 s)
 # tasks 6 ms vs 9-10 ms; the tail stays at 0.4-0.6% with longest-first feeding.
 TASK_HWM = 2
 THREAD_ENV = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1"  # one engine per core
+# ipengine gives up on registering after 5 s by default and exits: on a busy
+# master (engines of several nodes registering at once) that loses engines.
+ENGINE_FLAGS = "--IPEngine.timeout=30"
 CLIENT_JSON = "ipcontroller-client.json"
 ENGINE_JSON = "ipcontroller-engine.json"
 
-# alive PID WORD: the pid runs a program whose command line mentions WORD.
+# alive PID WORD: the pid runs a program whose command line mentions WORD. A
+# process in the middle of an exec (setsid -> nohup -> python) reads an empty
+# command line for a moment: look again for up to 0.5 s before calling it dead,
+# or a just-started engine loses its pid file and runs untracked.
 _ALIVE = (
-    'alive() { [ -n "$1" ] && [ -r "/proc/$1/cmdline" ] && '
-    'tr "\\000" " " < "/proc/$1/cmdline" | grep -q -- "$2"; }'
+    'alive() { [ -n "$1" ] || return 1; i=0; while [ -r "/proc/$1/cmdline" ]; do '
+    'c=$(tr "\\000" " " < "/proc/$1/cmdline"); case "$c" in *"$2"*) return 0;; '
+    '"") [ $i -lt 10 ] || return 1; i=$((i+1)); sleep 0.05;; *) return 1;; esac; done; return 1; }'
 )
 # count: drop pid files of dead engines, print how many are alive.
 _COUNT = (
@@ -182,7 +189,7 @@ def start_engines(
             f"while [ $live -lt {int(n)} ]; do",
             '  while [ -e "$R/run/engine-$k.pid" ]; do k=$((k+1)); done',
             f'  {THREAD_ENV} setsid nohup "$R/venv/bin/ipengine" --file="$cur" '
-            '--profile-dir="$R/ipython" >> "$R/log/engine-$k.log" 2>&1 < /dev/null &',
+            f'--profile-dir="$R/ipython" {ENGINE_FLAGS} >> "$R/log/engine-$k.log" 2>&1 < /dev/null &',
             '  echo $! > "$R/run/engine-$k.pid"',
             "  live=$((live+1))",
             "done",
