@@ -4,6 +4,7 @@ seconds (moto's server, the bridge), while each test only launches instances."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "run_last: runs after every other test (it stops or restarts the shared region)"
     )
+    # Started in the background by a shell (`cmd &`), this process inherits SIGINT
+    # ignored, and so would every `provision` it spawns: the Ctrl-C tests need it back.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
