@@ -213,26 +213,29 @@ def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: s
 
     with ctx.reporter.wait(f"put-data {digest}: {len(nodes)} host(s), {total / 1e6:.1f} MB each", total=total * len(nodes), unit="bytes") as advance:
 
+        def progress(n: int) -> None:
+            with lock:
+                done_bytes[0] += n
+                advance(done_bytes[0])
+
         def one(ep: remote.Endpoint) -> int:
-            # The manifest is written last, so its presence means "complete".
-            have = remote.run(ep, f"test -f {target}/manifest.json && echo yes || echo no").strip()
-            if have == "yes":
-                with lock:
-                    done_bytes[0] += total
-                    advance(done_bytes[0])
-                return 0
-            staging = f"{target}.part"
-            remote.run(ep, f"rm -rf {staging} && mkdir -p {staging}")
-            moved = 0
-            for n in [n for n in names if n != "manifest.json"] + ["manifest.json"]:
-                remote.put(ep, local_dir / n, f"{staging}/{n}")
-                size = (local_dir / n).stat().st_size
-                moved += size
-                with lock:
-                    done_bytes[0] += size
-                    advance(done_bytes[0])
-            remote.run(ep, f"rm -rf {target} && mv {staging} {target}")
-            return moved
+            # One connection, one check, one tar stream into a temp dir renamed
+            # into place: a directory that exists is complete.
+            with remote.connection(ep) as conn:
+                if remote.run(conn, f"test -f {target}/manifest.json && echo yes || echo no").strip() == "yes":
+                    progress(total)
+                    return 0
+                sent = [0]
+
+                def step(n: int) -> None:  # tar headers and padding are not data: cap at `total`
+                    grow = min(n, total - sent[0])
+                    sent[0] += grow
+                    if grow:
+                        progress(grow)
+
+                remote.push_tree(conn, local_dir, target, on_bytes=step)
+                progress(total - sent[0])
+                return total
 
         group = remote.on_hosts(one, [ctx.endpoint(n) for n in nodes])
     result.bytes_per_host = dict(group.succeeded)

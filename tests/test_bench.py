@@ -84,10 +84,10 @@ def test_putdata_quick(sim_region, tmp_path):
 
 @pytest.mark.e2e
 def test_bootstrap_quick(sim_region, tmp_path):
-    data = bootstrap.main(["--quick", "--json", str(tmp_path / "bootstrap.json")])
-    warm, cold = data["modes"]["warm"], data["modes"]["cold"]
-    assert [r["nodes"] for r in warm] == [1, 2] and [r["nodes"] for r in cold] == [1]
-    for r in warm + cold:
+    data = bootstrap.main(["--quick", "--modes", "warm", "--json", str(tmp_path / "bootstrap.json")])
+    warm = data["modes"]["warm"]  # cold runs only add a wheelhouse build, which test_nodes covers
+    assert [r["nodes"] for r in warm] == [1, 2] and "cold" not in data["modes"]
+    for r in warm:
         assert r["engines"] == r["nodes"] and _positive(r["total_s"])
         assert all(_positive(r["phases_s"][p]) for p in ("launch", "ssh", "packages", "engines"))
-    assert _positive(cold[0]["wheelhouse_s"])
+    assert _positive(data["ratio_max_to_1"]["warm"])

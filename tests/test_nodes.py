@@ -227,6 +227,30 @@ def test_a_failing_command_names_node_exit_code_and_stderr(nodes: Nodes) -> None
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("via", ["openssh", "paramiko"])
+def test_push_tree_lands_the_directory_whole_or_names_the_failure(
+    nodes: Nodes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    import hashlib
+    import os
+
+    if via == "paramiko":  # a client without ssh(1)
+        monkeypatch.setattr(remote, "_openssh_argv", lambda ep, cmd: None)
+    src = tmp_path / "tree"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(3 << 20))
+    (src / "b.txt").write_text("hello")
+    ep, seen = nodes.endpoints[1], []
+    sent = remote.push_tree(ep, src, f"/srv/pushed-{via}", on_bytes=seen.append)
+    assert sent == sum(seen) > (3 << 20)
+    listing = remote.run(ep, f"cd /srv/pushed-{via} && sha256sum a.bin b.txt; ls -d /srv/*.tmp 2>/dev/null || true")
+    expected = {f"{hashlib.sha256((src / n).read_bytes()).hexdigest()}  {n}" for n in ("a.bin", "b.txt")}
+    assert set(listing.strip().splitlines()) == expected  # and no temp dir left
+    with pytest.raises(NodeError, match=r"node1 \(10\.77\.0\.202\): `rm -rf /proc/x/y\.tmp"):
+        remote.push_tree(ep, src, "/proc/x/y")
+
+
+@pytest.mark.e2e
 def test_setup_installs_the_clients_versions_and_a_second_run_is_skipped(
     nodes: Nodes, spec: setup.EnvSpec, wheelhouse: Path, installed: GroupResult
 ) -> None:
