@@ -337,8 +337,14 @@ def test_too_few_engines_is_a_timeout_naming_how_many_registered(
 def test_a_vanished_host_loses_its_engine_within_seconds(nodes: Nodes, cluster: Cluster) -> None:
     from provision.sim import hosts  # patched to this module's prefixes by the `nodes` fixture
 
-    def registered() -> int:  # the controller's own view, asked directly (not a notification)
-        return sum(isinstance(k, int) for k in rc.queue_status())
+    def registered() -> int:
+        # The controller's table now, from a fresh client's connection reply: a
+        # long-lived client in this session has missed unregistration notices.
+        fresh = connect_client(cluster.client_json, None, timeout=10, tunnel=False)
+        try:
+            return len(fresh.ids)
+        finally:
+            fresh.close()
 
     rc = connect_client(cluster.client_json, None, n_engines=3, timeout=60, tunnel=False)
     try:
