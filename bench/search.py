@@ -258,7 +258,8 @@ def run_child(method: str, spec: dict[str, Any]) -> dict[str, Any]:
             cpu = []
             for _ in range(spec["repeat"]):
                 search = DistributedSearch(
-                    view, SVC(), param_grid, paths, return_train_score=False, order=spec["order"]
+                    view, SVC(), param_grid, paths, return_train_score=False, order=spec["order"],
+                    batch_size=spec["batch_size"],
                 )
                 ars.clear()
                 roles0: dict[str, float] = {}
@@ -372,6 +373,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=1, help="runs per method on the warm pool; the best counts")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--order", default="longest-first", help="DistributedSearch order (longest-first|given)")
+    parser.add_argument("--batch-size", default="auto", type=lambda v: v if v == "auto" else int(v),
+                        help="DistributedSearch batch_size: auto (guided) or pairs per task, e.g. 1")
     parser.add_argument("--controller-arg", action="append", default=[], metavar="ARG",
                         help="extra ipcontroller flag for ours, e.g. --TaskScheduler.hwm=2 (repeatable)")
     parser.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
@@ -403,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             spec = {
                 "workload": workload, "samples": samples, "features": features,
                 "grid": grid(args.quick), "engines": args.engines, "repeat": args.repeat,
-                "splits_dir": tmp, "order": args.order,
+                "splits_dir": tmp, "order": args.order, "batch_size": args.batch_size,
                 "controller_args": controller_args, "engine_args": args.engine_arg,
             }
             runs = {}
@@ -420,6 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "engines": args.engines,
         "repeat": args.repeat,
         "order": args.order,
+        "batch_size": args.batch_size,
         "controller_args": controller_args,
         "engine_args": args.engine_arg,
         "quick": args.quick,

@@ -145,6 +145,17 @@ def evaluate(
     }
 
 
+def evaluate_many(
+    estimator: Any, scorer: Any, return_train_score: bool, error_score: Any, items: list
+) -> list[dict]:
+    """``evaluate`` for a batch of ``(candidate, split, path, params)``: one message
+    and one scheduler round trip for several short fits."""
+    return [
+        evaluate(estimator, scorer, return_train_score, error_score, c, s, path, params)
+        for c, s, path, params in items
+    ]
+
+
 def split_sizes(path: str) -> tuple[int, int]:
     """Number of training and test samples of one split (for learning curves)."""
     X_train, y_train, X_test, y_test = load_split(path)

@@ -1,9 +1,15 @@
 """Distributed grid / randomized search over memory-mapped CV splits.
 
-One task per (candidate, split) goes to a ``LoadBalancedView``; only the split's
-*path* and the candidate's parameters travel with it (the estimator and scorer
-are pickled once per search, see ``payload._remote``). Engines memory-map each
-split once and keep it cached, and pin BLAS to one thread.
+Each (candidate, split) pair is one fit on a ``LoadBalancedView``; only the
+split's *path* and the candidate's parameters travel with it (the estimator and
+scorer are pickled once per search, see ``payload._remote``). Engines memory-map
+each split once and keep it cached, and pin BLAS to one thread.
+
+Pairs go out in batches sized by guided self-scheduling (`guided_batches`):
+each batch takes a share of what is left, so the first, expensive pairs travel
+several to a message and the last go one by one. An ipyparallel task costs the
+engine a few milliseconds beyond the fit (measured in ``bench/overhead.py``), which
+is most of a sub-10 ms fit; the single pairs at the end keep the finish even.
 
 Results arrive through done-callbacks on ipyparallel's IO thread: each is stored
 in compact ``(n_candidates, n_splits)`` arrays and appended to the journal right
@@ -70,6 +76,32 @@ _COST_DIRECTION = {
 }
 # None means "unbounded" for these, the most expensive setting.
 _NONE_IS_MAX = {"max_depth", "max_leaf_nodes"}
+
+
+AUTO_BATCH_SHARE = 4  # a batch takes 1/(share x engines) of the pairs left
+AUTO_BATCH_MAX = 16  # and never more pairs: a lost engine costs at most this many fits
+
+
+def guided_batches(
+    pairs: Sequence[Any], n_engines: int, size: int | str = "auto"
+) -> list[list[Any]]:
+    """Split ``pairs`` (in submission order) into consecutive batches.
+
+    ``size="auto"``: guided self-scheduling, ``len(left) // (AUTO_BATCH_SHARE *
+    n_engines)`` pairs per batch, between 1 and ``AUTO_BATCH_MAX``; an int: that
+    many pairs per batch (1 = one task per pair).
+    """
+    if size != "auto" and not (isinstance(size, numbers.Integral) and size >= 1):
+        raise ValueError(f"batch_size must be 'auto' or a positive integer, got {size!r}")
+    batches, i, n = [], 0, len(pairs)
+    while i < n:
+        if size == "auto":
+            step = min(AUTO_BATCH_MAX, max(1, (n - i) // (AUTO_BATCH_SHARE * max(1, n_engines))))
+        else:
+            step = int(size)
+        batches.append(list(pairs[i : i + step]))
+        i += step
+    return batches
 
 
 def submission_order(
@@ -147,6 +179,8 @@ class DistributedSearch:
     uses ``estimator.score``). ``retries`` re-runs, on another engine, tasks
     that *raised* (a lost engine, a missing split file); a failing fit does not
     raise, it is recorded with ``error_score``.
+    ``batch_size`` ("auto", or pairs per task) groups pairs into tasks, see
+    `guided_batches`; a retry or an abort applies to a whole batch.
     """
 
     def __init__(
@@ -164,6 +198,7 @@ class DistributedSearch:
         return_train_score: bool = True,
         error_score: float | str = np.nan,
         order: str | Callable[[Mapping[str, Any]], float] = "longest-first",
+        batch_size: int | str = "auto",
     ) -> None:
         self.view = load_balanced_view(view_or_client)
         self.estimator = estimator
@@ -187,6 +222,8 @@ class DistributedSearch:
         self.return_train_score = return_train_score
         self.error_score = error_score
         self.order = submission_order(self.candidates, order)
+        guided_batches([], 1, batch_size)  # validates it now, not at start()
+        self.batch_size = batch_size
 
         shape = (len(self.candidates), len(self.split_paths))
         self._test = np.full(shape, np.nan)
@@ -204,7 +241,8 @@ class DistributedSearch:
         self.aborted = False
 
         self._cond = threading.Condition(threading.RLock())
-        self._pending: dict[tuple[int, int], Any] = {}
+        self._batches: list[list[tuple[int, int]]] = []
+        self._pending: dict[int, Any] = {}  # batch index -> AsyncResult
         self._journal: Journal | None = None
         self._callback_error: BaseException | None = None
         self._raise_error: str | None = None
@@ -229,25 +267,29 @@ class DistributedSearch:
         if self._journal is not None:
             self._journal.start_session([c * n_splits + s for c, s in todo], self.n_skipped)
         task = partial(
-            _engine.evaluate, self.estimator, scorer, self.return_train_score, self.error_score
+            _engine.evaluate_many, self.estimator, scorer, self.return_train_score, self.error_score
         )
         self._sender = TaskSender(self.view, task)
-        for c, s in todo:
+        targets = self.view.targets
+        n_engines = len(targets) if isinstance(targets, list | tuple) else len(self.view.client.ids)
+        self._batches = guided_batches(todo, n_engines, self.batch_size)
+        for b, batch in enumerate(self._batches):
             if self.aborted:
                 break
-            self._submit(c, s)
-            self.n_submitted += 1
+            self._submit(b)
+            self.n_submitted += len(batch)
         return self
 
-    def _submit(self, c: int, s: int, attempt: int = 0, avoid: int | None = None) -> None:
-        ar = self._sender.submit(c, s, self.split_paths[s], self.candidates[c], avoid=avoid)
+    def _submit(self, b: int, attempt: int = 0, avoid: int | None = None) -> None:
+        items = [(c, s, self.split_paths[s], self.candidates[c]) for c, s in self._batches[b]]
+        ar = self._sender.submit(items, avoid=avoid)
         with self._cond:
-            self._pending[(c, s)] = ar
+            self._pending[b] = ar
             late = self.aborted  # a retry racing with abort(): cancel it too
         if late:
             with contextlib.suppress(Exception):
                 self.view.abort(jobs=[ar], block=False)
-        ar.add_done_callback(partial(self._on_done, c, s, attempt))
+        ar.add_done_callback(partial(self._on_done, b, attempt))
 
     def wait(
         self,
@@ -355,46 +397,47 @@ class DistributedSearch:
 
     # -- results -------------------------------------------------------------
 
-    def _on_done(self, candidate: int, split: int, attempt: int, ar: Any) -> None:
+    def _on_done(self, b: int, attempt: int, ar: Any) -> None:
         """Runs on ipyparallel's IO thread (or inline if already done)."""
+        batch = self._batches[b]
         try:
             journaled = True
             try:
-                result = ar.result()
+                results = ar.result()
             except TaskAborted:
                 with self._cond:
-                    self._pending.pop((candidate, split), None)
-                    self.n_aborted += 1
+                    self._pending.pop(b, None)
+                    self.n_aborted += len(batch)
                     self._cond.notify_all()
                 return
             except Exception as exc:
                 if attempt < self.retries and not self.aborted:
-                    self.n_retried += 1
-                    self._submit(candidate, split, attempt + 1, avoid=engine_of(ar))
+                    self.n_retried += len(batch)
+                    self._submit(b, attempt + 1, avoid=engine_of(ar))
                     return
                 # The task itself raised, retries exhausted: not a result of
-                # the fit, so it is not journaled and a resume runs it again.
+                # the fits, so it is not journaled and a resume runs them again.
                 journaled = False
-                result = self._task_failure(candidate, split, exc)
+                results = [self._task_failure(c, s, exc) for c, s in batch]
             forget(ar)
-            record = {**result, "params": self.candidates[candidate]}
+            records = [{**r, "params": self.candidates[r["candidate"]]} for r in results]
             with self._cond:
-                self._pending.pop((candidate, split), None)
-                self._store(record)
-                if journaled and self._journal is not None and not self._finished:
-                    self._journal.append(record)
-                if self.error_score == "raise" and record["fit_error"] and not self._raise_error:
-                    self._raise_error = record["fit_error"]
-                    abort = True
-                else:
-                    abort = False
+                self._pending.pop(b, None)
+                abort = False
+                for record in records:
+                    self._store(record)
+                    if journaled and self._journal is not None and not self._finished:
+                        self._journal.append(record)
+                    if self.error_score == "raise" and record["fit_error"] and not self._raise_error:
+                        self._raise_error = record["fit_error"]
+                        abort = True
                 self._cond.notify_all()
             if abort:
                 self.abort(block=False)
         except BaseException as exc:  # surfaced by wait(), never lost in the IO thread
             with self._cond:
                 self._callback_error = exc
-                self._pending.pop((candidate, split), None)
+                self._pending.pop(b, None)
                 self._cond.notify_all()
 
     def _task_failure(self, candidate: int, split: int, exc: BaseException) -> dict:

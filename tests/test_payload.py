@@ -38,6 +38,7 @@ from traitlets.config import Config
 from payload import (
     DistributedSearch,
     JournalMismatch,
+    guided_batches,
     learning_curve_distributed,
     persist_cv_splits,
     plot_heatmap,
@@ -144,6 +145,29 @@ def svc_reference(digits, cv_pairs):
 
 def _engine_call(rc, func):
     return rc[:].apply_sync(ipp.interactive(func))
+
+
+def test_guided_batches_shrink_to_single_pairs_in_submission_order():
+    from payload.search import AUTO_BATCH_MAX
+
+    pairs = list(range(100))
+    batches = guided_batches(pairs, n_engines=2)
+    assert [p for b in batches for p in b] == pairs
+    sizes = [len(b) for b in batches]
+    assert sizes[0] == 100 // 8 and sizes == sorted(sizes, reverse=True) and sizes[-10:] == [1] * 10
+    assert max(map(len, guided_batches(list(range(10_000)), 3))) == AUTO_BATCH_MAX
+    assert list(map(len, guided_batches(pairs, 2, 1))) == [1] * 100
+    assert list(map(len, guided_batches(pairs, 2, 30))) == [30, 30, 30, 10]
+    with pytest.raises(ValueError, match="batch_size must be 'auto' or a positive integer"):
+        DistributedSearch(object.__new__(ipp.LoadBalancedView), SVC(), {"C": [1]}, ["x"], batch_size=0)
+
+
+def test_pairs_batched_into_tasks_give_the_same_results(rc, dense_paths, svc_search):
+    # svc_search's 12 pairs on 2 engines went one per task ("auto" for so few)
+    batched = DistributedSearch(rc, SVC(), GRID, dense_paths, batch_size=5).run(timeout=120)
+    assert batched.n_submitted == 12 and len(batched._batches) == 3
+    for key in ("mean_test_score", "mean_train_score", "rank_test_score"):
+        np.testing.assert_array_equal(batched.cv_results_[key], svc_search.cv_results_[key])
 
 
 def test_engines_cannot_import_payload(rc):
@@ -371,7 +395,9 @@ def test_learning_curve_matches_sklearn(rc, digits, cv_pairs, dense_paths, tmp_p
 
 
 def test_abort_cancels_tasks_not_yet_started(rc, dense_paths):
-    search = DistributedSearch(rc, SlowClassifier(), {"parameter": list(range(20))}, dense_paths)
+    never_fails = [p for p in range(21) if p != FailingClassifier.FAILING_PARAMETER]
+    # One pair per task, so the counts below are exact (a batch is cancelled whole).
+    search = DistributedSearch(rc, SlowClassifier(), {"parameter": never_fails}, dense_paths, batch_size=1)
     search.start()
     deadline = time.monotonic() + 30
     while search.progress[0] < 2 and time.monotonic() < deadline:
