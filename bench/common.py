@@ -228,12 +228,22 @@ def controller_flags(extra: Sequence[str] = ()) -> list[str]:
     return flags
 
 
+def engine_flags(extra: Sequence[str] = ()) -> list[str]:
+    """provision's ipengine flags (``engines.ENGINE_FLAGS``) but those ``extra`` sets
+    again, then ``extra``."""
+    from provision.nodes.engines import ENGINE_FLAGS
+
+    names = {arg.split("=", 1)[0] for arg in extra}
+    return [f for f in ENGINE_FLAGS.split() if f.split("=", 1)[0] not in names] + list(extra)
+
+
 def local_cluster(
-    engines: int, controller_args: Sequence[str] = (), engine_args: Sequence[str] = ()
+    engines: int, controller_args: Sequence[str] = (), engine_args: Sequence[str] | None = None
 ) -> Any:
     """An ``ipyparallel.Cluster`` on this host, set up as provision sets up a node when
-    given ``controller_flags()``: engines with BLAS/OpenMP pinned to one thread in
-    their environment."""
+    given ``controller_flags()``: engines with provision's flags (``engine_flags()``
+    unless ``engine_args`` is given) and BLAS/OpenMP pinned to one thread in their
+    environment."""
     import logging
 
     import ipyparallel as ipp
@@ -243,7 +253,7 @@ def local_cluster(
     config.LocalEngineSetLauncher.environment = {
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
     }
-    config.LocalEngineSetLauncher.engine_args = list(engine_args)
+    config.LocalEngineSetLauncher.engine_args = list(engine_flags() if engine_args is None else engine_args)
     return ipp.Cluster(
         n=engines, log_level=logging.ERROR, controller_args=list(controller_args), config=config
     )

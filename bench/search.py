@@ -72,6 +72,7 @@ from bench.common import (
     PeakPSS,
     base_parser,
     controller_flags,
+    engine_flags,
     local_cluster,
     machine_info,
     machine_line,
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--controller-arg", action="append", default=[], metavar="ARG",
                         help="extra ipcontroller flag for ours, e.g. --TaskScheduler.hwm=2 (repeatable)")
     parser.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
-                        help="extra ipengine flag for ours, e.g. --IPEngine.enable_nanny=False (repeatable)")
+                        help="ipengine flag for ours on top of provision's, e.g. --IPEngine.enable_nanny=True (repeatable)")
     parser.add_argument("--pss-interval", type=float, default=0.2, help="seconds between PSS samples")
     parser.add_argument("--child", choices=METHODS, help=argparse_hidden())
     parser.add_argument("--spec", help=argparse_hidden())
@@ -394,6 +395,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # Resolved here, not in the child: importing provision would weigh on its memory.
     controller_args = controller_flags(args.controller_arg)
+    engine_args = engine_flags(args.engine_arg)
     samples = args.samples or (400 if args.quick else 3000)
     features = args.features or (20 if args.quick else 100)
     machine = machine_info()
@@ -407,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "workload": workload, "samples": samples, "features": features,
                 "grid": grid(args.quick), "engines": args.engines, "repeat": args.repeat,
                 "splits_dir": tmp, "order": args.order, "batch_size": args.batch_size,
-                "controller_args": controller_args, "engine_args": args.engine_arg,
+                "controller_args": controller_args, "engine_args": engine_args,
             }
             runs = {}
             for method in args.methods:
@@ -425,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "order": args.order,
         "batch_size": args.batch_size,
         "controller_args": controller_args,
-        "engine_args": args.engine_arg,
+        "engine_args": engine_args,
         "quick": args.quick,
         "workloads": workloads,
         "scores_agree": all(w["scores_agree"] for w in workloads),

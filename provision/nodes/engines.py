@@ -36,7 +36,9 @@ TASK_HWM = 2
 THREAD_ENV = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1"  # one engine per core
 # ipengine gives up on registering after 5 s by default and exits: on a busy
 # master (engines of several nodes registering at once) that loses engines.
-ENGINE_FLAGS = "--IPEngine.timeout=30"
+# No nanny process per engine (~27 MiB PSS each, `python -m bench.search`): it
+# reports a crashed engine at once, but the heartbeat above does within ~5 s.
+ENGINE_FLAGS = "--IPEngine.timeout=30 --IPEngine.enable_nanny=False"
 CLIENT_JSON = "ipcontroller-client.json"
 ENGINE_JSON = "ipcontroller-engine.json"
 
