@@ -219,23 +219,19 @@ def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: s
                 advance(done_bytes[0])
 
         def one(ep: remote.Endpoint) -> int:
-            # One connection, one check, one tar stream into a temp dir renamed
-            # into place: a directory that exists is complete.
-            with remote.connection(ep) as conn:
-                if remote.run(conn, f"test -f {target}/manifest.json && echo yes || echo no").strip() == "yes":
-                    progress(total)
-                    return 0
-                sent = [0]
+            # One connection: nothing is sent where the manifest is there, else one
+            # tar stream into a temp dir renamed into place (a directory is complete).
+            sent = [0]
 
-                def step(n: int) -> None:  # tar headers and padding are not data: cap at `total`
-                    grow = min(n, total - sent[0])
-                    sent[0] += grow
-                    if grow:
-                        progress(grow)
+            def step(n: int) -> None:  # tar headers and padding are not data: cap at `total`
+                grow = min(n, total - sent[0])
+                sent[0] += grow
+                if grow:
+                    progress(grow)
 
-                remote.push_tree(conn, local_dir, target, on_bytes=step)
-                progress(total - sent[0])
-                return total
+            moved = remote.push_tree(ep, local_dir, target, unless_exists=f"{target}/manifest.json", on_bytes=step)
+            progress(total - sent[0])
+            return 0 if moved is None else total
 
         group = remote.on_hosts(one, [ctx.endpoint(n) for n in nodes])
     result.bytes_per_host = dict(group.succeeded)

@@ -246,6 +246,8 @@ def test_push_tree_lands_the_directory_whole_or_names_the_failure(
     listing = remote.run(ep, f"cd /srv/pushed-{via} && sha256sum a.bin b.txt; ls -d /srv/*.tmp 2>/dev/null || true")
     expected = {f"{hashlib.sha256((src / n).read_bytes()).hexdigest()}  {n}" for n in ("a.bin", "b.txt")}
     assert set(listing.strip().splitlines()) == expected  # and no temp dir left
+    again = remote.push_tree(ep, src, f"/srv/pushed-{via}", unless_exists=f"/srv/pushed-{via}/b.txt")
+    assert again is None
     with pytest.raises(NodeError, match=r"node1 \(10\.77\.0\.202\): `rm -rf /proc/x/y\.tmp"):
         remote.push_tree(ep, src, "/proc/x/y")
 

@@ -293,32 +293,45 @@ def push_tree(
     local_dir: Path,
     remote_dir: str,
     *,
+    unless_exists: str | None = None,
     timeout: float | None = 600,
     on_bytes: Callable[[int], None] | None = None,
-) -> int:
+) -> int | None:
     """Stream `local_dir` to `remote_dir` as one uncompressed tar; return the bytes sent.
 
     Per-file SFTP pays a round trip per request; one ``tar x`` stream keeps the
     link full. No compression: wheels are already zip files. The tree lands in
     a sibling temp dir and is renamed into place, so an interrupted push never
-    looks complete. The bytes go through the OpenSSH client when there is one
-    (its ciphers run in C, outside this process's GIL, so pushes to many nodes
-    at once scale with cores; paramiko tops out at one core for all of them),
-    with the same key, user and per-cluster host keys; else through paramiko.
-    ``on_bytes(n)`` is called as data leaves.
+    looks complete. If the remote path ``unless_exists`` exists, nothing is
+    sent and None is returned (same connection, no extra round trip).
+
+    The bytes go through the OpenSSH client when there is one (its ciphers run
+    in C, outside this process's GIL, so pushes to many nodes at once scale
+    with cores; paramiko tops out at one core for all of them, and its
+    handshake alone costs more CPU than ssh's), with the same key, user and
+    per-cluster host keys; else through paramiko. ``on_bytes(n)`` is called as
+    data leaves.
     """
     tmp = f"{remote_dir}.tmp"
     q = shlex.quote
     cmd = f"rm -rf {q(tmp)} && mkdir -p {q(tmp)} && tar -x -f - -C {q(tmp)} && rm -rf {q(remote_dir)} && mv {q(tmp)} {q(remote_dir)}"
+    skip = f"if [ -e {q(unless_exists)} ]; then echo have; exit 0; fi; " if unless_exists else ""
+    script = f"{skip}echo send; {cmd}"
     with Borrowed(target) as b:
-        b.conn.open()  # records the host key (trust on first use) before ssh(1) checks it
-        argv = _openssh_argv(b.ep, cmd)
+        argv = _openssh_argv(b.ep, script)
         if argv is not None:
+            if not _host_known(b.ep):
+                b.conn.open()  # trust on first use records the key that ssh(1) then checks
             return _push_openssh(b.ep, argv, cmd, local_dir, timeout, on_bytes)
+        b.conn.open()
         # A 16 MiB window instead of 2 MiB keeps long, fat links busy.
         chan = b.conn.transport.open_session(window_size=1 << 24, timeout=30)
         chan.settimeout(timeout)
-        chan.exec_command(cmd)
+        chan.exec_command(script)
+        if chan.makefile("rb").readline().strip() == b"have":
+            chan.recv_exit_status()
+            chan.close()
+            return None
         sink = _CountingWriter(chan.sendall, on_bytes)
         try:
             _write_tar(sink, local_dir)
@@ -333,6 +346,14 @@ def push_tree(
         return sink.count
 
 
+def _host_known(ep: Endpoint) -> bool:
+    if ep.known_hosts is None or not ep.known_hosts.exists():
+        return False
+    name = ep.host if ep.port == 22 else f"[{ep.host}]:{ep.port}"
+    with _TrustOnFirstUse._lock:
+        return paramiko.HostKeys(str(ep.known_hosts)).lookup(name) is not None
+
+
 def _write_tar(sink: io.RawIOBase, local_dir: Path) -> None:
     with tarfile.open(fileobj=sink, mode="w|", bufsize=1 << 16) as tar:
         for path in sorted(local_dir.iterdir()):
@@ -341,13 +362,13 @@ def _write_tar(sink: io.RawIOBase, local_dir: Path) -> None:
 
 def _openssh_argv(ep: Endpoint, command: str) -> list[str] | None:
     """ssh(1) reaching `ep` exactly as `connection(ep)` does, or None (no ssh client, or
-    no per-cluster host key file to check the node against).
+    an endpoint that records no host keys to check the node against).
 
     ``-F /dev/null`` and the options below keep the user's ssh config, agent and
     default keys out of it, as the paramiko path does.
     """
     ssh = shutil.which("ssh")
-    if ssh is None or ep.known_hosts is None or not ep.known_hosts.exists():
+    if ssh is None or ep.known_hosts is None:
         return None
     opts = {
         "BatchMode": "yes", "IdentitiesOnly": "yes", "IdentityAgent": "none",
@@ -364,22 +385,26 @@ def _openssh_argv(ep: Endpoint, command: str) -> list[str] | None:
 def _push_openssh(
     ep: Endpoint, argv: list[str], cmd: str, local_dir: Path, timeout: float | None,
     on_bytes: Callable[[int], None] | None,
-) -> int:
+) -> int | None:
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
         killer = threading.Timer(timeout, proc.kill) if timeout else None
         if killer is not None:
             killer.daemon = True
             killer.start()
-        assert proc.stdin is not None
+        assert proc.stdin is not None and proc.stdout is not None
         sink = _CountingWriter(proc.stdin.write, on_bytes)
         try:
-            _write_tar(sink, local_dir)
+            if proc.stdout.readline().strip() == b"have":
+                sink = None
+            else:
+                _write_tar(sink, local_dir)
         except OSError:
             pass  # ssh or the remote tar quit early; its exit code and stderr say why
         finally:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
+        proc.stdout.read()
         code = proc.wait()
         if killer is not None:
             killer.cancel()
@@ -388,7 +413,7 @@ def _push_openssh(
     if code != 0:
         what = f"timed out after {timeout:.0f}s" if code == -signal.SIGKILL else ""
         raise NodeError.from_command(ep, cmd, code, stderr, what=what)
-    return sink.count
+    return None if sink is None else sink.count
 
 
 class _CountingWriter(io.RawIOBase):
