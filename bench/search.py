@@ -18,6 +18,8 @@ Start-up is timed apart from the search for both parallel methods: for ours the
 cluster start, the engines' registration and their first import of scikit-learn;
 for loky the spawning of its (reusable) workers and the same import. Then each
 search runs ``--repeat`` times on the warm pool and the best wall time counts.
+``--rounds R`` runs the whole set of methods R times, interleaved, so a CPU whose
+speed drifts (a VM's often does) weighs on every method alike.
 ``refit=False`` and no train scores everywhere: ours has no refit.
 
 efficiency = (serial wall / E) / wall. On a busy machine wall times mean little,
@@ -43,7 +45,7 @@ Commands::
 
     python -m bench.search                        # both workloads, E=2
     python -m bench.search --quick                # smoke size (CI)
-    python -m bench.search --repeat 3 --workloads digits
+    python -m bench.search --repeat 2 --rounds 3 --workloads digits   # the README figures
     # a 16-core host, the 20000 x 200 set (the serial baseline alone takes about
     # 16 times the parallel wall; add --methods loky ours to skip it, and with it
     # the efficiency column):
@@ -312,6 +314,19 @@ def spawn(method: str, spec: dict[str, Any], interval: float) -> dict[str, Any]:
 # -- orchestration -----------------------------------------------------------------
 
 
+_PER_REPEAT = ("walls", "cpus", "cpu_roles", "timeline", "client_cpu")
+
+
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One method's rounds as one run: per-repeat lists joined, the highest memory peak."""
+    merged = dict(rounds[0])
+    for key in _PER_REPEAT:
+        if all(isinstance(r.get(key), list) for r in rounds):
+            merged[key] = [x for r in rounds for x in r[key]]
+    merged["memory"] = max((r["memory"] for r in rounds), key=lambda m: m["peak_pss_bytes"])
+    return merged
+
+
 def compare_scores(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Every mean validation score and the best parameters, against the serial run."""
     ref = runs.get("serial") or next(iter(runs.values()))
@@ -372,6 +387,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--samples", type=int, default=None, help="synthetic rows (default 3000; --quick 400)")
     parser.add_argument("--features", type=int, default=None, help="synthetic columns (default 100; --quick 20)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per method on the warm pool; the best counts")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every method this many times, interleaved (serial, loky, ours, serial, ...), "
+                             "so a CPU whose speed drifts weighs on all alike; the best wall counts")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--order", default="longest-first", help="DistributedSearch order (longest-first|given)")
     parser.add_argument("--batch-size", default="auto", type=lambda v: v if v == "auto" else int(v),
@@ -411,10 +429,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "splits_dir": tmp, "order": args.order, "batch_size": args.batch_size,
                 "controller_args": controller_args, "engine_args": engine_args,
             }
-            runs = {}
-            for method in args.methods:
-                print(f"{workload}: {method} ...", flush=True)
-                runs[method] = spawn(method, spec, args.pss_interval)
+            rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
+            for r in range(args.rounds):
+                for method in args.methods:
+                    print(f"{workload}: {method} (round {r + 1}/{args.rounds}) ...", flush=True)
+                    rounds[method].append(spawn(method, spec, args.pss_interval))
+            runs = {m: merge_rounds(rs) for m, rs in rounds.items()}
             summary = summarize(workload, runs, args.engines)
             summary["shape"] = list(X.shape)
             summary["n_candidates"] = len(runs[args.methods[0]]["params"])
@@ -424,6 +444,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = {
         "engines": args.engines,
         "repeat": args.repeat,
+        "rounds": args.rounds,
         "order": args.order,
         "batch_size": args.batch_size,
         "controller_args": controller_args,
