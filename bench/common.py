@@ -267,8 +267,9 @@ def sim_session(prefix: str) -> Any:
     """The simulated region (started, or reused if running) and a private state dir.
 
     Yields ``(region state, temp dir)``; ``PROVISION_STATE_DIR`` points into the temp
-    dir meanwhile. The region is left running: other users may share it, and
-    ``provision sim down`` is theirs to call.
+    dir meanwhile. A region this started is stopped at the end (a daemon left
+    behind would keep polling, and later runs would reuse it with this boot
+    delay); a region that was already running is left to its owner.
     """
     import shutil
     import tempfile
@@ -287,6 +288,8 @@ def sim_session(prefix: str) -> Any:
         else:
             os.environ["PROVISION_STATE_DIR"] = old
         shutil.rmtree(tmp, ignore_errors=True)
+        if not st.reused:
+            sim.down()
 
 
 def sim_config(name: str, nodes: int, key_dir: Path, **extra: Any) -> Any:
