@@ -91,8 +91,7 @@ def guided_batches(
     n_engines)`` pairs per batch, between 1 and ``AUTO_BATCH_MAX``; an int: that
     many pairs per batch (1 = one task per pair).
     """
-    if size != "auto" and not (isinstance(size, numbers.Integral) and size >= 1):
-        raise ValueError(f"batch_size must be 'auto' or a positive integer, got {size!r}")
+    _check_batch_size(size)
     batches, i, n = [], 0, len(pairs)
     while i < n:
         if size == "auto":
@@ -102,6 +101,11 @@ def guided_batches(
         batches.append(list(pairs[i : i + step]))
         i += step
     return batches
+
+
+def _check_batch_size(size: Any) -> None:
+    if size != "auto" and not (isinstance(size, numbers.Integral) and size >= 1):
+        raise ValueError(f"batch_size must be 'auto' or a positive integer, got {size!r}")
 
 
 def submission_order(
@@ -222,7 +226,7 @@ class DistributedSearch:
         self.return_train_score = return_train_score
         self.error_score = error_score
         self.order = submission_order(self.candidates, order)
-        guided_batches([], 1, batch_size)  # validates it now, not at start()
+        _check_batch_size(batch_size)  # now, not at start()
         self.batch_size = batch_size
 
         shape = (len(self.candidates), len(self.split_paths))
