@@ -216,16 +216,19 @@ class PeakPSS:
         }
 
 
+def _with_defaults(defaults: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """``defaults`` but those ``extra`` sets again (by flag name), then ``extra``."""
+    names = {arg.split("=", 1)[0] for arg in extra}
+    return [f for f in defaults if f.split("=", 1)[0] not in names] + list(extra)
+
+
 def controller_flags(extra: Sequence[str] = ()) -> list[str]:
     """provision's controller scheduler flag (``TaskScheduler.hwm``) unless ``extra`` sets
     it, then ``extra``. Imports provision (fabric, paramiko...): call it where memory
     is not being measured."""
     from provision.nodes.engines import TASK_HWM
 
-    flags = list(extra)
-    if not any(arg.startswith("--TaskScheduler.hwm") for arg in flags):
-        flags.insert(0, f"--TaskScheduler.hwm={TASK_HWM}")
-    return flags
+    return _with_defaults([f"--TaskScheduler.hwm={TASK_HWM}"], extra)
 
 
 def engine_flags(extra: Sequence[str] = ()) -> list[str]:
@@ -233,8 +236,7 @@ def engine_flags(extra: Sequence[str] = ()) -> list[str]:
     again, then ``extra``."""
     from provision.nodes.engines import ENGINE_FLAGS
 
-    names = {arg.split("=", 1)[0] for arg in extra}
-    return [f for f in ENGINE_FLAGS.split() if f.split("=", 1)[0] not in names] + list(extra)
+    return _with_defaults(ENGINE_FLAGS.split(), extra)
 
 
 def local_cluster(

@@ -93,3 +93,26 @@ def offline_aws_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     monkeypatch.setenv("HOME", str(home / "home"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "home/.config"))
     monkeypatch.setenv("PROVISION_STATE_DIR", str(home / "state"))
+
+
+@contextlib.contextmanager
+def sim_cluster_env(root: Path, name: str, cluster_size: int) -> Iterator[dict[str, Path]]:
+    """A module's cluster on the simulated region: a private state dir
+    (``PROVISION_STATE_DIR``), a key and a cluster file under `root`; after the
+    module, the cluster is brought down (if still up) and the variable restored."""
+    from provision import lifecycle
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROVISION_STATE_DIR", str(root / "state"))
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "key")], check=True)
+        cfg = root / "cluster.yaml"
+        cfg.write_text(
+            f"default: sim\nclusters:\n  sim:\n    region: sim\n    name: {name}\n"
+            f"    key_path: {root}/key\n    cluster_size: {cluster_size}\n    spot_bid: 0.10\n"
+            "    engines_per_node: 1\n    ssh_timeout: 120\n"
+        )
+        try:
+            yield {"root": root, "config": cfg}
+        finally:
+            with contextlib.suppress(Exception):  # already down if a test took it down
+                lifecycle.down(name)

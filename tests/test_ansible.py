@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import cloudpickle
 import pytest
 import test_cli
 import yaml
+from conftest import sim_cluster_env
 from test_cli import _launch_unit_cluster, invoke, nothing_created
 
 from provision import inventory, lifecycle
@@ -221,23 +221,8 @@ NAME = "ansible-e2e"
 
 @pytest.fixture(scope="module")
 def sim_env(sim_region, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ansible-e2e")
-    old = os.environ.get("PROVISION_STATE_DIR")
-    os.environ["PROVISION_STATE_DIR"] = str(root / "state")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "key")], check=True)
-    cfg = root / "cluster.yaml"
-    cfg.write_text(
-        f"default: sim\nclusters:\n  sim:\n    region: sim\n    name: {NAME}\n"
-        f"    key_path: {root}/key\n    cluster_size: 2\n    spot_bid: 0.10\n"
-        "    engines_per_node: 1\n    ssh_timeout: 120\n"
-    )
-    yield {"root": root, "config": cfg}
-    with contextlib.suppress(Exception):
-        lifecycle.down(NAME)
-    if old is None:
-        os.environ.pop("PROVISION_STATE_DIR", None)
-    else:
-        os.environ["PROVISION_STATE_DIR"] = old
+    with sim_cluster_env(tmp_path_factory.mktemp("ansible-e2e"), NAME, 2) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")

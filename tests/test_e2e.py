@@ -8,7 +8,6 @@ except the last, which takes it down.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
+from conftest import sim_cluster_env
 
 from provision import data, lifecycle, sim, state
 from provision.cloud import ec2
@@ -61,23 +61,8 @@ def _slow_square(x: float) -> tuple[float, str]:
 @pytest.fixture(scope="module")
 def env(sim_region, tmp_path_factory):
     """Config and state for the module's cluster, all under a temporary directory."""
-    root = tmp_path_factory.mktemp("e2e")
-    old = os.environ.get("PROVISION_STATE_DIR")
-    os.environ["PROVISION_STATE_DIR"] = str(root / "state")
-    cfg_file = root / "cluster.yaml"
-    _keygen(root / "key")
-    cfg_file.write_text(
-        "default: sim\nclusters:\n  sim:\n    region: sim\n    name: e2e\n"
-        f"    key_path: {root}/key\n    cluster_size: 3\n    spot_bid: 0.10\n"
-        "    engines_per_node: 1\n    ssh_timeout: 120\n"
-    )
-    yield {"root": root, "config": cfg_file}
-    with contextlib.suppress(Exception):  # already down after the last test
-        lifecycle.down(NAME)
-    if old is None:
-        os.environ.pop("PROVISION_STATE_DIR", None)
-    else:
-        os.environ["PROVISION_STATE_DIR"] = old
+    with sim_cluster_env(tmp_path_factory.mktemp("e2e"), NAME, 3) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")
