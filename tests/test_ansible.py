@@ -22,6 +22,7 @@ from test_cli import _launch_unit_cluster, invoke, nothing_created
 from provision import inventory, lifecycle
 from provision.cloud import ec2
 from provision.nodes import ansible_run, engines
+from provision.sim.state import GATEWAY
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSIBLE = ROOT / "ansible"
@@ -249,7 +250,7 @@ def test_up_configured_by_the_playbook_registers_one_engine_on_each_of_two_hosts
         assert len(rc.ids) == 2
         rc[:].use_cloudpickle()
         names = rc[:].apply_sync(_hostname)
-        assert len(set(names)) == 2 and all(n.startswith("ip-10-77-0-") for n in names)
+        assert len(set(names)) == 2 and all(n.startswith("ip-" + GATEWAY.rsplit(".", 1)[0].replace(".", "-") + "-") for n in names)
     finally:
         rc.close()
 

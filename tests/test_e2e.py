@@ -25,6 +25,7 @@ from provision import data, lifecycle, sim, state
 from provision.cloud import ec2
 from provision.config import load_config
 from provision.sim import hosts
+from provision.sim.state import GATEWAY
 
 pytestmark = pytest.mark.e2e
 NAME = "e2e"
@@ -84,7 +85,7 @@ def test_up_gives_a_client_with_one_engine_on_each_of_three_hosts(cluster):
     try:
         names = rc[:].apply_sync(_hostname)
         assert len(set(names)) == 3
-        assert all(n.startswith("ip-10-77-0-") for n in names)
+        assert all(n.startswith("ip-" + GATEWAY.rsplit(".", 1)[0].replace(".", "-") + "-") for n in names)
     finally:
         rc.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata as md
 import json
+import re
 import socket
 import subprocess
 import time
@@ -24,10 +25,12 @@ import pytest
 from provision.client import connect_client
 from provision.nodes import engines, remote, setup
 from provision.nodes.remote import Endpoint, GroupError, GroupResult, NodeError
+from provision.sim.state import GATEWAY
 
-BRIDGE_CIDR = "10.77.0.193/27"
-IPS = ("10.77.0.201", "10.77.0.202", "10.77.0.203")
-DEAD_IP = "10.77.0.209"  # inside the /27, nothing there
+_NET = GATEWAY.rsplit(".", 1)[0]  # the simulated region's /24 (this checkout's region id)
+BRIDGE_CIDR = f"{_NET}.193/27"
+IPS = (f"{_NET}.201", f"{_NET}.202", f"{_NET}.203")
+DEAD_IP = f"{_NET}.209"  # inside the /27, nothing there
 ROOT = "/srv/provision"
 
 
@@ -55,9 +58,9 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
     key = tmp / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hosts, "BRIDGE", "pntbr0")
-        mp.setattr(hosts, "NETNS_PREFIX", "pnt-")
-        mp.setattr(hosts, "VETH_PREFIX", "pntv")
+        mp.setattr(hosts, "BRIDGE", f"pntbr{hosts.SIM_ID}")
+        mp.setattr(hosts, "NETNS_PREFIX", f"pnt{hosts.SIM_ID}-")
+        mp.setattr(hosts, "VETH_PREFIX", f"pntv{hosts.SIM_ID}")
         mp.setattr(hosts, "STATE_ROOT", tmp / "sim")
         try:
             for ip in IPS:
@@ -222,7 +225,7 @@ def test_a_changed_host_key_is_refused(nodes: Nodes, tmp_path: Path) -> None:
 def test_a_failing_command_names_node_exit_code_and_stderr(nodes: Nodes) -> None:
     with pytest.raises(NodeError) as info:
         remote.run(nodes.master, "echo oops >&2; exit 3")
-    assert str(info.value) == "node0 (10.77.0.201): `echo oops >&2; exit 3` exited 3: oops"
+    assert str(info.value) == f"node0 ({IPS[0]}): `echo oops >&2; exit 3` exited 3: oops"
     assert info.value.exit_code == 3
 
 
@@ -248,7 +251,7 @@ def test_push_tree_lands_the_directory_whole_or_names_the_failure(
     assert set(listing.strip().splitlines()) == expected  # and no temp dir left
     again = remote.push_tree(ep, src, f"/srv/pushed-{via}", unless_exists=f"/srv/pushed-{via}/b.txt")
     assert again is None
-    with pytest.raises(NodeError, match=r"node1 \(10\.77\.0\.202\): `rm -rf /proc/x/y\.tmp"):
+    with pytest.raises(NodeError, match=rf"node1 \({re.escape(IPS[1])}\): `rm -rf /proc/x/y\.tmp"):
         remote.push_tree(ep, src, "/proc/x/y")
 
 
@@ -279,7 +282,7 @@ def test_python_minor_mismatch_says_what_to_use(
     with pytest.raises(NodeError) as info:
         setup.setup_node(nodes.master, wrong, wheelhouse)
     assert str(info.value) == (
-        "node0 (10.77.0.201): Python 3.11 on the node, 3.99 on this client: "
+        f"node0 ({IPS[0]}): Python 3.11 on the node, 3.99 on this client: "
         "use an image with Python 3.99 (or set image_id to one that has it)"
     )
 

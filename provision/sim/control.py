@@ -130,7 +130,10 @@ def _start(boot_delay: float, timeout: float) -> SimState:
     offset = LOG_FILE.stat().st_size if LOG_FILE.exists() else 0
     with open(LOG_FILE, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", DAEMON_MODULE, "--boot-delay", str(boot_delay)],
+            # --state-dir names the region in `ps` (several may run); the daemon
+            # inherits PROVISION_SIM_ID/PROVISION_SIM_DIR and checks they agree.
+            [sys.executable, "-m", DAEMON_MODULE, "--boot-delay", str(boot_delay),
+             "--state-dir", str(STATE_ROOT)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -292,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boot-delay", type=float, default=1.0,
                    help="seconds between an instance running and its host answering SSH")
     p.add_argument("--poll", type=float, default=0.3, help="watcher poll interval, seconds")
+    p.add_argument("--state-dir", help="the region's state directory (must match PROVISION_SIM_DIR/ID)")
     args = p.parse_args(argv)
+    if args.state_dir is not None and os.path.realpath(args.state_dir) != os.path.realpath(hosts.STATE_ROOT):
+        p.error(f"--state-dir {args.state_dir} is not this region's {hosts.STATE_ROOT}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("werkzeug", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -21,11 +21,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-BRIDGE = "psim0"
-NETNS_PREFIX = "psim-"
-VETH_PREFIX = "psv"
+# Several regions can run side by side on one machine (one per checkout, or per
+# test worker), each with its own id 0-9: bridge, namespaces, veths, subnet and
+# state directory all carry it, so one region never reaps or routes another's hosts.
+SIM_ID = int(os.environ.get("PROVISION_SIM_ID", "0"))
+if not 0 <= SIM_ID <= 9:
+    raise ValueError(f"PROVISION_SIM_ID must be 0-9, got {SIM_ID}")
+_SUFFIX = str(SIM_ID) if SIM_ID else ""
+BRIDGE = f"psim{SIM_ID}"
+NETNS_PREFIX = f"psim{_SUFFIX}-"
+VETH_PREFIX = f"psv{_SUFFIX}"
 SSHD = "/usr/sbin/sshd"
-STATE_ROOT = Path(os.environ.get("PROVISION_SIM_DIR", "/tmp/provision-sim"))
+STATE_ROOT = Path(os.environ.get("PROVISION_SIM_DIR", f"/tmp/provision-sim{_SUFFIX}"))
 
 
 class SimError(Exception):

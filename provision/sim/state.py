@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from provision.sim.hosts import STATE_ROOT, host_dir
+from provision.sim.hosts import SIM_ID, STATE_ROOT, host_dir
 
 REGION_NAME = "us-east-1"  # the name moto answers to; the sim has one region
-SUBNET_CIDR = "10.77.0.0/24"
-VPC_CIDR = "10.77.0.0/16"
-GATEWAY = "10.77.0.1"  # the bridge's address: the only way into the subnet
+_NET = f"10.{77 + SIM_ID}"  # 10.77.x.x for region 0, 10.78.x.x for region 1, ...
+SUBNET_CIDR = f"{_NET}.0.0/24"
+VPC_CIDR = f"{_NET}.0.0/16"
+GATEWAY = f"{_NET}.0.1"  # the bridge's address: the only way into the subnet
 PREFIXLEN = 24
 SSH_CIDR = f"{GATEWAY}/32"  # SSH comes from the bridge, never from elsewhere
 SIM_TAG = "provision:sim"  # on the VPC and subnet the daemon made
