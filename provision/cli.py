@@ -35,10 +35,9 @@ from provision.progress import RichReporter
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
-# Errors that mean "your input is wrong" (exit 2) or "it failed" (exit 1),
-# by class name so this module does not import every layer eagerly.
-BAD_INPUT = {"ConfigError", "BadInput", "SimError"}
-FAILURE = {"ProvisionError", "CloudError", "NodeError", "GroupError", "TimeoutError", "SearchError"}
+# Besides ProvisionError (which carries its own exit status): failures raised
+# by the payload, which cannot import provision, that still deserve one line.
+PAYLOAD_FAILURES = (TimeoutError,)
 
 
 class Main(click.Group):
@@ -62,10 +61,10 @@ class Main(click.Group):
         except Exception as e:  # noqa: BLE001 - every error becomes one line
             if os.environ.get("PROVISION_DEBUG"):
                 traceback.print_exc()
-            names = {c.__name__ for c in type(e).__mro__}
-            hint = "" if names & (BAD_INPUT | FAILURE) else f" ({type(e).__name__}; --debug shows the traceback)"
+            known = isinstance(e, (ProvisionError, *PAYLOAD_FAILURES))
+            hint = "" if known else f" ({type(e).__name__}; --debug shows the traceback)"
             err.print(f"[red]error:[/] {escape(str(e))}{hint}", highlight=False, soft_wrap=True)
-            sys.exit(2 if names & BAD_INPUT else getattr(e, "exit_code", 1))
+            sys.exit(e.exit_code if isinstance(e, ProvisionError) else 1)
 
 
 def _debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -166,12 +165,7 @@ def spothistory(instance_type: str, region: str | None, days: float, config_path
 
 
 def _region(name: str) -> Any:
-    try:
-        return lifecycle.resolve_region(name)
-    except Exception as e:
-        if type(e).__name__ == "SimError":
-            raise
-        raise ProvisionError(str(e)) from e
+    return lifecycle.resolve_region(name)
 
 
 @main.command()

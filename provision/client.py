@@ -31,10 +31,15 @@ import ipyparallel
 import paramiko
 from traitlets.log import get_logger
 
+from provision.errors import ProvisionError
 from provision.nodes.remote import Endpoint, connection
 
 # Ports of the client connection file that the client connects to.
 CLIENT_PORTS = ("registration", "control", "mux", "task", "iopub", "notification", "broadcast")
+
+
+class EnginesTimeout(ProvisionError, TimeoutError):
+    """Fewer engines registered than expected in time (still a `TimeoutError`)."""
 
 
 class Tunnel:
@@ -193,7 +198,7 @@ def connect_client(
     ``tunnel=True`` reaches the controller through SSH to `master` (its ports are
     open only inside the VPC); ``tunnel=False`` connects to the address in the
     connection file, for a client inside the VPC (or the simulated region).
-    Raises `TimeoutError` saying how many engines registered in time.
+    Raises `EnginesTimeout` (a `TimeoutError`) saying how many engines registered in time.
     """
     start = time.monotonic()
     info = json.loads(Path(client_json).read_text())
@@ -226,7 +231,7 @@ def connect_client(
             got = len(rc.ids)
             rc.close()
             where = f"{master.name} ({master.host})" if master else remote_host
-            raise TimeoutError(
+            raise EnginesTimeout(
                 f"only {got} of {n_engines} engines registered with the controller on "
                 f"{where} within {timeout:.0f}s (engine logs: <remote_root>/log/engine-*.log "
                 "on each node)"

@@ -27,6 +27,8 @@ import pydantic
 import yaml
 from pydantic import ConfigDict, Field, field_validator
 
+from provision.errors import BadInput
+
 INSTANCE_TYPE_RE = re.compile(r"^c\d+[a-z]*\.[0-9a-z]+$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
@@ -34,7 +36,7 @@ TOP_LEVEL_KEYS = ("default", "clusters")
 DEFAULT_KEY_PATH = Path("~/.ssh/provision_ed25519")
 
 
-class ConfigError(Exception):
+class ConfigError(BadInput):
     """A bad cluster file or flag, told in one line.
 
     ``str(err)`` is what the CLI prints, e.g.

@@ -105,21 +105,15 @@ def prepare(config: ClusterConfig, reporter: Reporter | None = None, *, need_key
     Errors here are the user's input (unknown instance type in the region, an
     image that does not exist) and exit with status 2.
     """
-    from provision.config import ConfigError
-
     reporter = reporter or Reporter()
+    region = resolve_region(config.region)  # SimError: BadInput, nothing created
     try:
-        region = resolve_region(config.region)
         type_info = ec2.describe_instance_type(region, config.instance_type)
         image_id = ec2.resolve_image(region, config.image_id, type_info.arch)
     except ec2.CloudAPIError as err:
         raise ProvisionError(f"{config.region}: {err}") from err
-    except (ec2.CloudError, ConfigError) as err:
+    except ec2.CloudError as err:  # the region cannot do what the config asks
         raise BadInput(f"{config.region}: {err}") from err
-    except Exception as err:  # SimError and friends: still nothing created
-        if type(err).__name__ == "SimError":
-            raise BadInput(str(err)) from err
-        raise
     public_key = ensure_key(config) if need_key else ""
     ssh_cidr = config.ssh_cidr or region.ssh_cidr or ec2.caller_cidr()
     return Context(
@@ -550,7 +544,7 @@ def down(name: str, *, region: Region | None = None, reporter: Reporter | None =
         region_name = record.get("config", {}).get("region", "sim")
         try:
             region = resolve_region(region_name)
-        except Exception as err:  # noqa: BLE001 - e.g. simulated region stopped
+        except ProvisionError as err:  # e.g. the simulated region is stopped
             raise ProvisionError(f"cannot reach region {region_name!r}: {err}") from err
     removed = ec2.terminate_cluster(region, name, on_step=lambda text: reporter.note(text))
     left = ec2.leftovers(region, name)

@@ -43,6 +43,7 @@ from provision.cloud.common import (
     Region,
 )
 from provision.cloud.pricing import ZonePrice
+from provision.errors import ProvisionError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class CloudError(Exception):
+class CloudError(ProvisionError):
     """A failure the user can act on, with a one-line message."""
 
 

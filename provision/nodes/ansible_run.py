@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provision.errors import ProvisionError
+from provision.errors import ProvisionError, one_line_tail
 from provision.nodes.remote import NodeError
 
 PLAYBOOK = "site.yml"
@@ -95,7 +95,7 @@ class PlaybookResult:
         where = f"{host} ({address})" if address else host
         if host not in self.recap and host not in self.errors:
             message = f"{where}: not in the playbook's recap (ansible-playbook exited {self.returncode})"
-            tail = _tail(self.output)
+            tail = one_line_tail(self.output)
             return NodeError(message + (f": {tail}" if tail else ""), node=host, host=address)
         return NodeError(f"{where}: ansible: {self.errors.get(host, 'failed')}", node=host, host=address)
 
@@ -166,17 +166,12 @@ def _message(body: str, kind: str) -> str:
         parts.append(msg)
     if "rc" in result and kind == "FAILED":
         parts.append(f"exit {result['rc']}")
-    stderr = _tail(str(result.get("stderr", "") or result.get("module_stderr", "")))
+    stderr = one_line_tail(str(result.get("stderr", "") or result.get("module_stderr", "")))
     if stderr:
         parts.append(stderr)
     if not parts:
         parts.append(kind.lower())
     return ": ".join(parts)[:600]
-
-
-def _tail(text: str, lines: int = 3) -> str:
-    kept = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return " | ".join(kept[-lines:])[-400:]
 
 
 def _env(control_dir: str, config: Path) -> dict[str, str]:
@@ -280,7 +275,7 @@ def run_playbook(
             finally:
                 watchdog.cancel()
             if timed_out.is_set():
-                raise AnsibleError(f"ansible-playbook ran for more than {timeout:.0f}s: {_tail(''.join(lines), 5)}")
+                raise AnsibleError(f"ansible-playbook ran for more than {timeout:.0f}s: {one_line_tail(''.join(lines), 5)}")
     finally:
         os.unlink(inv_path)
         _close_control_sockets(control_dir)
@@ -289,7 +284,7 @@ def run_playbook(
         log_path.write_text(output)
     recap = parse_recap(output)
     if not recap and proc.returncode != 0:
-        raise AnsibleError(f"ansible-playbook exited {proc.returncode} before any host ran: {_tail(output, 8)}")
+        raise AnsibleError(f"ansible-playbook exited {proc.returncode} before any host ran: {one_line_tail(output, 8)}")
     return PlaybookResult(
         recap=recap, errors=parse_failures(output), returncode=proc.returncode,
         seconds=time.monotonic() - started, output=output,

@@ -38,6 +38,8 @@ import invoke
 import paramiko
 from paramiko.ssh_exception import NoValidConnectionsError
 
+from provision.errors import ProvisionError, one_line_tail
+
 T = TypeVar("T")
 
 # Errors that mean "the SSH link dropped or is not up yet", worth one more try.
@@ -66,8 +68,12 @@ class Endpoint:
     port: int = 22
 
 
-class NodeError(Exception):
-    """One line naming the node, host, command, exit code and stderr tail."""
+class NodeError(ProvisionError):
+    """One line naming the node, host, command, exit code and stderr tail.
+
+    The remote command's exit code is `command_status`; `exit_code` stays the
+    status `provision` itself exits with (1), as for every `ProvisionError`.
+    """
 
     def __init__(
         self,
@@ -76,34 +82,29 @@ class NodeError(Exception):
         node: str = "",
         host: str = "",
         command: str = "",
-        exit_code: int | None = None,
+        command_status: int | None = None,
         stderr: str = "",
     ) -> None:
         super().__init__(message)
         self.node, self.host, self.command = node, host, command
-        self.exit_code, self.stderr = exit_code, stderr
+        self.command_status, self.stderr = command_status, stderr
 
     @classmethod
     def from_command(
         cls, ep: Endpoint, command: str, exit_code: int | None, stderr: str, what: str = ""
     ) -> NodeError:
-        tail = _tail(stderr)
+        tail = one_line_tail(stderr)
         shown = _short(command)
         status = what or f"exited {exit_code}"
         return cls(
             f"{ep.name} ({ep.host}): `{shown}` {status}" + (f": {tail}" if tail else ""),
-            node=ep.name, host=ep.host, command=command, exit_code=exit_code, stderr=stderr,
+            node=ep.name, host=ep.host, command=command, command_status=exit_code, stderr=stderr,
         )
 
 
 def _short(command: str, width: int = 80) -> str:
     first = command.strip().splitlines()[0] if command.strip() else command
     return first if len(first) <= width else first[: width - 3] + "..."
-
-
-def _tail(text: str, lines: int = 3, width: int = 400) -> str:
-    kept = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
-    return kept[-width:]
 
 
 class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
@@ -452,7 +453,7 @@ class GroupResult(dict[str, Any]):
         return self
 
 
-class GroupError(Exception):
+class GroupError(ProvisionError):
     """Some nodes failed; `.result` still holds what the others returned."""
 
     def __init__(self, result: GroupResult) -> None:

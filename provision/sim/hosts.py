@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision.errors import BadInput
+
 # Several regions can run side by side on one machine (one per checkout, or per
 # test worker), each with its own id 0-9: bridge, namespaces, veths, subnet and
 # state directory all carry it, so one region never reaps or routes another's hosts.
@@ -35,7 +37,7 @@ SSHD = "/usr/sbin/sshd"
 STATE_ROOT = Path(os.environ.get("PROVISION_SIM_DIR", f"/tmp/provision-sim{_SUFFIX}"))
 
 
-class SimError(Exception):
+class SimError(BadInput):
     """One-line, user-facing problem with the simulated region."""
 
 
