@@ -44,11 +44,11 @@ from bench.common import (
 
 def hosts_up(config: Any) -> tuple[Any, list[Any]]:
     """Launch the cluster's instances and wait for SSH on each; (context, nodes)."""
-    from provision import lifecycle
+    from provision import context, lifecycle
     from provision.cloud import ec2
     from provision.nodes import remote
 
-    ctx = lifecycle.prepare(config)
+    ctx = context.prepare(config)
     sg = ec2.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
     ec2.ensure_key_pair(ctx.region, ctx.name, config.pair_name, ctx.public_key)
     info = lifecycle.reconcile(ctx, sg, config.cluster_size - 1)

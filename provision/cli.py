@@ -26,7 +26,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from provision import lifecycle, state
+from provision import context, lifecycle, state
 from provision.config import ClusterConfig, load_config, write_starter
 from provision.errors import BadInput, ProvisionError
 from provision.progress import RichReporter
@@ -165,7 +165,7 @@ def spothistory(instance_type: str, region: str | None, days: float, config_path
 
 
 def _region(name: str) -> Any:
-    return lifecycle.resolve_region(name)
+    return context.resolve_region(name)
 
 
 @main.command()
@@ -392,7 +392,7 @@ def _node_endpoint(name: str, node: str | None, config_path: Path | None, templa
     from provision.cloud import ec2
 
     cfg = _config(config_path, template, name)
-    ctx = lifecycle.context_for(name, cfg)
+    ctx = context.context_for(cfg)
     info = ec2.describe_cluster(ctx.region, name)
     inst = info.find(node) if node else info.master
     if inst is None:
@@ -425,7 +425,7 @@ def put(name: str, local: Path, remote_path: str, node: str | None, config_path:
     from provision.nodes import remote
 
     cfg = _config(config_path, template, name)
-    ctx = lifecycle.context_for(name, cfg)
+    ctx = context.context_for(cfg)
     info = ec2.describe_cluster(ctx.region, name)
     nodes = [info.find(node)] if node else info.nodes
     if None in nodes:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import numpy as np
 
-from provision import lifecycle, state
+from provision import context, lifecycle, state
 from provision.cli import _config, config_options, err, out
 from provision.errors import BadInput, ProvisionError
 from provision.progress import RichReporter
@@ -39,7 +39,7 @@ def put_data(name: str, dataset: str, cv: str, n_splits: int, test_size: float, 
     data.make_cv(cv, n_splits, test_size, seed)  # bad flags fail before any work
     data.load_dataset(dataset, target)
     with RichReporter(err) as reporter:
-        ctx = lifecycle.prepare(cfg, reporter)
+        ctx = context.prepare(cfg, reporter)
         result = data.put_data(ctx, dataset, cv=cv, n_splits=n_splits, test_size=test_size, seed=seed, target=target)
     moved = result.bytes_moved
     out.print(f"{dataset}: {len(result.remote_paths)} splits in {result.remote_dir} on "

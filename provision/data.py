@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from provision import state
+from provision.context import Context
 from provision.errors import BadInput
 
 if TYPE_CHECKING:
     from provision.cloud.common import InstanceInfo
-    from provision.lifecycle import Context
 
 BUILTIN = ("digits", "iris", "wine", "breast_cancer")
 CV_KINDS = ("shuffle", "kfold", "stratified")

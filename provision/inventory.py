@@ -26,33 +26,15 @@ import yaml
 
 from provision import state
 from provision.cloud.common import MASTER, ClusterInfo
+from provision.context import Context, context_for
 from provision.errors import BadInput
 from provision.nodes import engines, setup
 
 if TYPE_CHECKING:
     from provision.config import ClusterConfig
-    from provision.lifecycle import Context
 
 GROUPS = ("master", "workers")
 FORMATS = ("yaml", "ini", "json")
-
-
-def context(target: str | ClusterConfig | Context) -> Context:
-    """The `Context` of a cluster by name (its local record), config, or as is.
-
-    Never creates a key pair or anything in the cloud: an inventory only reads.
-    """
-    from provision import lifecycle
-    from provision.config import ClusterConfig
-
-    if isinstance(target, lifecycle.Context):
-        return target
-    if isinstance(target, str):
-        record = state.load(target)
-        if "config" not in record:
-            raise BadInput(f"NAME: no local record of cluster {target!r}: pass --config/--template for it")
-        target = ClusterConfig.model_validate(record["config"])
-    return lifecycle.prepare(target, need_key=False)
 
 
 def ssh_common_args(known_hosts: Path) -> str:
@@ -161,7 +143,7 @@ def inventory(target: str | ClusterConfig | Context, **kwargs: Any) -> dict[str,
     """The inventory of a cluster as the cloud's tags describe it now (``--list`` JSON)."""
     from provision.cloud import ec2
 
-    ctx = context(target)
+    ctx = context_for(target, need_key=False)  # an inventory only reads
     return build(ctx, ec2.describe_cluster(ctx.region, ctx.name), **kwargs)
 
 

@@ -11,121 +11,22 @@ cloud's tags are the record.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provision import state
+from provision import data, state
 from provision.cloud import ec2
 from provision.cloud.common import MASTER, WORKER, ClusterInfo, InstanceInfo, LaunchRequest, Region
 from provision.config import ClusterConfig
+from provision.context import Context, context_for, prepare, resolve_region
 from provision.errors import BadInput, ProvisionError
 from provision.nodes import engines, remote, setup
 from provision.progress import Reporter
 
 STAGES = ("launching", "running", "ssh", "packages", "engines", "ready")
-
-
-def resolve_region(name: str) -> Region:
-    """The one switch between AWS and the simulated region."""
-    if name == "sim":
-        from provision import sim
-
-        return sim.region()
-    return Region(name=name)
-
-
-@dataclass
-class Context:
-    """Everything a step needs, resolved once and validated before any create."""
-
-    config: ClusterConfig
-    region: Region
-    type_info: ec2.InstanceTypeInfo
-    image_id: str
-    user: str
-    public_key: str
-    ssh_cidr: str
-    reporter: Reporter = field(default_factory=Reporter)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def engines_per_node(self) -> int:
-        return self.config.engines_per_node or self.type_info.vcpus
-
-    def engines_on(self, inst: InstanceInfo) -> int:
-        if inst.role == MASTER and not self.config.master_engines:
-            return 0
-        return self.engines_per_node
-
-    def endpoint(self, inst: InstanceInfo) -> remote.Endpoint:
-        address = inst.ssh_address(self.region.use_private_ip)
-        if not address:
-            raise ProvisionError(f"{inst.instance_id} has no address to SSH to")
-        return remote.Endpoint(
-            name=inst.name or inst.instance_id,
-            host=address,
-            user=self.user,
-            key_path=Path(self.config.key_path).expanduser(),
-            known_hosts=state.cluster_dir(self.name) / "known_hosts",
-        )
-
-    @property
-    def connection_files(self) -> tuple[Path, Path]:
-        d = state.cluster_dir(self.name)
-        return d / "ipcontroller-client.json", d / "ipcontroller-engine.json"
-
-
-def ensure_key(config: ClusterConfig) -> str:
-    """Return the public key, creating an ed25519 pair (0600) when none exists."""
-    key = Path(config.key_path).expanduser()
-    pub = Path(str(key) + ".pub")
-    if not key.exists():
-        key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"provision-{config.name}", "-f", str(key)],
-            check=True,
-        )
-        os.chmod(key, 0o600)
-    elif not pub.exists():
-        raise BadInput(f"{pub}: public key missing (create it with ssh-keygen -y -f {key} > {pub})")
-    return pub.read_text().strip()
-
-
-def prepare(config: ClusterConfig, reporter: Reporter | None = None, *, need_key: bool = True) -> Context:
-    """Resolve and validate everything `up` needs; creates nothing in the cloud.
-
-    Errors here are the user's input (unknown instance type in the region, an
-    image that does not exist) and exit with status 2.
-    """
-    reporter = reporter or Reporter()
-    region = resolve_region(config.region)  # SimError: BadInput, nothing created
-    try:
-        type_info = ec2.describe_instance_type(region, config.instance_type)
-        image_id = ec2.resolve_image(region, config.image_id, type_info.arch)
-    except ec2.CloudAPIError as err:
-        raise ProvisionError(f"{config.region}: {err}") from err
-    except ec2.CloudError as err:  # the region cannot do what the config asks
-        raise BadInput(f"{config.region}: {err}") from err
-    public_key = ensure_key(config) if need_key else ""
-    ssh_cidr = config.ssh_cidr or region.ssh_cidr or ec2.caller_cidr()
-    return Context(
-        config=config,
-        region=region,
-        type_info=type_info,
-        image_id=image_id,
-        user=config.user or region.default_user,
-        public_key=public_key,
-        ssh_cidr=ssh_cidr,
-        reporter=reporter,
-    )
 
 
 def _remember(ctx: Context) -> None:
@@ -470,16 +371,9 @@ def _finish(ctx: Context, failed: list[str]) -> UpResult:
     return UpResult(cluster=info, engines=n, hourly_cost=hourly_cost(ctx, info), failed=failed, client_file=client_file)
 
 
-def context_for(name: str, config: ClusterConfig | None = None, reporter: Reporter | None = None) -> Context:
-    """Context of an existing cluster: cached settings first, then the config file."""
-    from provision.config import ClusterConfig as Model
-
-    record = state.load(name)
-    if config is None:
-        if "config" not in record:
-            raise BadInput(f"no local record of cluster {name!r}: pass --config/--template for it")
-        config = Model.model_validate(record["config"])
-    return prepare(config, reporter)
+def _context(name: str, config: ClusterConfig | None, reporter: Reporter | None) -> Context:
+    """An existing cluster's context: from `config` when given, else its local record."""
+    return context_for(config if config is not None else name, reporter=reporter)
 
 
 def addnode(name: str, count: int, *, bid: float | None = None, config: ClusterConfig | None = None,
@@ -487,7 +381,7 @@ def addnode(name: str, count: int, *, bid: float | None = None, config: ClusterC
     """Launch `count` workers whose engines join the running controller."""
     if count < 1:
         raise BadInput(f"-n: must be at least 1 (got {count})")
-    ctx = context_for(name, config, reporter)
+    ctx = _context(name, config, reporter)
     if bid is not None:
         if bid <= 0:
             raise BadInput(f"--spot-bid: must be a positive number (got {bid})")
@@ -509,7 +403,7 @@ def addnode(name: str, count: int, *, bid: float | None = None, config: ClusterC
 
 def removenode(name: str, node: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None) -> InstanceInfo:
     """Stop a worker's engines (their tasks are retried elsewhere), then terminate it."""
-    ctx = context_for(name, config, reporter)
+    ctx = _context(name, config, reporter)
     info = ec2.describe_cluster(ctx.region, name)
     inst = info.find(node)
     if inst is None:
@@ -526,7 +420,7 @@ def removenode(name: str, node: str, *, config: ClusterConfig | None = None, rep
 
 
 def restart_engines(name: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None) -> int:
-    ctx = context_for(name, config, reporter)
+    ctx = _context(name, config, reporter)
     info = ec2.describe_cluster(ctx.region, name)
     group = remote.on_hosts(
         lambda ep: engines.restart_engines(ep, ctx.config.remote_root, ctx.engines_on(info.find(ep.name)), ctx.connection_files[1]),
@@ -571,8 +465,6 @@ def connect(name: str, *, timeout: float = 120, n_engines: int | None = None) ->
 
 def ship_recorded_data(ctx: Context, nodes: list[InstanceInfo]) -> None:
     """Give new nodes the datasets already put on the cluster (addnode)."""
-    from provision import data
-
     for entry in state.load(ctx.name).get("datasets", {}).values():
         data.ship(ctx, nodes, Path(entry["local_dir"]), entry["digest"])
 
@@ -583,7 +475,7 @@ def keep_size(name: str, *, config: ClusterConfig | None = None, reporter: Repor
     Returns how many workers were launched. New engines join the controller, so a
     running search picks them up; its retries already cover the lost tasks.
     """
-    ctx = context_for(name, config, reporter)
+    ctx = _context(name, config, reporter)
     info = ec2.describe_cluster(ctx.region, name)
     if info.master is None:
         raise ProvisionError(f"cluster {name!r} lost its master: run `provision up` to rebuild it")

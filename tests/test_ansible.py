@@ -19,7 +19,7 @@ import yaml
 from conftest import sim_cluster_env
 from test_cli import _launch_unit_cluster, invoke, nothing_created
 
-from provision import inventory, lifecycle
+from provision import context, inventory, lifecycle
 from provision.cloud import ec2
 from provision.nodes import ansible_run, engines
 from provision.sim.state import GATEWAY
@@ -293,7 +293,7 @@ def test_the_playbook_gives_a_node_the_datasets_the_cluster_already_holds(ansibl
     from provision import data, inventory
     from provision.nodes import remote
 
-    ctx = lifecycle.context_for(NAME)
+    ctx = context.context_for(NAME)
     shipped = data.put_data(ctx, "iris", n_splits=2)
     node = ec2.describe_cluster(ctx.region, NAME).find("node001")
     remote.run(ctx.endpoint(node), f"rm -rf {shipped.remote_dir}")  # as on a node added later
@@ -308,7 +308,7 @@ def test_the_playbook_gives_a_node_the_datasets_the_cluster_already_holds(ansibl
 def test_the_fabric_path_takes_over_the_playbooks_nodes_as_its_own(ansible_cluster):
     from provision.nodes import remote, setup
 
-    ctx = lifecycle.context_for(NAME)
+    ctx = context.context_for(NAME)
     info = ec2.describe_cluster(ctx.region, NAME)
     spec = setup.client_env_spec(list(ctx.config.packages), ctx.config.remote_root)
     wheelhouse = setup.build_wheelhouse(spec)
@@ -327,7 +327,7 @@ def test_the_fabric_path_takes_over_the_playbooks_nodes_as_its_own(ansible_clust
 
 @pytest.mark.e2e
 def test_down_after_the_ansible_path_leaves_nothing(ansible_cluster):
-    region = lifecycle.context_for(NAME).region
+    region = context.context_for(NAME).region
     lifecycle.down(NAME)
     assert not any(ec2.leftovers(region, NAME).values())
     assert ec2.describe_cluster(region, NAME).alive == []

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import offline_aws_env
 from moto import mock_aws
 
-from provision import lifecycle, state
+from provision import context, lifecycle, state
 from provision.cli import main
 from provision.cloud import ec2
 from provision.cloud.common import Region
@@ -137,9 +137,9 @@ def test_init_writes_a_starter_and_refuses_to_overwrite(aws, tmp_path):
     assert invoke("init", "--path", str(target), "--force").exit_code == 0
 
 
-def _launch_unit_cluster(cfg_file: Path) -> lifecycle.Context:
+def _launch_unit_cluster(cfg_file: Path) -> context.Context:
     """What `up` does before SSH: validate, group, key pair, reconcile."""
-    ctx = lifecycle.prepare(load_config(cfg_file))
+    ctx = context.prepare(load_config(cfg_file))
     lifecycle._remember(ctx)
     sg = ec2.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
     ec2.ensure_key_pair(ctx.region, ctx.name, ctx.config.pair_name, ctx.public_key)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from conftest import sim_cluster_env
 
-from provision import data, lifecycle, sim, state
+from provision import context, data, lifecycle, sim, state
 from provision.cloud import ec2
 from provision.config import load_config
 from provision.sim import hosts
@@ -98,7 +98,7 @@ def test_up_again_changes_nothing(cluster, env):
 
 
 def test_put_data_ships_once_and_the_second_run_moves_nothing(cluster, env):
-    ctx = lifecycle.context_for(NAME)
+    ctx = context.context_for(NAME)
     first = data.put_data(ctx, "digits", n_splits=3)
     assert len(first.bytes_per_host) == 3 and all(b > 0 for b in first.bytes_per_host.values())
     second = data.put_data(ctx, "digits", n_splits=3)
@@ -139,7 +139,7 @@ def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 def test_ssh_put_and_get_reach_the_right_nodes(cluster, tmp_path):
     hosts_seen = _cli("ssh", NAME, "node001", "hostname")
     assert hosts_seen.returncode == 0, hosts_seen.stderr
-    node001 = ec2.describe_cluster(lifecycle.context_for(NAME).region, NAME).find("node001")
+    node001 = ec2.describe_cluster(context.context_for(NAME).region, NAME).find("node001")
     assert hosts_seen.stdout.strip() == "ip-" + node001.private_ip.replace(".", "-")
     local = tmp_path / "note.txt"
     local.write_text("hello nodes\n")
@@ -241,7 +241,7 @@ def test_engines_killed_mid_search_lose_no_result(cluster):
 
     from payload import DistributedSearch
 
-    region = lifecycle.context_for(NAME).region
+    region = context.context_for(NAME).region
     victim = ec2.describe_cluster(region, NAME).workers[-1]
     entry = state.load(NAME)["datasets"]["digits"]
     paths = [f"{entry['remote_dir']}/{f}" for f in entry["files"]]
@@ -261,7 +261,7 @@ def test_engines_killed_mid_search_lose_no_result(cluster):
 
 
 def test_addnode_joins_a_running_map_and_gets_the_data(cluster):
-    region = lifecycle.context_for(NAME).region
+    region = context.context_for(NAME).region
     before_ids = {i.instance_id for i in ec2.describe_cluster(region, NAME).alive}
     rc = _client()
     try:
@@ -285,7 +285,7 @@ def test_addnode_joins_a_running_map_and_gets_the_data(cluster):
         rc.close()
     # The node added later holds the datasets already put on the cluster.
     entry = state.load(NAME)["datasets"]["digits"]
-    ctx = lifecycle.context_for(NAME)
+    ctx = context.context_for(NAME)
     from provision.nodes import remote
 
     listing = remote.run(ctx.endpoint(new_node), f"ls {entry['remote_dir']}")
@@ -299,7 +299,7 @@ def test_losing_a_worker_mid_map_loses_no_result(cluster, lose):
     The interruption goes first, while two other engines remain: with a single
     engine left, ipyparallel's scheduler took ~50 s instead of ~10 s to retry the
     lost tasks (still no loss)."""
-    region = lifecycle.context_for(NAME).region
+    region = context.context_for(NAME).region
     victim = ec2.describe_cluster(region, NAME).workers[-1]
     rc = _client()
     try:
@@ -320,7 +320,7 @@ def test_losing_a_worker_mid_map_loses_no_result(cluster, lose):
 
 
 def test_watch_replaces_lost_workers_whose_engines_join_a_running_map(cluster):
-    region = lifecycle.context_for(NAME).region
+    region = context.context_for(NAME).region
     before = ec2.describe_cluster(region, NAME)
     if len(before.workers) == 2:  # run alone: lose one first
         sim.interrupt(before.workers[-1].instance_id)
@@ -375,7 +375,7 @@ def test_ten_thousand_short_tasks_complete_with_bounded_client_memory(cluster, t
 
 
 def test_down_removes_everything_and_every_host(cluster):
-    region = lifecycle.context_for(NAME).region
+    region = context.context_for(NAME).region
     ips = [i.private_ip for i in ec2.describe_cluster(region, NAME).instances if i.private_ip]
     lifecycle.down(NAME)
     assert not any(ec2.leftovers(region, NAME).values())

@@ -1,0 +1,153 @@
+"""The context of a cluster: its settings, region, key and instance type, resolved once.
+
+Every step (`up`, `addnode`, `put-data`, the inventory) works from a `Context`,
+built by `prepare` before anything is created, so a bad instance type, image or
+key is reported (exit 2) while there is still nothing to clean up.
+`context_for` builds one for a cluster that already exists, from its local
+record or a config. Building a context creates nothing in the cloud; with
+`need_key` it may create the local SSH key pair the cluster will use.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provision import state
+from provision.cloud import ec2
+from provision.cloud.common import MASTER, InstanceInfo, Region
+from provision.config import ClusterConfig
+from provision.errors import BadInput, ProvisionError
+from provision.nodes import remote
+from provision.progress import Reporter
+
+SIM_REGION = "sim"  # the region name that means "the simulated region on this machine"
+
+
+def resolve_region(name: str) -> Region:
+    """The one switch between AWS and the simulated region (`SimError` if it is down)."""
+    if name == SIM_REGION:
+        from provision import sim  # only when asked for: it pulls in the region's machinery
+
+        return sim.region()
+    return Region(name=name)
+
+
+@dataclass
+class Context:
+    """Everything a step needs, resolved once and validated before any create."""
+
+    config: ClusterConfig
+    region: Region
+    type_info: ec2.InstanceTypeInfo
+    image_id: str
+    user: str
+    public_key: str  # "" when built without the key (read-only commands)
+    ssh_cidr: str
+    reporter: Reporter = field(default_factory=Reporter)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def engines_per_node(self) -> int:
+        return self.config.engines_per_node or self.type_info.vcpus
+
+    def engines_on(self, inst: InstanceInfo) -> int:
+        if inst.role == MASTER and not self.config.master_engines:
+            return 0
+        return self.engines_per_node
+
+    def endpoint(self, inst: InstanceInfo) -> remote.Endpoint:
+        address = inst.ssh_address(self.region.use_private_ip)
+        if not address:
+            raise ProvisionError(f"{inst.instance_id} has no address to SSH to")
+        return remote.Endpoint(
+            name=inst.name or inst.instance_id,
+            host=address,
+            user=self.user,
+            key_path=Path(self.config.key_path).expanduser(),
+            known_hosts=state.cluster_dir(self.name) / "known_hosts",
+        )
+
+    @property
+    def connection_files(self) -> tuple[Path, Path]:
+        """The controller's client and engine connection files, cached locally."""
+        d = state.cluster_dir(self.name)
+        return d / "ipcontroller-client.json", d / "ipcontroller-engine.json"
+
+
+def ensure_key(config: ClusterConfig) -> str:
+    """Return the public key, creating an ed25519 pair (0600) when none exists."""
+    key = Path(config.key_path).expanduser()
+    pub = Path(str(key) + ".pub")
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"provision-{config.name}",
+             "-f", str(key)],
+            check=True,
+        )
+        os.chmod(key, 0o600)
+    elif not pub.exists():
+        raise BadInput(
+            f"{pub}: public key missing (create it with ssh-keygen -y -f {key} > {pub})"
+        )
+    return pub.read_text().strip()
+
+
+def prepare(
+    config: ClusterConfig, reporter: Reporter | None = None, *, need_key: bool = True
+) -> Context:
+    """Resolve and validate everything `up` needs; creates nothing in the cloud.
+
+    Errors here are the user's input (unknown instance type in the region, an
+    image that does not exist) and exit with status 2; an API failure (no
+    credentials, throttled past retries) is not, and exits with 1.
+    """
+    region = resolve_region(config.region)  # SimError: BadInput, nothing created
+    try:
+        type_info = ec2.describe_instance_type(region, config.instance_type)
+        image_id = ec2.resolve_image(region, config.image_id, type_info.arch)
+    except ec2.CloudAPIError as err:
+        raise ProvisionError(f"{config.region}: {err}") from err
+    except ec2.CloudError as err:  # the region cannot do what the config asks
+        raise BadInput(f"{config.region}: {err}") from err
+    return Context(
+        config=config,
+        region=region,
+        type_info=type_info,
+        image_id=image_id,
+        user=config.user or region.default_user,
+        public_key=ensure_key(config) if need_key else "",
+        ssh_cidr=config.ssh_cidr or region.ssh_cidr or ec2.caller_cidr(),
+        reporter=reporter or Reporter(),
+    )
+
+
+def recorded_config(name: str) -> ClusterConfig:
+    """The settings cluster `name` was brought up with, from its local record."""
+    record = state.load(name)
+    if "config" not in record:
+        raise BadInput(f"NAME: no local record of cluster {name!r}: pass --config/--template for it")
+    return ClusterConfig.model_validate(record["config"])
+
+
+def context_for(
+    target: str | ClusterConfig | Context,
+    *,
+    reporter: Reporter | None = None,
+    need_key: bool = True,
+) -> Context:
+    """The context of a cluster by name (its local record), by config, or as is.
+
+    `need_key=False` is for commands that only read (the inventory): they never
+    create a key pair, locally or in the cloud.
+    """
+    if isinstance(target, Context):
+        return target
+    config = recorded_config(target) if isinstance(target, str) else target
+    return prepare(config, reporter, need_key=need_key)
