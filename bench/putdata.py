@@ -44,16 +44,15 @@ from bench.common import (
 
 def hosts_up(config: Any) -> tuple[Any, list[Any]]:
     """Launch the cluster's instances and wait for SSH on each; (context, nodes)."""
-    from provision import context, lifecycle
-    from provision.cloud import ec2
+    from provision import cloud, context, lifecycle
     from provision.nodes import remote
 
     ctx = context.prepare(config)
-    sg = ec2.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
-    ec2.ensure_key_pair(ctx.region, ctx.name, config.pair_name, ctx.public_key)
+    sg = cloud.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
+    cloud.ensure_key_pair(ctx.region, ctx.name, config.pair_name, ctx.public_key)
     info = lifecycle.reconcile(ctx, sg, config.cluster_size - 1)
-    ec2.wait_running(ctx.region, [i.instance_id for i in info.nodes], timeout=config.launch_timeout)
-    nodes = ec2.describe_cluster(ctx.region, ctx.name).nodes
+    cloud.wait_running(ctx.region, [i.instance_id for i in info.nodes], timeout=config.launch_timeout)
+    nodes = cloud.describe_cluster(ctx.region, ctx.name).nodes
     group = remote.on_hosts(lambda ep: remote.wait_for_ssh(ep, timeout=config.ssh_timeout),
                             [ctx.endpoint(n) for n in nodes])
     group.raise_for_failures()

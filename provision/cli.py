@@ -26,7 +26,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from provision import context, lifecycle, state
+from provision import cloud, context, lifecycle, state
 from provision.config import ClusterConfig, load_config, write_starter
 from provision.errors import BadInput, ProvisionError
 from provision.progress import RichReporter
@@ -142,15 +142,13 @@ def init(force: bool, path: Path | None) -> None:
 def spothistory(instance_type: str, region: str | None, days: float, config_path: Path | None,
                 template: str | None, as_json: bool) -> None:
     """Spot prices of INSTANCE_TYPE per availability zone: current, average, max."""
-    from provision.cloud import ec2
-
     cfg = _config(config_path, template, region=region, instance_type=instance_type)
-    reg = _region(cfg.region)
+    reg = context.resolve_region(cfg)
     try:
-        ec2.describe_instance_type(reg, instance_type)
-    except ec2.CloudError as e:
+        cloud.describe_instance_type(reg, instance_type)
+    except cloud.CloudError as e:
         raise BadInput(f"INSTANCE_TYPE: {e}") from e
-    prices = ec2.spot_price_history(reg, instance_type, days=days)
+    prices = cloud.spot_price_history(reg, instance_type, days=days)
     if as_json:
         out.print_json(json.dumps([p.__dict__ for p in prices]))
         return
@@ -164,8 +162,6 @@ def spothistory(instance_type: str, region: str | None, days: float, config_path
         out.print(f"cheapest zone: {prices[0].zone}")
 
 
-def _region(name: str) -> Any:
-    return context.resolve_region(name)
 
 
 @main.command()
@@ -203,12 +199,10 @@ def _print_nodes(info: Any, cfg: ClusterConfig) -> None:
 
 def _prices(region: Any, instance_type: str) -> dict[str, float]:
     """Spot price per zone, plus "on-demand": the approximate list price."""
-    from provision.cloud import ec2
-
     try:
-        prices = {p.zone: p.current for p in ec2.spot_price_history(region, instance_type, days=0.1)}
-        od = ec2.describe_instance_type(region, instance_type).on_demand_price
-    except ec2.CloudError:
+        prices = {p.zone: p.current for p in cloud.spot_price_history(region, instance_type, days=0.1)}
+        od = cloud.describe_instance_type(region, instance_type).on_demand_price
+    except cloud.CloudError:
         return {}
     if od is not None:
         prices["on-demand"] = od
@@ -251,11 +245,9 @@ def _nodes_table(info: Any, prices: dict[str, float]) -> Table:
 @json_option
 def status(name: str | None, config_path: Path | None, template: str | None, as_json: bool) -> None:
     """Nodes of a cluster: id, role, type, zone, lifecycle, state, IPs, uptime, cost."""
-    from provision.cloud import ec2
-
     cfg = _config(config_path, template, name)
-    reg = _region(cfg.region)
-    info = ec2.describe_cluster(reg, cfg.name)
+    reg = context.resolve_region(cfg)
+    info = cloud.describe_cluster(reg, cfg.name)
     prices = _prices(reg, cfg.instance_type)
     record = state.load(cfg.name)
     if as_json:
@@ -275,11 +267,9 @@ def status(name: str | None, config_path: Path | None, template: str | None, as_
 @json_option
 def list_(config_path: Path | None, template: str | None, as_json: bool) -> None:
     """Clusters in the region (from tags) and the ones this machine remembers."""
-    from provision.cloud import ec2
-
     cfg = _config(config_path, template)
-    reg = _region(cfg.region)
-    live = ec2.list_clusters(reg)
+    reg = context.resolve_region(cfg)
+    live = cloud.list_clusters(reg)
     rows = [{"name": n, "region": reg.name, "live": n in live, "local_record": n in state.known_clusters()}
             for n in sorted(set(live) | set(state.known_clusters()))]
     if as_json:
@@ -304,7 +294,7 @@ def down(name: str, yes: bool, config_path: Path | None, template: str | None) -
         if not sys.stdin.isatty():
             raise BadInput("--yes: needed when there is no terminal to confirm on")
         click.confirm(f"terminate every resource of cluster {name!r} in {cfg.region}?", abort=True)
-    reg = _region(cfg.region)
+    reg = context.resolve_region(cfg)
     removed = lifecycle.down(name, region=reg)
     summary = ", ".join(f"{v} {k}" for k, v in removed.items() if v) or "nothing (already gone)"
     out.print(f"{name}: removed {summary}; nothing tagged with it is left in {reg.name}")
@@ -389,11 +379,9 @@ def inventory_(name: str, fmt: str, as_list: bool, host: str | None, config_path
 
 
 def _node_endpoint(name: str, node: str | None, config_path: Path | None, template: str | None) -> Any:
-    from provision.cloud import ec2
-
     cfg = _config(config_path, template, name)
     ctx = context.context_for(cfg)
-    info = ec2.describe_cluster(ctx.region, name)
+    info = cloud.describe_cluster(ctx.region, name)
     inst = info.find(node) if node else info.master
     if inst is None:
         raise BadInput(f"NODE: no node {node!r} in cluster {name!r}" if node else f"cluster {name!r} has no master")
@@ -421,12 +409,11 @@ def ssh(name: str, node: str | None, command: tuple[str, ...], config_path: Path
 @config_options
 def put(name: str, local: Path, remote_path: str, node: str | None, config_path: Path | None, template: str | None) -> None:
     """Copy a LOCAL file to REMOTE on every node (or --node)."""
-    from provision.cloud import ec2
     from provision.nodes import remote
 
     cfg = _config(config_path, template, name)
     ctx = context.context_for(cfg)
-    info = ec2.describe_cluster(ctx.region, name)
+    info = cloud.describe_cluster(ctx.region, name)
     nodes = [info.find(node)] if node else info.nodes
     if None in nodes:
         raise BadInput(f"--node: no node {node!r} in cluster {name!r}")

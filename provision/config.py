@@ -27,12 +27,16 @@ import pydantic
 import yaml
 from pydantic import ConfigDict, Field, field_validator
 
+from provision.cloud import PROVIDERS
 from provision.errors import BadInput
 
+# Compute-optimised (c-family) types only: model selection is CPU-bound, so the m,
+# r and t families pay for memory or burst credits a search does not use.
 INSTANCE_TYPE_RE = re.compile(r"^c\d+[a-z]*\.[0-9a-z]+$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 TOP_LEVEL_KEYS = ("default", "clusters")
+SIM_REGION = "sim"  # the region name that means "the simulated region on this machine"
 DEFAULT_KEY_PATH = Path("~/.ssh/provision_ed25519")
 
 
@@ -55,6 +59,7 @@ class ClusterConfig(pydantic.BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "provision"  # cluster name, used in tags and the key pair name
+    provider: str = "aws"  # cloud provider: a module of provision.cloud
     region: str = "sim"  # "sim" = the embedded simulated region; else an AWS region
     zone: str | None = None  # availability zone; None = cheapest for the type
     instance_type: str = "c5.large"  # compute-optimised (c-family) only
@@ -83,10 +88,17 @@ class ClusterConfig(pydantic.BaseModel):
             )
         return v
 
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        if v not in PROVIDERS:
+            raise ValueError(f"must be one of {', '.join(PROVIDERS)} (got {v!r})")
+        return v
+
     @field_validator("region")
     @classmethod
     def _region(cls, v: str) -> str:
-        if v != "sim" and not REGION_RE.match(v):
+        if v != SIM_REGION and not REGION_RE.match(v):
             raise ValueError(f"must be 'sim' or an AWS region like us-east-1 (got {v!r})")
         return v
 
@@ -94,7 +106,7 @@ class ClusterConfig(pydantic.BaseModel):
     @classmethod
     def _zone(cls, v: str | None, info: pydantic.ValidationInfo) -> str | None:
         region = info.data.get("region")
-        if v is not None and region not in (None, "sim") and not v.startswith(region):
+        if v is not None and region not in (None, SIM_REGION) and not v.startswith(region):
             raise ValueError(f"must be a zone of region {region} (got {v!r})")
         return v
 
@@ -146,10 +158,6 @@ class ClusterConfig(pydantic.BaseModel):
         """The public half, expected next to the private key as ``<key_path>.pub``."""
         return self.key_path.with_name(self.key_path.name + ".pub")
 
-    @property
-    def is_sim(self) -> bool:
-        """True when the cluster lives in the embedded simulated region."""
-        return self.region == "sim"
 
 
 FIELDS = tuple(ClusterConfig.model_fields)

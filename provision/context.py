@@ -15,24 +15,22 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provision import state
-from provision.cloud import ec2
-from provision.cloud.common import MASTER, InstanceInfo, Region
-from provision.config import ClusterConfig
+from provision import cloud, state
+from provision.cloud.common import MASTER, CloudAPIError, InstanceInfo, Region
+from provision.config import SIM_REGION, ClusterConfig
 from provision.errors import BadInput, ProvisionError
 from provision.nodes import remote
 from provision.progress import Reporter
 
-SIM_REGION = "sim"  # the region name that means "the simulated region on this machine"
 
-
-def resolve_region(name: str) -> Region:
-    """The one switch between AWS and the simulated region (`SimError` if it is down)."""
-    if name == SIM_REGION:
+def resolve_region(config: ClusterConfig) -> Region:
+    """The region a config names: the one switch between a provider's region and the
+    simulated one (`SimError` when that is not running)."""
+    if config.region == SIM_REGION:
         from provision import sim  # only when asked for: it pulls in the region's machinery
 
         return sim.region()
-    return Region(name=name)
+    return cloud.named_region(config.region, config.provider)
 
 
 @dataclass
@@ -41,7 +39,7 @@ class Context:
 
     config: ClusterConfig
     region: Region
-    type_info: ec2.InstanceTypeInfo
+    type_info: cloud.InstanceTypeInfo
     image_id: str
     user: str
     public_key: str  # "" when built without the key (read-only commands)
@@ -108,13 +106,13 @@ def prepare(
     image that does not exist) and exit with status 2; an API failure (no
     credentials, throttled past retries) is not, and exits with 1.
     """
-    region = resolve_region(config.region)  # SimError: BadInput, nothing created
+    region = resolve_region(config)  # SimError: BadInput, nothing created
     try:
-        type_info = ec2.describe_instance_type(region, config.instance_type)
-        image_id = ec2.resolve_image(region, config.image_id, type_info.arch)
-    except ec2.CloudAPIError as err:
+        type_info = cloud.describe_instance_type(region, config.instance_type)
+        image_id = cloud.resolve_image(region, config.image_id, type_info.arch)
+    except CloudAPIError as err:
         raise ProvisionError(f"{config.region}: {err}") from err
-    except ec2.CloudError as err:  # the region cannot do what the config asks
+    except cloud.CloudError as err:  # the region cannot do what the config asks
         raise BadInput(f"{config.region}: {err}") from err
     return Context(
         config=config,
@@ -123,7 +121,7 @@ def prepare(
         image_id=image_id,
         user=config.user or region.default_user,
         public_key=ensure_key(config) if need_key else "",
-        ssh_cidr=config.ssh_cidr or region.ssh_cidr or ec2.caller_cidr(),
+        ssh_cidr=config.ssh_cidr or region.ssh_cidr or cloud.caller_cidr(region),
         reporter=reporter or Reporter(),
     )
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from provision import state
+from provision import cloud, state
 from provision.context import Context
 from provision.errors import BadInput
 
@@ -242,12 +242,10 @@ def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: s
 def put_data(ctx: Context, dataset: str, *, cv: str = "shuffle", n_splits: int = 5, test_size: float = 0.25,
              seed: int = 42, target: str | None = None) -> ShipResult:
     """Load, split, persist and ship a dataset to every node of the cluster."""
-    from provision.cloud import ec2
-
     splitter = make_cv(cv, n_splits, test_size, seed)
     X, y, label = load_dataset(dataset, target)
     local_dir, digest = persist_local(X, y, splitter)
-    info = ec2.describe_cluster(ctx.region, ctx.name)
+    info = cloud.describe_cluster(ctx.region, ctx.name)
     if not info.nodes:
         raise BadInput(f"NAME: cluster {ctx.name!r} has no running nodes: run `provision up` first")
     result = ship(ctx, info.nodes, local_dir, digest)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from provision import state
+from provision import cloud, state
 from provision.cloud.common import MASTER, ClusterInfo
 from provision.context import Context, context_for
 from provision.errors import BadInput
@@ -141,10 +141,8 @@ HOST_SETTINGS = (
 
 def inventory(target: str | ClusterConfig | Context, **kwargs: Any) -> dict[str, Any]:
     """The inventory of a cluster as the cloud's tags describe it now (``--list`` JSON)."""
-    from provision.cloud import ec2
-
     ctx = context_for(target, need_key=False)  # an inventory only reads
-    return build(ctx, ec2.describe_cluster(ctx.region, ctx.name), **kwargs)
+    return build(ctx, cloud.describe_cluster(ctx.region, ctx.name), **kwargs)
 
 
 def host(doc: dict[str, Any], name: str) -> dict[str, Any]:

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provision import data, state
-from provision.cloud import ec2
+from provision import cloud, data, state
 from provision.cloud.common import MASTER, WORKER, ClusterInfo, InstanceInfo, LaunchRequest, Region
 from provision.config import ClusterConfig
 from provision.context import Context, context_for, prepare, resolve_region
@@ -43,7 +42,7 @@ def _remember(ctx: Context) -> None:
 def _launch(ctx: Context, role: str, count: int, sg: str, *, spot: bool, bid: float | None) -> list[str]:
     if count <= 0:
         return []
-    # No zone: ec2.launch tries every zone offering the type, cheapest spot price
+    # No zone: cloud.launch tries every zone offering the type, cheapest spot price
     # first, and moves on when one has no capacity. It also warns on an underbid.
     zone = ctx.config.zone
     req = LaunchRequest(
@@ -60,14 +59,14 @@ def _launch(ctx: Context, role: str, count: int, sg: str, *, spot: bool, bid: fl
         zone=zone,
         subnet_id=ctx.region.subnet_id,
     )
-    return ec2.launch(ctx.region, req)
+    return cloud.launch(ctx.region, req)
 
 
 def reconcile(ctx: Context, sg: str, workers_wanted: int) -> ClusterInfo:
     """Launch only what the tags say is missing: one master, `workers_wanted` workers."""
-    info = ec2.describe_cluster(ctx.region, ctx.name)
+    info = cloud.describe_cluster(ctx.region, ctx.name)
     if any(not i.name for i in info.alive):  # an earlier launch failed before naming them
-        ec2.name_unnamed(ctx.region, ctx.name)
+        cloud.name_unnamed(ctx.region, ctx.name)
     cfg = ctx.config
     if info.master is None:
         ctx.reporter.stage("master", "launching", step=0, total=len(STAGES) - 1)
@@ -80,7 +79,7 @@ def reconcile(ctx: Context, sg: str, workers_wanted: int) -> ClusterInfo:
             f"{len(info.workers)} workers run but {workers_wanted} were asked for: "
             "use `provision removenode` to shrink"
         )
-    return ec2.describe_cluster(ctx.region, ctx.name)
+    return cloud.describe_cluster(ctx.region, ctx.name)
 
 
 def reach(ctx: Context, inst: InstanceInfo, claim: threading.Lock) -> tuple[InstanceInfo, remote.Endpoint]:
@@ -88,8 +87,8 @@ def reach(ctx: Context, inst: InstanceInfo, claim: threading.Lock) -> tuple[Inst
     label, total = inst.name or inst.instance_id, len(STAGES) - 1
     ctx.reporter.stage(label, "waiting for running", step=1, total=total)
     if inst.state != "running" or not inst.private_ip:
-        ec2.wait_running(ctx.region, [inst.instance_id], timeout=ctx.config.launch_timeout)
-        inst = ec2.describe_cluster(ctx.region, ctx.name).find(inst.instance_id) or inst
+        cloud.wait_running(ctx.region, [inst.instance_id], timeout=ctx.config.launch_timeout)
+        inst = cloud.describe_cluster(ctx.region, ctx.name).find(inst.instance_id) or inst
     ep = ctx.endpoint(inst)
     _claim_address(ctx, ep, inst.instance_id, claim)
     ctx.reporter.stage(label, f"waiting for SSH on {ep.host}", step=2, total=total)
@@ -212,7 +211,7 @@ def _fail_nodes(ctx: Context, info: ClusterInfo, results: dict[str, BaseExceptio
             ctx.reporter.warn(f"{label} ({inst.instance_id}, {inst.private_ip}) failed: {results[label]}; terminating it")
             doomed.append(inst.instance_id)
     if doomed:
-        ec2.terminate_instances(ctx.region, doomed, wait=False)
+        cloud.terminate_instances(ctx.region, doomed, wait=False)
     return failed
 
 
@@ -241,8 +240,8 @@ def up(config: ClusterConfig, reporter: Reporter | None = None, *, replace_faile
     _remember(ctx)
     pipeline = _Pipeline(ctx, replace_failed)
     pipeline.start_wheelhouse()
-    sg = ec2.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
-    ec2.ensure_key_pair(ctx.region, ctx.name, ctx.config.pair_name, ctx.public_key)
+    sg = cloud.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
+    cloud.ensure_key_pair(ctx.region, ctx.name, ctx.config.pair_name, ctx.public_key)
     info = reconcile(ctx, sg, config.cluster_size - 1)
     if configure_with == "ansible":
         results = _configure_with_ansible(ctx, pipeline, info.nodes)
@@ -293,7 +292,7 @@ def _configure_with_ansible(ctx: Context, pipeline: _Pipeline, nodes: list[Insta
     reached = {label for label, err in results.items() if err is None}
     if not reached:
         return results
-    info = ec2.describe_cluster(ctx.region, ctx.name)
+    info = cloud.describe_cluster(ctx.region, ctx.name)
     doc = inventory.build(ctx, info, spec=pipeline.spec, wheelhouse=pipeline.wheelhouse(), only=reached)
     run = ansible_run.run_playbook(
         doc, on_progress=lambda host, text: ctx.reporter.stage(host, text, step=3, total=total),
@@ -324,9 +323,9 @@ def _settle(ctx: Context, pipeline: _Pipeline, info: ClusterInfo, results: dict[
     failed = _fail_nodes(ctx, info, results)
     if failed and pipeline.replace_failed:
         ctx.reporter.note(f"replacing {len(failed)} failed node(s)")
-        sg = info.security_group_id or ec2.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
+        sg = info.security_group_id or cloud.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
         new_ids = _launch(ctx, WORKER, len(failed), sg, spot=ctx.config.spot_bid is not None, bid=ctx.config.spot_bid)
-        fresh = ec2.describe_cluster(ctx.region, ctx.name)
+        fresh = cloud.describe_cluster(ctx.region, ctx.name)
         again = pipeline.run([i for i in fresh.alive if i.instance_id in new_ids])
         failed = _fail_nodes(ctx, fresh, {k: v for k, v in again.items() if k in {i.name or i.instance_id for i in fresh.alive if i.instance_id in new_ids}})
     return failed
@@ -339,8 +338,8 @@ def expected_engines(ctx: Context, info: ClusterInfo) -> int:
 def hourly_cost(ctx: Context, info: ClusterInfo) -> float | None:
     """Current spot price for spot nodes, the bid as an upper bound when unknown."""
     try:
-        prices = {p.zone: p.current for p in ec2.spot_price_history(ctx.region, ctx.config.instance_type, days=0.1)}
-    except ec2.CloudError:
+        prices = {p.zone: p.current for p in cloud.spot_price_history(ctx.region, ctx.config.instance_type, days=0.1)}
+    except cloud.CloudError:
         prices = {}
     total = 0.0
     for inst in info.nodes:
@@ -356,7 +355,7 @@ def hourly_cost(ctx: Context, info: ClusterInfo) -> float | None:
 def _finish(ctx: Context, failed: list[str]) -> UpResult:
     from provision.client import connect_client
 
-    info = ec2.describe_cluster(ctx.region, ctx.name)
+    info = cloud.describe_cluster(ctx.region, ctx.name)
     want = expected_engines(ctx, info)
     client_file = ctx.connection_files[0]
     if want:
@@ -386,16 +385,16 @@ def addnode(name: str, count: int, *, bid: float | None = None, config: ClusterC
         if bid <= 0:
             raise BadInput(f"--spot-bid: must be a positive number (got {bid})")
         ctx.config = ctx.config.model_copy(update={"spot_bid": bid})
-    info = ec2.describe_cluster(ctx.region, name)
+    info = cloud.describe_cluster(ctx.region, name)
     if info.master is None:
         raise ProvisionError(f"cluster {name!r} has no running master: run `provision up` first")
     if not ctx.connection_files[1].exists():
         engines.fetch_connection_files(ctx.endpoint(info.master), ctx.config.remote_root, state.cluster_dir(name))
-    sg = info.security_group_id or ec2.ensure_security_group(ctx.region, name, ssh_cidr=ctx.ssh_cidr)
+    sg = info.security_group_id or cloud.ensure_security_group(ctx.region, name, ssh_cidr=ctx.ssh_cidr)
     pipeline = _Pipeline(ctx)
     pipeline.start_wheelhouse()
     new_ids = _launch(ctx, WORKER, count, sg, spot=ctx.config.spot_bid is not None, bid=ctx.config.spot_bid)
-    fresh = ec2.describe_cluster(ctx.region, name)
+    fresh = cloud.describe_cluster(ctx.region, name)
     new = [i for i in fresh.alive if i.instance_id in new_ids]
     failed = _fail_nodes(ctx, fresh, pipeline.run(new))
     return _finish(ctx, failed)
@@ -404,7 +403,7 @@ def addnode(name: str, count: int, *, bid: float | None = None, config: ClusterC
 def removenode(name: str, node: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None) -> InstanceInfo:
     """Stop a worker's engines (their tasks are retried elsewhere), then terminate it."""
     ctx = _context(name, config, reporter)
-    info = ec2.describe_cluster(ctx.region, name)
+    info = cloud.describe_cluster(ctx.region, name)
     inst = info.find(node)
     if inst is None:
         raise BadInput(f"NODE: no node {node!r} in cluster {name!r} (have: {', '.join(i.name for i in info.nodes)})")
@@ -414,14 +413,14 @@ def removenode(name: str, node: str, *, config: ClusterConfig | None = None, rep
         engines.stop_engines(ctx.endpoint(inst), ctx.config.remote_root)
     except Exception as err:  # noqa: BLE001 - the node is going anyway
         ctx.reporter.warn(f"could not stop engines on {node} cleanly: {err}")
-    ec2.terminate_instances(ctx.region, [inst.instance_id], wait=True, timeout=ctx.config.launch_timeout)
+    cloud.terminate_instances(ctx.region, [inst.instance_id], wait=True, timeout=ctx.config.launch_timeout)
     state.update(name, expected_engines=max(0, state.load(name).get("expected_engines", 0) - ctx.engines_on(inst)))
     return inst
 
 
 def restart_engines(name: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None) -> int:
     ctx = _context(name, config, reporter)
-    info = ec2.describe_cluster(ctx.region, name)
+    info = cloud.describe_cluster(ctx.region, name)
     group = remote.on_hosts(
         lambda ep: engines.restart_engines(ep, ctx.config.remote_root, ctx.engines_on(info.find(ep.name)), ctx.connection_files[1]),
         [ctx.endpoint(i) for i in info.nodes if ctx.engines_on(i)],
@@ -434,14 +433,13 @@ def down(name: str, *, region: Region | None = None, reporter: Reporter | None =
     """Remove everything tagged with the cluster, then the local record (idempotent)."""
     reporter = reporter or Reporter()
     if region is None:
-        record = state.load(name)
-        region_name = record.get("config", {}).get("region", "sim")
+        config = ClusterConfig.model_validate(state.load(name).get("config", {}))
         try:
-            region = resolve_region(region_name)
+            region = resolve_region(config)
         except ProvisionError as err:  # e.g. the simulated region is stopped
-            raise ProvisionError(f"cannot reach region {region_name!r}: {err}") from err
-    removed = ec2.terminate_cluster(region, name, on_step=lambda text: reporter.note(text))
-    left = ec2.leftovers(region, name)
+            raise ProvisionError(f"cannot reach region {config.region!r}: {err}") from err
+    removed = cloud.terminate_cluster(region, name, on_step=lambda text: reporter.note(text))
+    left = cloud.leftovers(region, name)
     if any(left.values()):
         raise ProvisionError(f"resources of {name} still exist after down: {left}")
     state.forget(name)
@@ -453,7 +451,7 @@ def connect(name: str, *, timeout: float = 120, n_engines: int | None = None) ->
     from provision.client import connect_client
 
     ctx = context_for(name)
-    info = ec2.describe_cluster(ctx.region, name)
+    info = cloud.describe_cluster(ctx.region, name)
     if info.master is None:
         raise ProvisionError(f"cluster {name!r} has no running master")
     client_file = ctx.connection_files[0]
@@ -476,7 +474,7 @@ def keep_size(name: str, *, config: ClusterConfig | None = None, reporter: Repor
     running search picks them up; its retries already cover the lost tasks.
     """
     ctx = _context(name, config, reporter)
-    info = ec2.describe_cluster(ctx.region, name)
+    info = cloud.describe_cluster(ctx.region, name)
     if info.master is None:
         raise ProvisionError(f"cluster {name!r} lost its master: run `provision up` to rebuild it")
     shortfall = ctx.config.cluster_size - 1 - len(info.workers)

@@ -19,8 +19,7 @@ import yaml
 from conftest import sim_cluster_env
 from test_cli import _launch_unit_cluster, invoke, nothing_created
 
-from provision import context, inventory, lifecycle
-from provision.cloud import ec2
+from provision import cloud, context, inventory, lifecycle
 from provision.nodes import ansible_run, engines
 from provision.sim.state import GATEWAY
 
@@ -50,7 +49,7 @@ def _ansible_inventory(path: Path) -> dict:
 def test_inventory_lists_master_and_workers_with_ssh_engine_and_venv_settings(aws, cfg_file):
     ctx = _launch_unit_cluster(cfg_file)
     doc = inventory.inventory("unit")
-    info = ec2.describe_cluster(ctx.region, "unit")
+    info = cloud.describe_cluster(ctx.region, "unit")
     assert doc["master"]["hosts"] == ["master"]
     assert doc["workers"]["hosts"] == [w.name for w in info.workers] == ["node001", "node002"]
     master = doc["_meta"]["hostvars"]["master"]
@@ -295,7 +294,7 @@ def test_the_playbook_gives_a_node_the_datasets_the_cluster_already_holds(ansibl
 
     ctx = context.context_for(NAME)
     shipped = data.put_data(ctx, "iris", n_splits=2)
-    node = ec2.describe_cluster(ctx.region, NAME).find("node001")
+    node = cloud.describe_cluster(ctx.region, NAME).find("node001")
     remote.run(ctx.endpoint(node), f"rm -rf {shipped.remote_dir}")  # as on a node added later
     result = ansible_run.run_playbook(inventory.inventory(NAME))
     assert result.failed_hosts == [], result.errors
@@ -309,7 +308,7 @@ def test_the_fabric_path_takes_over_the_playbooks_nodes_as_its_own(ansible_clust
     from provision.nodes import remote, setup
 
     ctx = context.context_for(NAME)
-    info = ec2.describe_cluster(ctx.region, NAME)
+    info = cloud.describe_cluster(ctx.region, NAME)
     spec = setup.client_env_spec(list(ctx.config.packages), ctx.config.remote_root)
     wheelhouse = setup.build_wheelhouse(spec)
     for inst in info.nodes:
@@ -329,5 +328,5 @@ def test_the_fabric_path_takes_over_the_playbooks_nodes_as_its_own(ansible_clust
 def test_down_after_the_ansible_path_leaves_nothing(ansible_cluster):
     region = context.context_for(NAME).region
     lifecycle.down(NAME)
-    assert not any(ec2.leftovers(region, NAME).values())
-    assert ec2.describe_cluster(region, NAME).alive == []
+    assert not any(cloud.leftovers(region, NAME).values())
+    assert cloud.describe_cluster(region, NAME).alive == []

@@ -13,9 +13,8 @@ from click.testing import CliRunner
 from conftest import offline_aws_env
 from moto import mock_aws
 
-from provision import context, lifecycle, state
+from provision import cloud, context, lifecycle, state
 from provision.cli import main
-from provision.cloud import ec2
 from provision.cloud.common import Region
 from provision.config import load_config
 
@@ -141,8 +140,8 @@ def _launch_unit_cluster(cfg_file: Path) -> context.Context:
     """What `up` does before SSH: validate, group, key pair, reconcile."""
     ctx = context.prepare(load_config(cfg_file))
     lifecycle._remember(ctx)
-    sg = ec2.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
-    ec2.ensure_key_pair(ctx.region, ctx.name, ctx.config.pair_name, ctx.public_key)
+    sg = cloud.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
+    cloud.ensure_key_pair(ctx.region, ctx.name, ctx.config.pair_name, ctx.public_key)
     lifecycle.reconcile(ctx, sg, ctx.config.cluster_size - 1)
     return ctx
 
@@ -150,7 +149,7 @@ def _launch_unit_cluster(cfg_file: Path) -> context.Context:
 def test_reconcile_twice_launches_no_extra_instances(aws, cfg_file):
     ctx = _launch_unit_cluster(cfg_file)
     _launch_unit_cluster(cfg_file)
-    info = ec2.describe_cluster(ctx.region, "unit")
+    info = cloud.describe_cluster(ctx.region, "unit")
     assert len(info.alive) == 3
     assert info.master is not None and info.master.lifecycle == "on-demand"
     assert [w.lifecycle for w in info.workers] == ["spot", "spot"]
@@ -158,10 +157,10 @@ def test_reconcile_twice_launches_no_extra_instances(aws, cfg_file):
 
 def test_reconcile_replaces_only_a_lost_worker(aws, cfg_file):
     ctx = _launch_unit_cluster(cfg_file)
-    lost = ec2.describe_cluster(ctx.region, "unit").workers[0]
-    ec2.terminate_instances(ctx.region, [lost.instance_id])
+    lost = cloud.describe_cluster(ctx.region, "unit").workers[0]
+    cloud.terminate_instances(ctx.region, [lost.instance_id])
     _launch_unit_cluster(cfg_file)
-    alive = ec2.describe_cluster(ctx.region, "unit").alive
+    alive = cloud.describe_cluster(ctx.region, "unit").alive
     assert len(alive) == 3 and lost.instance_id not in {i.instance_id for i in alive}
 
 
@@ -186,7 +185,7 @@ def test_down_leaves_nothing_tagged_and_twice_is_a_no_op(aws, cfg_file):
     first = invoke("down", "unit", "--yes")
     assert first.exit_code == 0, first.output
     assert "nothing tagged with it is left" in first.output
-    assert not any(ec2.leftovers(Region("us-east-1"), "unit").values())
+    assert not any(cloud.leftovers(Region("us-east-1"), "unit").values())
     assert state.load("unit") == {}
     second = invoke("down", "unit", "--yes", "--config", str(cfg_file))
     assert second.exit_code == 0 and "already gone" in second.output

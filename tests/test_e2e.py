@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 from conftest import sim_cluster_env
 
-from provision import context, data, lifecycle, sim, state
-from provision.cloud import ec2
+from provision import cloud, context, data, lifecycle, sim, state
 from provision.config import load_config
 from provision.sim import hosts
 from provision.sim.state import GATEWAY
@@ -139,7 +138,7 @@ def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 def test_ssh_put_and_get_reach_the_right_nodes(cluster, tmp_path):
     hosts_seen = _cli("ssh", NAME, "node001", "hostname")
     assert hosts_seen.returncode == 0, hosts_seen.stderr
-    node001 = ec2.describe_cluster(context.context_for(NAME).region, NAME).find("node001")
+    node001 = cloud.describe_cluster(context.context_for(NAME).region, NAME).find("node001")
     assert hosts_seen.stdout.strip() == "ip-" + node001.private_ip.replace(".", "-")
     local = tmp_path / "note.txt"
     local.write_text("hello nodes\n")
@@ -242,7 +241,7 @@ def test_engines_killed_mid_search_lose_no_result(cluster):
     from payload import DistributedSearch
 
     region = context.context_for(NAME).region
-    victim = ec2.describe_cluster(region, NAME).workers[-1]
+    victim = cloud.describe_cluster(region, NAME).workers[-1]
     entry = state.load(NAME)["datasets"]["digits"]
     paths = [f"{entry['remote_dir']}/{f}" for f in entry["files"]]
     grid = {"C": [0.1, 1.0, 10.0, 100.0], "gamma": [1e-4, 1e-3, 1e-2]}
@@ -262,7 +261,7 @@ def test_engines_killed_mid_search_lose_no_result(cluster):
 
 def test_addnode_joins_a_running_map_and_gets_the_data(cluster):
     region = context.context_for(NAME).region
-    before_ids = {i.instance_id for i in ec2.describe_cluster(region, NAME).alive}
+    before_ids = {i.instance_id for i in cloud.describe_cluster(region, NAME).alive}
     rc = _client()
     try:
         engines_before = len(rc.ids)
@@ -300,7 +299,7 @@ def test_losing_a_worker_mid_map_loses_no_result(cluster, lose):
     engine left, ipyparallel's scheduler took ~50 s instead of ~10 s to retry the
     lost tasks (still no loss)."""
     region = context.context_for(NAME).region
-    victim = ec2.describe_cluster(region, NAME).workers[-1]
+    victim = cloud.describe_cluster(region, NAME).workers[-1]
     rc = _client()
     try:
         view = rc.load_balanced_view()
@@ -315,16 +314,16 @@ def test_losing_a_worker_mid_map_loses_no_result(cluster, lose):
         assert [r[0] for r in results] == [x * x for x in range(60)]
     finally:
         rc.close()
-    assert ec2.describe_cluster(region, NAME).find(victim.instance_id) is None
+    assert cloud.describe_cluster(region, NAME).find(victim.instance_id) is None
     assert _hosts_gone([victim.private_ip])
 
 
 def test_watch_replaces_lost_workers_whose_engines_join_a_running_map(cluster):
     region = context.context_for(NAME).region
-    before = ec2.describe_cluster(region, NAME)
+    before = cloud.describe_cluster(region, NAME)
     if len(before.workers) == 2:  # run alone: lose one first
         sim.interrupt(before.workers[-1].instance_id)
-        before = ec2.describe_cluster(region, NAME)
+        before = cloud.describe_cluster(region, NAME)
     rc = _client()
     try:
         view = rc.load_balanced_view()
@@ -336,7 +335,7 @@ def test_watch_replaces_lost_workers_whose_engines_join_a_running_map(cluster):
         results = pending.get(timeout=300)
     finally:
         rc.close()
-    after = ec2.describe_cluster(region, NAME)
+    after = cloud.describe_cluster(region, NAME)
     assert len(after.workers) == 2
     new_hosts = {"ip-" + i.private_ip.replace(".", "-") for i in after.workers if i not in before.workers}
     assert new_hosts & {r[1] for r in results}, "replacement engines took part in the running map"
@@ -376,9 +375,9 @@ def test_ten_thousand_short_tasks_complete_with_bounded_client_memory(cluster, t
 
 def test_down_removes_everything_and_every_host(cluster):
     region = context.context_for(NAME).region
-    ips = [i.private_ip for i in ec2.describe_cluster(region, NAME).instances if i.private_ip]
+    ips = [i.private_ip for i in cloud.describe_cluster(region, NAME).instances if i.private_ip]
     lifecycle.down(NAME)
-    assert not any(ec2.leftovers(region, NAME).values())
+    assert not any(cloud.leftovers(region, NAME).values())
     assert _hosts_gone(ips)
 
 
@@ -404,7 +403,7 @@ def test_ctrl_c_during_up_then_down_leaves_nothing(sim_region, tmp_path, delay, 
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     region = sim.region()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None and not ec2.describe_cluster(region, name).alive:
+    while time.monotonic() < deadline and proc.poll() is None and not cloud.describe_cluster(region, name).alive:
         time.sleep(0.05)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
@@ -418,10 +417,10 @@ def test_ctrl_c_during_up_then_down_leaves_nothing(sim_region, tmp_path, delay, 
                                text=True, timeout=300)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "2 nodes, 2 engines registered" in again.stdout
-        assert len(ec2.describe_cluster(region, name).alive) == 2
-    ips = [i.private_ip for i in ec2.describe_cluster(region, name).instances if i.private_ip]
+        assert len(cloud.describe_cluster(region, name).alive) == 2
+    ips = [i.private_ip for i in cloud.describe_cluster(region, name).instances if i.private_ip]
     down = subprocess.run([str(exe), "down", name, "--yes", "--config", str(cfg)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert not any(ec2.leftovers(region, name).values())
+    assert not any(cloud.leftovers(region, name).values())
     assert _hosts_gone(ips)

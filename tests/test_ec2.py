@@ -1,4 +1,5 @@
-"""provision.cloud.ec2 against moto's EC2: assert on what EC2 then reports.
+"""The AWS provider, through the contract in provision.cloud, against moto's EC2:
+assert on what EC2 then reports.
 
 Spot prices are moto's fakes (0.00001 everywhere), so price arithmetic lives in
 test_pricing.py with botocore's Stubber. moto does not create a spot request for
@@ -21,17 +22,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from moto import mock_aws
 
-from provision.cloud import ec2
+from provision import cloud
+from provision.cloud.aws import api, instances, network
 from provision.cloud.common import (
     CLUSTER_TAG,
     CREATED_BY_TAG,
     MASTER,
     ROLE_TAG,
     WORKER,
+    CloudError,
     LaunchRequest,
     Region,
 )
-from provision.cloud.ec2 import CloudError
 
 CIDR = "203.0.113.7/32"
 IMAGE = "ami-760aaa0f"  # in moto's default images: Amazon Linux, x86_64, root /dev/xvda
@@ -81,8 +83,8 @@ def public_key() -> str:
 @pytest.fixture
 def base(region):
     """A security group, an imported key and an image for cluster c1."""
-    group = ec2.ensure_security_group(region, "c1", ssh_cidr=CIDR)
-    ec2.ensure_key_pair(region, "c1", "c1-key", public_key())
+    group = cloud.ensure_security_group(region, "c1", ssh_cidr=CIDR)
+    cloud.ensure_key_pair(region, "c1", "c1-key", public_key())
     return {"security_group_id": group, "key_name": "c1-key", "image_id": IMAGE}
 
 
@@ -102,7 +104,7 @@ def tags(resource) -> dict[str, str]:
 
 def refuse_zones(monkeypatch, full: set[str]) -> None:
     """Make run_instances answer InsufficientInstanceCapacity in `full` zones."""
-    real = ec2.ec2_client
+    real = api.ec2_client
 
     def refuse(params, **_):
         zone = params.get("Placement", {}).get("AvailabilityZone")
@@ -115,14 +117,14 @@ def refuse_zones(monkeypatch, full: set[str]) -> None:
         c.meta.events.register("before-parameter-build.ec2.RunInstances", refuse)
         return c
 
-    monkeypatch.setattr(ec2, "ec2_client", flaky)
+    monkeypatch.setattr(api, "ec2_client", flaky)
 
 
 # --- launch -------------------------------------------------------------------
 
 
 def test_spot_workers_are_spot_c_family_imdsv2_with_encrypted_tagged_volumes(region, base, client):
-    ids = ec2.launch(
+    ids = cloud.launch(
         region, request(base, count=2, max_price=0.1, volume_size=40, tags={"project": "svm"})
     )
 
@@ -144,7 +146,7 @@ def test_spot_workers_are_spot_c_family_imdsv2_with_encrypted_tagged_volumes(reg
 
 
 def test_spot_requests_carry_a_one_time_max_price_that_terminates_on_interruption():
-    params = ec2._run_params(
+    params = instances._run_params(
         LaunchRequest("c1", WORKER, 2, "c5.xlarge", "ami-1", "k", "sg-1", max_price=0.1),
         "/dev/xvda",
         "us-east-1b",
@@ -164,7 +166,7 @@ def test_spot_requests_carry_a_one_time_max_price_that_terminates_on_interruptio
 
 
 def test_the_master_is_on_demand_and_named_master(region, base, client):
-    [master] = ec2.launch(region, request(base, role=MASTER, spot=False))
+    [master] = cloud.launch(region, request(base, role=MASTER, spot=False))
 
     inst = described(client, [master])[master]
     assert "InstanceLifecycle" not in inst
@@ -172,56 +174,58 @@ def test_the_master_is_on_demand_and_named_master(region, base, client):
 
 
 def test_a_second_master_is_refused(region, base):
-    ec2.launch(region, request(base, role=MASTER, spot=False))
+    cloud.launch(region, request(base, role=MASTER, spot=False))
 
     with pytest.raises(CloudError, match="cluster c1 already has a master"):
-        ec2.launch(region, request(base, role=MASTER, spot=False))
+        cloud.launch(region, request(base, role=MASTER, spot=False))
 
 
 def test_new_workers_take_the_lowest_free_node_numbers(region, base):
-    ec2.launch(region, request(base, count=3))
-    node002 = next(i for i in ec2.describe_cluster(region, "c1").alive if i.name == "node002")
-    ec2.terminate_instances(region, [node002.instance_id])
+    cloud.launch(region, request(base, count=3))
+    node002 = next(i for i in cloud.describe_cluster(region, "c1").alive if i.name == "node002")
+    cloud.terminate_instances(region, [node002.instance_id])
 
-    ec2.launch(region, request(base, count=2))
+    cloud.launch(region, request(base, count=2))
 
-    names = sorted(i.name for i in ec2.describe_cluster(region, "c1").alive)
+    names = sorted(i.name for i in cloud.describe_cluster(region, "c1").alive)
     assert names == ["node001", "node002", "node003", "node004"]
 
 
+def offering_zones(client, instance_type: str = "c5.xlarge") -> list[str]:
+    offers = client.describe_instance_type_offerings(
+        LocationType="availability-zone",
+        Filters=[{"Name": "instance-type", "Values": [instance_type]}],
+    )["InstanceTypeOfferings"]
+    return sorted({o["Location"] for o in offers})
+
+
 def test_launch_moves_to_the_next_zone_when_one_has_no_capacity(region, base, client, monkeypatch):
-    refuse_zones(monkeypatch, {"us-east-1a"})
+    first, second, third = offering_zones(client)[:3]  # equal prices: tried in name order
+    refuse_zones(monkeypatch, {first, second})
 
-    [first] = ec2.launch(region, request(base))
-    [second] = ec2.launch(region, request(base), zones=["us-east-1a", "us-east-1c"])
+    [iid] = cloud.launch(region, request(base))
 
-    zones = {
-        i: v["Placement"]["AvailabilityZone"] for i, v in described(client, [first, second]).items()
-    }
-    assert zones == {first: "us-east-1b", second: "us-east-1c"}
-    subnet = described(client, [second])[second]["SubnetId"]
-    assert (
-        client.describe_subnets(SubnetIds=[subnet])["Subnets"][0]["AvailabilityZone"]
-        == "us-east-1c"
-    )
+    inst = described(client, [iid])[iid]
+    assert inst["Placement"]["AvailabilityZone"] == third
+    subnet = client.describe_subnets(SubnetIds=[inst["SubnetId"]])["Subnets"][0]
+    assert subnet["AvailabilityZone"] == third and subnet["DefaultForAz"]
 
 
 def test_launch_names_every_zone_tried_when_none_has_capacity(region, base, client, monkeypatch):
-    refuse_zones(monkeypatch, {"us-east-1a", "us-east-1b"})
+    zones = offering_zones(client)
+    refuse_zones(monkeypatch, set(zones))
 
     with pytest.raises(CloudError) as err:
-        ec2.launch(region, request(base, count=2), zones=["us-east-1a", "us-east-1b"])
+        cloud.launch(region, request(base, count=2))
 
-    assert str(err.value) == (
-        "no spot capacity for 2 x c5.xlarge; tried us-east-1a (InsufficientInstanceCapacity), "
-        "us-east-1b (InsufficientInstanceCapacity)"
-    )
-    assert ec2.leftovers(region, "c1")["instances"] == []
+    tried = ", ".join(f"{z} (InsufficientInstanceCapacity)" for z in zones)
+    assert str(err.value) == f"no spot capacity for 2 x c5.xlarge; tried {tried}"
+    assert cloud.leftovers(region, "c1")["instances"] == []
 
 
 def test_a_bid_below_the_current_spot_price_is_warned_about(region, base, caplog):
-    with caplog.at_level(logging.WARNING, logger="provision.cloud.ec2"):
-        ec2.launch(region, request(base, max_price=0.000001, zone="us-east-1a"))
+    with caplog.at_level(logging.WARNING, logger="provision.cloud.aws.instances"):
+        cloud.launch(region, request(base, max_price=0.000001, zone="us-east-1a"))
 
     assert "spot bid 1e-06 is below the current c5.xlarge price in us-east-1a" in caplog.text
 
@@ -232,10 +236,10 @@ def test_launch_into_the_region_subnet_uses_that_subnet(region, client):
         VpcId=vpc, CidrBlock="10.77.0.0/24", AvailabilityZone="us-east-1d"
     )
     sim = Region("us-east-1", subnet_id=subnet["Subnet"]["SubnetId"])
-    group = ec2.ensure_security_group(sim, "c1", ssh_cidr=CIDR)
+    group = cloud.ensure_security_group(sim, "c1", ssh_cidr=CIDR)
     base = {"security_group_id": group, "key_name": "", "image_id": IMAGE}
 
-    [iid] = ec2.launch(sim, request(base))
+    [iid] = cloud.launch(sim, request(base))
 
     inst = described(client, [iid])[iid]
     assert inst["SubnetId"] == sim.subnet_id and inst["PrivateIpAddress"].startswith("10.77.0.")
@@ -247,13 +251,13 @@ def test_launch_into_the_region_subnet_uses_that_subnet(region, client):
 
 def rules(client, group_id) -> set[tuple]:
     group = client.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
-    return ec2._flatten(group["IpPermissions"])
+    return network._flatten(group["IpPermissions"])
 
 
 def test_security_group_admits_ssh_from_the_cidr_and_all_traffic_between_members_only(
     region, client
 ):
-    group = ec2.ensure_security_group(region, "c1", ssh_cidr=CIDR)
+    group = cloud.ensure_security_group(region, "c1", ssh_cidr=CIDR)
 
     assert rules(client, group) == {
         ("tcp", 22, 22, "cidr", CIDR),
@@ -265,7 +269,7 @@ def test_security_group_admits_ssh_from_the_cidr_and_all_traffic_between_members
 
 
 def test_ensure_security_group_is_idempotent_and_follows_a_new_ssh_cidr(region, client):
-    group = ec2.ensure_security_group(region, "c1", ssh_cidr=CIDR)
+    group = cloud.ensure_security_group(region, "c1", ssh_cidr=CIDR)
     stray = {
         "IpProtocol": "tcp",
         "FromPort": 8888,
@@ -274,13 +278,13 @@ def test_ensure_security_group_is_idempotent_and_follows_a_new_ssh_cidr(region, 
     }
     client.authorize_security_group_ingress(GroupId=group, IpPermissions=[stray])
 
-    assert ec2.ensure_security_group(region, "c1", ssh_cidr=CIDR) == group
+    assert cloud.ensure_security_group(region, "c1", ssh_cidr=CIDR) == group
     assert rules(client, group) == {
         ("tcp", 22, 22, "cidr", CIDR),
         ("-1", None, None, "group", group),
     }
 
-    assert ec2.ensure_security_group(region, "c1", ssh_cidr="198.51.100.9") == group
+    assert cloud.ensure_security_group(region, "c1", ssh_cidr="198.51.100.9") == group
     assert rules(client, group) == {
         ("tcp", 22, 22, "cidr", "198.51.100.9/32"),
         ("-1", None, None, "group", group),
@@ -289,15 +293,15 @@ def test_ensure_security_group_is_idempotent_and_follows_a_new_ssh_cidr(region, 
 
 def test_a_malformed_ssh_cidr_is_refused(region):
     with pytest.raises(CloudError, match="not a CIDR"):
-        ec2.ensure_security_group(region, "c1", ssh_cidr="my laptop")
+        cloud.ensure_security_group(region, "c1", ssh_cidr="my laptop")
 
 
 def test_ensure_key_pair_imports_once_and_tags_it(region, client):
     key = public_key()
 
-    assert ec2.ensure_key_pair(region, "c1", "c1-key", key) is True
+    assert cloud.ensure_key_pair(region, "c1", "c1-key", key) is True
     assert (
-        ec2.ensure_key_pair(region, "c1", "c1-key", key.split()[0] + " " + key.split()[1]) is False
+        cloud.ensure_key_pair(region, "c1", "c1-key", key.split()[0] + " " + key.split()[1]) is False
     )
 
     [pair] = client.describe_key_pairs(KeyNames=["c1-key"])["KeyPairs"]
@@ -305,10 +309,10 @@ def test_ensure_key_pair_imports_once_and_tags_it(region, client):
 
 
 def test_a_key_pair_holding_another_key_is_an_error(region):
-    ec2.ensure_key_pair(region, "c1", "c1-key", public_key())
+    cloud.ensure_key_pair(region, "c1", "c1-key", public_key())
 
     with pytest.raises(CloudError, match="key pair c1-key in us-east-1 holds a different key"):
-        ec2.ensure_key_pair(region, "c1", "c1-key", public_key())
+        cloud.ensure_key_pair(region, "c1", "c1-key", public_key())
 
 
 # --- images and instance types ---------------------------------------------------
@@ -322,30 +326,30 @@ def test_resolve_image_prefers_ubuntu_lts_from_ssm(region, monkeypatch):
     stub.add_response(
         "get_parameter", {"Parameter": {"Name": name, "Value": "ami-ubuntu"}}, {"Name": name}
     )
-    monkeypatch.setattr(ec2, "ssm_client", lambda region: ssm)
+    monkeypatch.setattr(api, "ssm_client", lambda region: ssm)
 
     with stub:
-        assert ec2.resolve_image(region, None, arch="arm64") == "ami-ubuntu"
+        assert cloud.resolve_image(region, None, arch="arm64") == "ami-ubuntu"
 
 
 def test_resolve_image_falls_back_to_amazon_linux(region, client, monkeypatch):
     monkeypatch.delenv("MOTO_AMIS_PATH")  # before EC2's first call: load moto's latest images
-    image = ec2.resolve_image(region, None, arch="arm64")
+    image = cloud.resolve_image(region, None, arch="arm64")
 
     assert client.describe_images(ImageIds=[image])["Images"][0]["Architecture"] == "arm64"
 
 
 def test_a_configured_image_must_exist_and_match_the_architecture(region):
-    assert ec2.resolve_image(region, ARM_IMAGE, arch="arm64") == ARM_IMAGE
+    assert cloud.resolve_image(region, ARM_IMAGE, arch="arm64") == ARM_IMAGE
     with pytest.raises(CloudError, match="image ami-0123456789abcdef0 does not exist in us-east-1"):
-        ec2.resolve_image(region, "ami-0123456789abcdef0")
+        cloud.resolve_image(region, "ami-0123456789abcdef0")
     with pytest.raises(CloudError, match="is arm64, the instance type needs x86_64"):
-        ec2.resolve_image(region, ARM_IMAGE, arch="x86_64")
+        cloud.resolve_image(region, ARM_IMAGE, arch="x86_64")
 
 
 def test_describe_instance_type_reports_size_and_architecture(region):
-    c5 = ec2.describe_instance_type(region, "c5.xlarge")
-    c7g = ec2.describe_instance_type(region, "c7g.large")
+    c5 = cloud.describe_instance_type(region, "c5.xlarge")
+    c7g = cloud.describe_instance_type(region, "c7g.large")
 
     assert (c5.vcpus, c5.memory_mib, c5.arch) == (4, 8192, "x86_64")
     assert c7g.arch == "arm64"
@@ -353,53 +357,48 @@ def test_describe_instance_type_reports_size_and_architecture(region):
 
 def test_an_unknown_instance_type_is_named_in_the_error(region):
     with pytest.raises(CloudError, match=r"^instance type c5\.hug is not offered in us-east-1$"):
-        ec2.describe_instance_type(region, "c5.hug")
-
-
-def test_a_non_compute_optimized_type_is_refused(region):
-    with pytest.raises(CloudError, match="m5.large is not compute-optimized"):
-        ec2.describe_instance_type(region, "m5.large")
+        cloud.describe_instance_type(region, "c5.hug")
 
 
 # --- wait, describe, list ------------------------------------------------------
 
 
 def test_wait_running_reports_progress_until_all_run(region, base):
-    ids = ec2.launch(region, request(base, count=2))
+    ids = cloud.launch(region, request(base, count=2))
     seen = []
 
-    ec2.wait_running(region, ids, timeout=5, on_progress=lambda n, total: seen.append((n, total)))
+    cloud.wait_running(region, ids, timeout=5, on_progress=lambda n, total: seen.append((n, total)))
 
     assert seen[-1] == (2, 2)
 
 
 def test_wait_running_times_out_naming_the_instances_not_running(region, base, client):
-    [iid] = ec2.launch(region, request(base, spot=False))
+    [iid] = cloud.launch(region, request(base, spot=False))
     client.stop_instances(InstanceIds=[iid])
 
     with pytest.raises(CloudError, match=rf"timed out after 0\.3s waiting for {iid} \(stopped\)"):
-        ec2.wait_running(region, [iid], timeout=0.3, delay=0.1)
+        cloud.wait_running(region, [iid], timeout=0.3)
 
 
 def test_wait_running_fails_at_once_when_an_instance_is_terminated(region, base, client):
-    ids = ec2.launch(region, request(base, count=2))
+    ids = cloud.launch(region, request(base, count=2))
     client.terminate_instances(InstanceIds=ids[:1])
 
     with pytest.raises(CloudError, match=rf"ended before running: {ids[0]} \(terminated\)"):
-        ec2.wait_running(region, ids, timeout=60)
+        cloud.wait_running(region, ids, timeout=60)
 
 
 def test_wait_running_refuses_an_empty_list(region):
     with pytest.raises(ValueError):
-        ec2.wait_running(region, [], timeout=1)
+        cloud.wait_running(region, [], timeout=1)
 
 
 def test_describe_cluster_rebuilds_roles_names_group_and_key_from_tags(region, base):
-    [master] = ec2.launch(region, request(base, role=MASTER, spot=False))
-    workers = ec2.launch(region, request(base, count=2))
-    ec2.launch(region, request(base, cluster="other"))
+    [master] = cloud.launch(region, request(base, role=MASTER, spot=False))
+    workers = cloud.launch(region, request(base, count=2))
+    cloud.launch(region, request(base, cluster="other"))
 
-    info = ec2.describe_cluster(region, "c1")
+    info = cloud.describe_cluster(region, "c1")
 
     assert info.master.instance_id == master and info.master.lifecycle == "on-demand"
     assert len(info.instances) == 3
@@ -412,20 +411,20 @@ def test_describe_cluster_rebuilds_roles_names_group_and_key_from_tags(region, b
 
 
 def test_list_clusters_names_clusters_with_live_instances_or_groups(region, base):
-    ec2.launch(region, request(base))
-    ec2.launch(region, request(base, cluster="gone"))
-    ec2.ensure_security_group(region, "only-group", ssh_cidr=CIDR)
-    ec2.terminate_cluster(region, "gone")
+    cloud.launch(region, request(base))
+    cloud.launch(region, request(base, cluster="gone"))
+    cloud.ensure_security_group(region, "only-group", ssh_cidr=CIDR)
+    cloud.terminate_cluster(region, "gone")
 
-    assert ec2.list_clusters(region) == ["c1", "only-group"]
+    assert cloud.list_clusters(region) == ["c1", "only-group"]
 
 
 # --- teardown -------------------------------------------------------------------
 
 
 def test_terminate_cluster_leaves_nothing_and_a_second_call_is_a_no_op(region, base, client):
-    ec2.launch(region, request(base, role=MASTER, spot=False))
-    ec2.launch(region, request(base, count=2))
+    cloud.launch(region, request(base, role=MASTER, spot=False))
+    cloud.launch(region, request(base, count=2))
     cluster_tags = [{"Key": CLUSTER_TAG, "Value": "c1"}]
     client.request_spot_instances(
         InstanceCount=1,
@@ -438,9 +437,9 @@ def test_terminate_cluster_leaves_nothing_and_a_second_call_is_a_no_op(region, b
         TagSpecifications=[{"ResourceType": "volume", "Tags": cluster_tags}],
     )
     client.import_key_pair(KeyName="users-own", PublicKeyMaterial=public_key().encode())
-    assert len(ec2.leftovers(region, "c1")["instances"]) == 3
+    assert len(cloud.leftovers(region, "c1")["instances"]) == 3
 
-    removed = ec2.terminate_cluster(region, "c1")
+    removed = cloud.terminate_cluster(region, "c1")
 
     assert removed == {
         "instances": 3,
@@ -449,7 +448,7 @@ def test_terminate_cluster_leaves_nothing_and_a_second_call_is_a_no_op(region, b
         "security_groups": 1,
         "key_pairs": 1,
     }
-    assert ec2.leftovers(region, "c1") == {
+    assert cloud.leftovers(region, "c1") == {
         "instances": [],
         "spot_requests": [],
         "volumes": [],
@@ -457,14 +456,14 @@ def test_terminate_cluster_leaves_nothing_and_a_second_call_is_a_no_op(region, b
         "key_pairs": [],
     }
     assert client.describe_key_pairs(KeyNames=["users-own"])["KeyPairs"]
-    assert set(ec2.terminate_cluster(region, "c1").values()) == {0}
+    assert set(cloud.terminate_cluster(region, "c1").values()) == {0}
 
 
 def test_terminate_cluster_reports_each_step_with_something_to_remove(region, base):
-    [iid] = ec2.launch(region, request(base))
+    [iid] = cloud.launch(region, request(base))
     steps = []
 
-    ec2.terminate_cluster(region, "c1", on_step=steps.append)
+    cloud.terminate_cluster(region, "c1", on_step=steps.append)
 
     assert steps == [
         f"terminating 1 instance(s): {iid}",
@@ -488,22 +487,22 @@ def test_a_security_group_still_in_use_is_retried_until_free():
     )
 
     with stub:
-        assert ec2._delete_group(client, "sg-1", timeout=1, delay=0.01) is True
+        assert network.delete_group(client, "sg-1", timeout=1) is True
         with pytest.raises(CloudError, match="could not delete security group sg-2"):
-            ec2._delete_group(client, "sg-2", timeout=0, delay=0.01)
+            network.delete_group(client, "sg-2", timeout=0)
 
 
 def test_api_failures_surface_as_one_line_cloud_errors(monkeypatch):
     client = boto3.client(
         "ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
     )
-    monkeypatch.setattr(ec2, "ec2_client", lambda region, **kw: client)
+    monkeypatch.setattr(api, "ec2_client", lambda region, **kw: client)
     denied = "You are not authorized to perform this operation."
     with Stubber(client) as stub:
         stub.add_client_error("describe_instances", "UnauthorizedOperation", denied)
 
         with pytest.raises(CloudError) as err:
-            ec2.describe_cluster(Region("us-east-1"), "c1")
+            cloud.describe_cluster(Region("us-east-1"), "c1")
 
     assert str(err.value) == f"EC2 DescribeInstances failed: {denied} (UnauthorizedOperation)"
 
@@ -527,17 +526,37 @@ class _Reply:
 
 def test_caller_cidr_is_the_public_ip_as_a_single_host(monkeypatch):
     monkeypatch.setattr(
-        ec2.urllib.request, "urlopen", lambda url, timeout: _Reply(b"198.51.100.4\n")
+        network.urllib.request, "urlopen", lambda url, timeout: _Reply(b"198.51.100.4\n")
     )
 
-    assert ec2.caller_cidr() == "198.51.100.4/32"
+    assert cloud.caller_cidr(Region("us-east-1")) == "198.51.100.4/32"
 
 
 def test_caller_cidr_failure_suggests_setting_ssh_cidr(monkeypatch):
     def offline(url, timeout):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(ec2.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(network.urllib.request, "urlopen", offline)
 
     with pytest.raises(CloudError, match="set ssh_cidr in the cluster file"):
-        ec2.caller_cidr()
+        cloud.caller_cidr(Region("us-east-1"))
+
+
+# --- the contract -----------------------------------------------------------------
+
+
+def test_every_provider_implements_the_whole_contract_with_its_signatures():
+    import inspect
+
+    assert cloud.CONTRACT and len(set(cloud.CONTRACT)) == len(cloud.CONTRACT)
+    for name in cloud.PROVIDERS:
+        module = cloud.provider(name)
+        for func in cloud.CONTRACT:
+            impl = getattr(module, func, None)
+            assert callable(impl), f"provider {name} lacks {func}"
+            assert inspect.signature(impl) == inspect.signature(getattr(cloud, func)), func
+
+
+def test_an_unknown_provider_is_a_one_line_error():
+    with pytest.raises(CloudError, match="unknown cloud provider 'nimbus' \\(known: aws\\)"):
+        cloud.describe_cluster(Region("us-east-1", provider="nimbus"), "c1")

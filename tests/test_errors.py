@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from provision.cli import Main
 from provision.client import EnginesTimeout
-from provision.cloud.ec2 import CloudAPIError, CloudError
+from provision.cloud.common import CloudAPIError, CloudError
 from provision.config import ConfigError
 from provision.errors import BadInput, ProvisionError, one_line_tail
 from provision.nodes.ansible_run import AnsibleError

@@ -22,10 +22,8 @@ import json
 import logging
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -38,9 +36,9 @@ from click.testing import CliRunner
 from moto import mock_aws
 from moto.core.botocore_stubber import BotocoreStubber
 
-from provision import lifecycle, state
+from provision import cloud, lifecycle, state
 from provision.cli import main
-from provision.cloud import ec2
+from provision.cloud.aws import api
 from provision.cloud.common import CLUSTER_TAG, MASTER, ROLE_TAG, WORKER, Region
 from provision.config import load_config
 from provision.errors import ProvisionError
@@ -166,8 +164,8 @@ class Faults:
 
 FAULTS = Faults()
 # boto3 builds a client class afresh for every client (~0.1 s for EC2's ~700
-# operations) and ec2.py asks for one per function; reusing them (same retry
-# configs, made by ec2._client itself) keeps this module's ~120 runs of `up` cheap.
+# operations) and the AWS provider asks for one per function; reusing them (same
+# retry configs, made by api.client itself) keeps this module's ~120 runs of `up` cheap.
 _CLIENTS: dict[Any, Any] = {}
 _NAMES = itertools.count(1)
 _KMS_KEYS = functools.cache(moto.kms.models.generate_private_key)
@@ -220,10 +218,10 @@ def region(moto_default_amis: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setattr(BotocoreStubber, "__call__", answer)
     # moto makes a fresh RSA key for EC2's default EBS encryption key after every reset.
     monkeypatch.setattr(moto.kms.models, "generate_private_key", _KMS_KEYS)
-    # No waits: botocore's backoff, adaptive mode's rate limit, launch's throttling retry.
+    # No waits: botocore's backoff (which launch's throttling retry uses too) and
+    # adaptive mode's rate limit.
     monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount", lambda self, ctx: 0)
     monkeypatch.setattr(botocore.retries.bucket.TokenBucket, "acquire", lambda self, *a, **kw: True)
-    monkeypatch.setattr(ec2, "time", SimpleNamespace(sleep=lambda seconds: None, monotonic=time.monotonic))
     core = {"reset_boto3_session": False, "mock_credentials": False, "service_whitelist": None,
             "passthrough": {"urls": [], "services": []}}
     with mock_aws(config={"core": core}):
@@ -263,16 +261,16 @@ def cfg(tmp_path: Path, key: Path, name: str) -> Path:
 
 @pytest.fixture
 def faults(region: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Faults]:
-    """The fault switch, with ec2.py's clients reused across tests."""
-    make = ec2._client
+    """The fault switch, with the AWS provider's clients reused across tests."""
+    make = api.client
 
-    def client(service: str, region: Region, fail_fast: bool) -> Any:
+    def client(service: str, region: Region, *, fail_fast: bool = False) -> Any:
         key = (service, region.name, region.endpoint_url, fail_fast)
         if key not in _CLIENTS:
-            _CLIENTS[key] = make(service, region, fail_fast)
+            _CLIENTS[key] = make(service, region, fail_fast=fail_fast)
         return _CLIENTS[key]
 
-    monkeypatch.setattr(ec2, "_client", client)
+    monkeypatch.setattr(api, "client", client)
     FAULTS.reset()
     yield FAULTS
     FAULTS.reset()
@@ -284,7 +282,7 @@ def up_until_ssh(cfg: Path) -> Exception | None:
         lifecycle.up(load_config(cfg))
     except StopBeforeSSH:
         return None
-    except (ProvisionError, ec2.CloudError) as err:
+    except ProvisionError as err:
         return err
     raise AssertionError("up went past its cloud phase")
 
@@ -309,7 +307,7 @@ def assert_one_line_naming_the_step(err: Exception, op: str) -> None:
 
 
 def down_leaves_nothing(name: str) -> None:
-    """`down` raises unless ec2.leftovers (instances, spot requests, volumes, groups,
+    """`down` raises unless cloud.leftovers (instances, spot requests, volumes, groups,
     key pairs tagged with the cluster) comes back empty; it also forgets the record."""
     lifecycle.down(name, region=REGION)
     assert state.load(name) == {}
@@ -362,7 +360,7 @@ def test_provision_up_exits_1_with_one_line_when_an_ec2_call_fails(faults, cfg, 
     assert "UnauthorizedOperation" in errors[0] or "launching" in errors[0], result.output
     down = CliRunner().invoke(main, ["down", name, "--yes"], catch_exceptions=False)
     assert down.exit_code == 0, down.output
-    assert not any(ec2.leftovers(REGION, name).values())
+    assert not any(cloud.leftovers(REGION, name).values())
 
 
 # --- what `up` leaves open ------------------------------------------------------
@@ -382,7 +380,7 @@ def secured(faults: Faults, name: str, tmp_path: Path) -> Path:
 
 
 def test_up_opens_ssh_to_the_configured_cidr_only_and_everything_else_to_the_group(region, name, secured):
-    group_id = ec2.describe_cluster(REGION, name).security_group_id
+    group_id = cloud.describe_cluster(REGION, name).security_group_id
     group = region.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
     rules = {
         (p["IpProtocol"], p.get("FromPort"), p.get("ToPort"), source)
@@ -396,7 +394,7 @@ def test_up_opens_ssh_to_the_configured_cidr_only_and_everything_else_to_the_gro
 
 
 def test_up_requires_imdsv2_and_encrypts_root_volumes(region, name, secured):
-    ids = [i.instance_id for i in ec2.describe_cluster(REGION, name).alive]
+    ids = [i.instance_id for i in cloud.describe_cluster(REGION, name).alive]
     found = [i for r in region.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]]
     assert len(found) == 1 + WORKERS
     assert {i["MetadataOptions"]["HttpTokens"] for i in found} == {"required"}

@@ -1,0 +1,219 @@
+"""The provider contract: what every cloud provider implements, written once.
+
+Each function below is documented here and never runs its own body: `_route`
+sends the call to the provider module the region names (`region.provider`, a
+module of this package) and to its function of the same name
+(``getattr(module, func.__name__)``), as SkyPilot's `sky/provision/__init__.py`
+does. Provider modules say "See the contract" instead of repeating it.
+
+What every provider promises:
+
+- Stateless functions over `Region` and the dataclasses of `cloud.common`: each
+  call asks the cloud afresh, with no provider object and no cache, because the
+  cloud's tags (`CLUSTER_TAG`, `ROLE_TAG`) are the source of truth.
+- Every resource it creates carries the cluster's tags, so `describe_cluster`
+  and `terminate_cluster` find everything after any crash.
+- Every wait is bounded, every `ensure_*` is idempotent, teardown works on a
+  half-built cluster.
+- Every error the user can act on is a `CloudError` with a one-line message;
+  a failure of the API itself (credentials, throttling past retries) is a
+  `CloudAPIError`. The provider's own exception stays chained for debugging.
+- Nothing here opens SSH: node setup takes `ClusterInfo` and goes from there.
+
+A second provider is a module (or package) ``provision/cloud/NAME`` that
+implements these functions, plus NAME in `PROVIDERS`; nothing outside this
+package changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+from typing import ParamSpec, TypeVar
+
+from provision.cloud.common import (
+    CloudError,
+    ClusterInfo,
+    InstanceTypeInfo,
+    LaunchRequest,
+    Progress,
+    Region,
+    ZonePrice,
+)
+
+PROVIDERS = ("aws",)  # modules of this package that implement the contract
+CONTRACT: list[str] = []  # names of the functions below, in order (filled by `_route`)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def provider(name: str) -> ModuleType:
+    """The module implementing the contract for provider `name`."""
+    if name not in PROVIDERS:
+        raise CloudError(f"unknown cloud provider {name!r} (known: {', '.join(PROVIDERS)})")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def _route(func: Callable[P, R]) -> Callable[P, R]:
+    """Call the implementation of `func` by the provider of its first argument, a Region."""
+    CONTRACT.append(func.__name__)
+
+    @functools.wraps(func)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        region = args[0] if args else kwargs["region"]
+        assert isinstance(region, Region), f"{func.__name__}: first argument must be a Region"
+        impl: Callable[P, R] = getattr(provider(region.provider), func.__name__)
+        return impl(*args, **kwargs)
+
+    return call
+
+
+def named_region(name: str, provider_name: str = "aws") -> Region:
+    """The `Region` called `name` at `provider_name`, with the provider's defaults."""
+    provider(provider_name)  # an unknown provider fails here, before anything runs
+    return Region(name=name, provider=provider_name)
+
+
+# --- instance types, prices, images --------------------------------------------------
+
+
+@_route
+def describe_instance_type(region: Region, instance_type: str) -> InstanceTypeInfo:
+    """vCPUs, memory, architecture and approximate on-demand price of a type.
+
+    `CloudError` naming the type and region when the region does not offer it.
+    """
+    raise NotImplementedError
+
+
+@_route
+def spot_price_history(region: Region, instance_type: str, *, days: float = 1.0) -> list[ZonePrice]:
+    """Spot prices per zone over the last `days`, cheapest current price first.
+
+    Ties on the current price go to the lower average, then the zone name.
+    `days=0` asks only for the price in effect now. An empty list when the
+    region has no spot market for the type.
+    """
+    raise NotImplementedError
+
+
+@_route
+def resolve_image(region: Region, image_id: str | None, arch: str = "x86_64") -> str:
+    """The configured image, checked to exist for `arch`, or else the provider's
+    current default Linux image for `arch`. `CloudError` if there is none."""
+    raise NotImplementedError
+
+
+# --- network access and keys ---------------------------------------------------------
+
+
+@_route
+def caller_cidr(region: Region) -> str:
+    """This machine's public address as a one-host CIDR, the default SSH source."""
+    raise NotImplementedError
+
+
+@_route
+def ensure_security_group(region: Region, cluster: str, *, ssh_cidr: str) -> str:
+    """Create or repair the cluster's network access rules; returns their id.
+
+    Inbound is exactly SSH from `ssh_cidr` plus everything between members
+    (engines and controller use dynamic ports); any other inbound rule is
+    removed, so a changed `ssh_cidr` replaces the old one.
+    """
+    raise NotImplementedError
+
+
+@_route
+def ensure_key_pair(region: Region, cluster: str, key_name: str, public_key: str) -> bool:
+    """Register the user's public key as `key_name` unless already there.
+
+    True if registered now. A pair of that name holding another key is a
+    `CloudError`, never an overwrite.
+    """
+    raise NotImplementedError
+
+
+# --- launch, wait, describe ------------------------------------------------------------
+
+
+@_route
+def launch(region: Region, req: LaunchRequest) -> list[str]:
+    """Launch `req.count` instances of one role in one request; returns sorted ids.
+
+    Tagged with cluster and role at creation, then named (master, node001, ...:
+    the lowest free numbers). Without `req.zone`, every zone offering the type
+    is tried, cheapest spot price first, moving on after a capacity error; when
+    all fail, the `CloudError` lists each zone with its error. A spot bid below
+    the current price is logged as a warning, not refused.
+    """
+    raise NotImplementedError
+
+
+@_route
+def name_unnamed(region: Region, cluster: str) -> dict[str, str]:
+    """Name live nodes that a failed launch left without a name; {instance_id: name}."""
+    raise NotImplementedError
+
+
+@_route
+def wait_running(
+    region: Region, instance_ids: list[str], *, timeout: float, on_progress: Progress | None = None
+) -> None:
+    """Block until every instance runs; `CloudError` on timeout or if one ends.
+
+    `on_progress(running, total)` hears each poll. An empty list is a ValueError.
+    """
+    raise NotImplementedError
+
+
+@_route
+def describe_cluster(region: Region, cluster: str) -> ClusterInfo:
+    """Rebuild a cluster from tags alone (terminated instances included;
+    `ClusterInfo.alive` filters), master first, then by name."""
+    raise NotImplementedError
+
+
+@_route
+def list_clusters(region: Region) -> list[str]:
+    """Names of the clusters with a live instance or leftover resources, sorted."""
+    raise NotImplementedError
+
+
+# --- teardown ----------------------------------------------------------------------------
+
+
+@_route
+def terminate_instances(
+    region: Region, instance_ids: list[str], *, wait: bool = True, timeout: float = 600
+) -> None:
+    """Terminate instances (ids already gone are skipped: safe to repeat);
+    with `wait`, until they are gone or `timeout` seconds pass."""
+    raise NotImplementedError
+
+
+@_route
+def terminate_cluster(
+    region: Region,
+    cluster: str,
+    *,
+    timeout: float = 600,
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, int]:
+    """Remove everything of `cluster`, dependants first; safe to repeat.
+
+    `on_step(text)` hears one line per kind of resource that has something to
+    remove. Returns the count removed per kind (the keys of `leftovers`).
+    Resources this tool did not create (the user's own key pair) are kept.
+    """
+    raise NotImplementedError
+
+
+@_route
+def leftovers(region: Region, cluster: str) -> dict[str, list[str]]:
+    """Everything tagged with `cluster` that still exists or could still bill, by kind:
+    instances, spot_requests, volumes, security_groups, key_pairs."""
+    raise NotImplementedError

@@ -1,15 +1,19 @@
-"""Typed records that flow between the cloud layer and the rest of provision.
+"""Typed records and errors shared by every provider and the rest of provision.
 
 Input (`LaunchRequest`, `Region`) is kept apart from output (`InstanceInfo`,
-`ClusterInfo`) as in SkyPilot's `sky/provision/common.py`: the cloud layer takes
-plain data and gives plain data back, so node setup and the orchestrator never
-touch boto3 and tests can build these records by hand.
+`ClusterInfo`, `InstanceTypeInfo`, `ZonePrice`) as in SkyPilot's
+`sky/provision/common.py`: the cloud layer takes plain data and gives plain
+data back, so node setup and the orchestrator never touch a cloud SDK and
+tests can build these records by hand. Nothing here names a provider's API.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from provision.errors import ProvisionError
 
 CLUSTER_TAG = "provision:cluster"
 ROLE_TAG = "provision:role"
@@ -17,23 +21,36 @@ CREATED_BY_TAG = "provision:created-by"  # marks key pairs / groups this tool ma
 
 MASTER = "master"
 WORKER = "worker"
+ALIVE_STATES = ("pending", "running")  # an instance that is, or is about to be, a node
+
+Progress = Callable[[int, int], None]  # (instances running, instances waited for)
+
+
+class CloudError(ProvisionError):
+    """A failure the user can act on, with a one-line message."""
+
+
+class CloudAPIError(CloudError):
+    """The API itself failed (permissions, throttling past retries, outages), as
+    opposed to a request the region cannot satisfy: not the user's input."""
 
 
 @dataclass(frozen=True)
 class Region:
-    """Where the EC2 API lives.
+    """Where a provider's API lives; `provider` picks the module that serves it.
 
-    `endpoint_url` is None on AWS (boto3 then also honours AWS_ENDPOINT_URL_EC2);
-    the simulated region fills it in together with its subnet, so the same code
-    path serves both.
+    `endpoint_url` is None for the provider's public endpoint (on AWS, boto3
+    then also honours AWS_ENDPOINT_URL_EC2); the simulated region fills it in
+    together with its subnet, so the same code path serves both.
     """
 
     name: str
+    provider: str = "aws"  # a module under provision/cloud/ (see provision.cloud.PROVIDERS)
     endpoint_url: str | None = None
     # Subnet to launch into; None means "the default subnet of the chosen zone".
     subnet_id: str | None = None
-    # Explicit credentials (only the simulated region sets these; on AWS the
-    # standard credential chain is left untouched).
+    # Explicit credentials (only the simulated region sets these; otherwise the
+    # provider's standard credential chain is left untouched).
     access_key: str | None = None
     secret_key: str | None = None
     # Whether clients reach nodes on their private address (simulated region,
@@ -60,7 +77,7 @@ class LaunchRequest:
     spot: bool = True
     max_price: float | None = None  # USD per hour; None = on-demand price cap
     volume_size: int = 30  # GiB, root volume, always encrypted
-    zone: str | None = None
+    zone: str | None = None  # None: every zone offering the type, cheapest first
     subnet_id: str | None = None
     user_data: str = ""
     # Extra tags to put on instances and volumes, beyond cluster and role.
@@ -68,8 +85,30 @@ class LaunchRequest:
 
 
 @dataclass(frozen=True)
+class InstanceTypeInfo:
+    """What an instance type offers, as far as sizing a node goes."""
+
+    name: str
+    vcpus: int  # one engine per vCPU
+    memory_mib: int
+    arch: str  # "x86_64" or "arm64": picks the image
+    on_demand_price: float | None = None  # approximate list price, USD/hour; None = unknown
+
+
+@dataclass(frozen=True)
+class ZonePrice:
+    """Spot price of one instance type in one availability zone, USD per hour."""
+
+    zone: str
+    current: float  # latest price: what a launch now pays
+    average: float  # time-weighted over the window: what a long search pays
+    maximum: float  # worst seen in the window: a bid above it was never interrupted by price
+    samples: int  # price changes seen, a rough measure of volatility
+
+
+@dataclass(frozen=True)
 class InstanceInfo:
-    """One instance as EC2 reports it."""
+    """One instance as the cloud reports it."""
 
     instance_id: str
     role: str
@@ -82,6 +121,12 @@ class InstanceInfo:
     launch_time: dt.datetime | None
     spot_request_id: str | None = None
     name: str = ""  # e.g. master, node001 (from the Name tag)
+
+    @property
+    def label(self) -> str:
+        """How messages and per-node results name it: its name, else its id (unnamed
+        when a launch failed before naming it)."""
+        return self.name or self.instance_id
 
     def ssh_address(self, use_private_ip: bool) -> str | None:
         """Address a client opens SSH to."""
@@ -103,11 +148,7 @@ class ClusterInfo:
     @property
     def alive(self) -> list[InstanceInfo]:
         """Instances that are pending or running (not gone or going)."""
-        return [i for i in self.instances if i.state in ("pending", "running")]
-
-    @property
-    def running(self) -> list[InstanceInfo]:
-        return [i for i in self.instances if i.state == "running"]
+        return [i for i in self.instances if i.state in ALIVE_STATES]
 
     @property
     def master(self) -> InstanceInfo | None:
@@ -118,7 +159,7 @@ class ClusterInfo:
 
     @property
     def workers(self) -> list[InstanceInfo]:
-        return sorted((i for i in self.alive if i.role == WORKER), key=lambda i: i.name or i.instance_id)
+        return sorted((i for i in self.alive if i.role == WORKER), key=lambda i: i.label)
 
     @property
     def nodes(self) -> list[InstanceInfo]:
@@ -127,7 +168,7 @@ class ClusterInfo:
         return ([master] if master else []) + self.workers
 
     def find(self, ref: str) -> InstanceInfo | None:
-        """Look a node up by instance id, name or private IP."""
+        """Look a node up by instance id, name or IP address."""
         for i in self.alive:
             if ref in (i.instance_id, i.name, i.private_ip, i.public_ip):
                 return i

@@ -1,9 +1,9 @@
-"""Spot price arithmetic, kept free of boto3.
+"""Spot price history and on-demand estimates on EC2. See the contract in `provision.cloud`.
 
-`ec2.spot_price_history` pages through `describe_spot_price_history` and hands
-the raw records here. Keeping the arithmetic pure means it is tested on recorded
+`spot_price_history` pages through DescribeSpotPriceHistory and hands the raw
+records to `summarize`, whose arithmetic is pure: it is tested on recorded
 responses (moto's prices are all 0.00001 with a 2006 timestamp, so they cannot
-exercise it) and the CLI can summarise records from anywhere.
+exercise it).
 """
 
 from __future__ import annotations
@@ -11,19 +11,31 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from provision.cloud.aws import api
+from provision.cloud.common import Region, ZonePrice
 
-@dataclass(frozen=True)
-class ZonePrice:
-    """Spot price of one instance type in one availability zone, USD per hour."""
+PRODUCT = "Linux/UNIX"  # what the nodes run; spot prices differ per product
 
-    zone: str
-    current: float  # latest price: what a launch now pays
-    average: float  # time-weighted over the window: what a long search pays
-    maximum: float  # worst seen in the window: a bid above it was never interrupted by price
-    samples: int  # price changes seen, a rough measure of volatility
+
+@api.api_errors
+def spot_price_history(region: Region, instance_type: str, *, days: float = 1.0) -> list[ZonePrice]:
+    """See the contract."""
+    now = dt.datetime.now(dt.timezone.utc)
+    start = now - dt.timedelta(days=days)
+    pages = (
+        api.ec2_client(region)
+        .get_paginator("describe_spot_price_history")
+        .paginate(
+            InstanceTypes=[instance_type],
+            ProductDescriptions=[PRODUCT],
+            StartTime=start,
+            EndTime=now,
+        )
+    )
+    records = [rec for page in pages for rec in page["SpotPriceHistory"]]
+    return summarize(records, start=start, now=now)
 
 
 def summarize(
@@ -32,7 +44,7 @@ def summarize(
     """Group `SpotPriceHistory` records by zone, cheapest current price first.
 
     Ties on the current price are broken by the average, then by zone name, so
-    the order (and `cheapest_zone`) is deterministic.
+    the order is deterministic.
     """
     by_zone: dict[str, set[tuple[dt.datetime, float]]] = defaultdict(set)
     for rec in records:  # a set: pages may repeat a record
@@ -81,9 +93,10 @@ ON_DEMAND_LARGE_USD = {
     "c6a": 0.0765, "c6g": 0.068, "c6gn": 0.0864, "c6i": 0.085, "c6id": 0.1008, "c6in": 0.1134,
     "c7a": 0.10264, "c7g": 0.0725, "c7gn": 0.12480, "c7i": 0.08925, "c8g": 0.07976,
 }
+LARGE_VCPUS = 2
 
 
 def on_demand_estimate(instance_type: str, vcpus: int) -> float | None:
     """Approximate on-demand USD/hour, or None for a family not in the table."""
     base = ON_DEMAND_LARGE_USD.get(instance_type.split(".", 1)[0])
-    return None if base is None else round(base * vcpus / 2, 5)
+    return None if base is None else round(base * vcpus / LARGE_VCPUS, 5)
