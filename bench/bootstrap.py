@@ -66,7 +66,7 @@ from bench.common import (
 from provision.progress import Reporter
 
 PHASES = ("launch", "running", "ssh", "packages", "engines", "client")
-# Stage texts of provision.lifecycle._Pipeline.node -> the phase they start.
+# Stage texts of the Fabric strategy (provision.configure.fabric) -> the phase they start.
 _STARTS = (
     ("waiting for running", "running"),
     ("waiting for SSH", "ssh"),

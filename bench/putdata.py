@@ -45,15 +45,13 @@ from bench.common import (
 def hosts_up(config: Any) -> tuple[Any, list[Any]]:
     """Launch the cluster's instances and wait for SSH on each; (context, nodes)."""
     from provision import cloud, context, lifecycle
-    from provision.nodes import remote
+    from provision.nodes import fanout, remote
 
     ctx = context.prepare(config)
-    sg = cloud.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
-    cloud.ensure_key_pair(ctx.region, ctx.name, config.pair_name, ctx.public_key)
-    info = lifecycle.reconcile(ctx, sg, config.cluster_size - 1)
+    info = lifecycle.ensure_instances(ctx)
     cloud.wait_running(ctx.region, [i.instance_id for i in info.nodes], timeout=config.launch_timeout)
     nodes = cloud.describe_cluster(ctx.region, ctx.name).nodes
-    group = remote.on_hosts(lambda ep: remote.wait_for_ssh(ep, timeout=config.ssh_timeout),
+    group = fanout.on_hosts(lambda ep: remote.wait_for_ssh(ep, timeout=config.ssh_timeout),
                             [ctx.endpoint(n) for n in nodes])
     group.raise_for_failures()
     return ctx, nodes
@@ -69,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     nodes_wanted = sorted(args.nodes or ([1, 2] if args.quick else [1, 2, 4, 8]))
 
     from provision import data, lifecycle
-    from provision.nodes import remote
+    from provision.nodes import fanout, remote
 
     machine = machine_info()
     print(machine_line(machine), flush=True)
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["hosts_up_s"] = time.perf_counter() - start
             clean = f"rm -rf {config.remote_root}/data"
             for n in nodes_wanted:
-                group = remote.on_hosts(lambda ep: remote.run(ep, clean), [ctx.endpoint(i) for i in nodes])
+                group = fanout.on_hosts(lambda ep: remote.run(ep, clean), [ctx.endpoint(i) for i in nodes])
                 group.raise_for_failures()
                 start = time.perf_counter()
                 first = data.ship(ctx, nodes[:n], local_dir, digest)

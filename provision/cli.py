@@ -417,7 +417,9 @@ def put(name: str, local: Path, remote_path: str, node: str | None, config_path:
     nodes = [info.find(node)] if node else info.nodes
     if None in nodes:
         raise BadInput(f"--node: no node {node!r} in cluster {name!r}")
-    group = remote.on_hosts(lambda ep: remote.put(ep, local, remote_path), [ctx.endpoint(i) for i in nodes])
+    from provision.nodes import fanout
+
+    group = fanout.on_hosts(lambda ep: remote.put(ep, local, remote_path), [ctx.endpoint(i) for i in nodes])
     for host in group.succeeded:
         out.print(f"{host}: {remote_path}")
     group.raise_for_failures()

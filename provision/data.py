@@ -24,6 +24,8 @@ import numpy as np
 from provision import cloud, state
 from provision.context import Context
 from provision.errors import BadInput
+from provision.nodes import fanout, transfer
+from provision.nodes.remote import Endpoint
 
 if TYPE_CHECKING:
     from provision.cloud.common import InstanceInfo
@@ -201,8 +203,6 @@ class ShipResult:
 
 def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: str) -> ShipResult:
     """Put the split directory on each node once, in parallel; skip nodes that have it."""
-    from provision.nodes import remote
-
     root = ctx.config.remote_root
     target = remote_dir(root, digest)
     names = sorted(p.name for p in local_dir.iterdir())
@@ -218,7 +218,7 @@ def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: s
                 done_bytes[0] += n
                 advance(done_bytes[0])
 
-        def one(ep: remote.Endpoint) -> int:
+        def one(ep: Endpoint) -> int:
             # One connection: nothing is sent where the manifest is there, else one
             # tar stream into a temp dir renamed into place (a directory is complete).
             sent = [0]
@@ -229,14 +229,20 @@ def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: s
                 if grow:
                     progress(grow)
 
-            moved = remote.push_tree(ep, local_dir, target, unless_exists=f"{target}/manifest.json", on_bytes=step)
+            moved = transfer.push_tree(ep, local_dir, target, unless_exists=f"{target}/manifest.json", on_bytes=step)
             progress(total - sent[0])
             return 0 if moved is None else total
 
-        group = remote.on_hosts(one, [ctx.endpoint(n) for n in nodes])
+        group = fanout.on_hosts(one, [ctx.endpoint(n) for n in nodes])
     result.bytes_per_host = dict(group.succeeded)
     group.raise_for_failures()
     return result
+
+
+def ship_recorded(ctx: Context, nodes: Sequence[InstanceInfo]) -> None:
+    """Give new nodes the datasets already put on the cluster (addnode, replacements)."""
+    for entry in state.load(ctx.name).get("datasets", {}).values():
+        ship(ctx, nodes, Path(entry["local_dir"]), entry["digest"])
 
 
 def put_data(ctx: Context, dataset: str, *, cv: str = "shuffle", n_splits: int = 5, test_size: float = 0.25,

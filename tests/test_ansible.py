@@ -20,7 +20,8 @@ from conftest import sim_cluster_env
 from test_cli import _launch_unit_cluster, invoke, nothing_created
 
 from provision import cloud, context, inventory, lifecycle
-from provision.nodes import ansible_run, engines
+from provision.configure import playbook
+from provision.nodes import engines
 from provision.sim.state import GATEWAY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,9 +108,9 @@ def test_yaml_ini_and_json_inventories_mean_the_same_to_ansible(aws, cfg_file, t
 
 def test_configure_with_ansible_without_ansible_playbook_exits_2_and_creates_nothing(aws, cfg_file, monkeypatch):
     def missing() -> str:
-        raise ansible_run.AnsibleError("ansible-playbook not found: `pip install ansible-core`")
+        raise playbook.AnsibleError("ansible-playbook not found: `pip install ansible-core`")
 
-    monkeypatch.setattr(ansible_run, "find_playbook_command", missing)
+    monkeypatch.setattr(playbook, "find_playbook_command", missing)
     result = invoke("up", "--config", str(cfg_file), "--configure-with", "ansible")
     assert result.exit_code == 2, result.output
     assert "--configure-with ansible" in result.output and "pip install ansible-core" in result.output
@@ -174,10 +175,10 @@ node003                    : ok=9    changed=0    unreachable=0    failed=0    s
 
 
 def test_recap_counts_and_failures_are_read_per_host_naming_the_task():
-    recap = ansible_run.parse_recap(SAMPLE)
+    recap = playbook.parse_recap(SAMPLE)
     assert recap["master"].changed == 3 and recap["node003"].succeeded
     assert recap["node002"].unreachable == 1
-    result = ansible_run.PlaybookResult(recap=recap, errors=ansible_run.parse_failures(SAMPLE), returncode=2, seconds=1)
+    result = playbook.PlaybookResult(recap=recap, errors=playbook.parse_failures(SAMPLE), returncode=2, seconds=1)
     assert result.changed == 3 and result.failed_hosts == ["master", "node001", "node002"]
     assert result.error_for("node003") is None
     err = str(result.error_for("node001", "10.77.0.5"))
@@ -206,7 +207,7 @@ def test_a_failing_and_an_unreachable_node_are_named_while_the_other_node_finish
         }},
     }
     progress: list[tuple[str, str]] = []
-    result = ansible_run.run_playbook(doc, playbook=book, on_progress=lambda h, t: progress.append((h, t)))
+    result = playbook.run_playbook(doc, playbook=book, on_progress=lambda h, t: progress.append((h, t)))
     assert result.failed_hosts == ["node001", "node002"] and result.changed == 0
     assert result.error_for("master") is None
     assert str(result.error_for("node001", "10.77.0.5")) == "node001 (10.77.0.5): ansible: Work: exit 3: boom"
@@ -264,10 +265,10 @@ def test_a_second_playbook_run_through_the_dynamic_inventory_changes_nothing(ans
             text=True, env=_ansible_env(PROVISION_CLUSTER=NAME, ANSIBLE_SSH_CONTROL_PATH_DIR=control), timeout=600,
         )
     finally:
-        ansible_run._close_control_sockets(control)
+        playbook._close_control_sockets(control)
     print(f"second playbook run: {time.monotonic() - started:.1f} s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    recap = ansible_run.parse_recap(proc.stdout)
+    recap = playbook.parse_recap(proc.stdout)
     assert sorted(recap) == ["master", "node001"]
     assert all(r.changed == 0 and r.succeeded for r in recap.values()), proc.stdout[-3000:]
 
@@ -296,7 +297,7 @@ def test_the_playbook_gives_a_node_the_datasets_the_cluster_already_holds(ansibl
     shipped = data.put_data(ctx, "iris", n_splits=2)
     node = cloud.describe_cluster(ctx.region, NAME).find("node001")
     remote.run(ctx.endpoint(node), f"rm -rf {shipped.remote_dir}")  # as on a node added later
-    result = ansible_run.run_playbook(inventory.inventory(NAME))
+    result = playbook.run_playbook(inventory.inventory(NAME))
     assert result.failed_hosts == [], result.errors
     assert result.recap["master"].changed == 0 and result.recap["node001"].changed > 0
     listing = remote.run(ctx.endpoint(node), f"ls {shipped.remote_dir}").split()
@@ -305,7 +306,7 @@ def test_the_playbook_gives_a_node_the_datasets_the_cluster_already_holds(ansibl
 
 @pytest.mark.e2e
 def test_the_fabric_path_takes_over_the_playbooks_nodes_as_its_own(ansible_cluster):
-    from provision.nodes import remote, setup
+    from provision.nodes import fanout, setup
 
     ctx = context.context_for(NAME)
     info = cloud.describe_cluster(ctx.region, NAME)
@@ -313,7 +314,7 @@ def test_the_fabric_path_takes_over_the_playbooks_nodes_as_its_own(ansible_clust
     wheelhouse = setup.build_wheelhouse(spec)
     for inst in info.nodes:
         assert setup.setup_node(ctx.endpoint(inst), spec, wheelhouse).skipped  # same venv, same digest
-    group = remote.on_hosts(lambda ep: engines.engine_counts(ep, ctx.config.remote_root),
+    group = fanout.on_hosts(lambda ep: engines.engine_counts(ep, ctx.config.remote_root),
                             [ctx.endpoint(i) for i in info.nodes])
     assert dict(group) == {"master": 1, "node001": 1}
     assert lifecycle.restart_engines(NAME) == 2  # pid files and engine file where Fabric expects them

@@ -139,10 +139,7 @@ def test_init_writes_a_starter_and_refuses_to_overwrite(aws, tmp_path):
 def _launch_unit_cluster(cfg_file: Path) -> context.Context:
     """What `up` does before SSH: validate, group, key pair, reconcile."""
     ctx = context.prepare(load_config(cfg_file))
-    lifecycle._remember(ctx)
-    sg = cloud.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
-    cloud.ensure_key_pair(ctx.region, ctx.name, ctx.config.pair_name, ctx.public_key)
-    lifecycle.reconcile(ctx, sg, ctx.config.cluster_size - 1)
+    lifecycle.ensure_instances(ctx)
     return ctx
 
 

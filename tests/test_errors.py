@@ -11,9 +11,10 @@ from provision.cli import Main
 from provision.client import EnginesTimeout
 from provision.cloud.common import CloudAPIError, CloudError
 from provision.config import ConfigError
+from provision.configure.playbook import AnsibleError
 from provision.errors import BadInput, ProvisionError, one_line_tail
-from provision.nodes.ansible_run import AnsibleError
-from provision.nodes.remote import GroupError, GroupResult, NodeError
+from provision.nodes.fanout import GroupError, GroupResult
+from provision.nodes.remote import NodeError
 from provision.sim.hosts import SimError
 
 

@@ -10,8 +10,8 @@ naming the step. Whatever happened, `down` must then leave nothing tagged with
 the cluster, and a clean `up` must converge to one master and N workers, each
 named once.
 
-`up` runs for real with its per-node pipeline swapped for a stub that stops
-where SSH would start, so these tests follow `up` as it changes.
+`up` runs for real with a configure strategy that stops where SSH would start
+(no wheelhouse, no SSH), so these tests follow `up` as it changes.
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ from click.testing import CliRunner
 from moto import mock_aws
 from moto.core.botocore_stubber import BotocoreStubber
 
-from provision import cloud, lifecycle, state
+from provision import cloud, configure, lifecycle, state
 from provision.cli import main
 from provision.cloud.aws import api
 from provision.cloud.common import CLUSTER_TAG, MASTER, ROLE_TAG, WORKER, Region
 from provision.config import load_config
 from provision.errors import ProvisionError
+from provision.nodes.remote import NodeError
 
 REGION = Region("us-east-1")
 CIDR = "203.0.113.7/32"
@@ -175,16 +176,15 @@ class StopBeforeSSH(Exception):
     """Raised where `up` would start SSH to the nodes: the cloud phase is over."""
 
 
-class NoPipeline:
-    """Stands in for lifecycle._Pipeline: no wheelhouse, no SSH."""
+class StopAtSSH(configure.Strategy):
+    """A configure strategy that builds no wheelhouse and stops where SSH would start."""
 
-    def __init__(self, ctx: Any, replace_failed: bool = False) -> None:
+    name = "stop-at-ssh"
+
+    def start(self, ctx: Any) -> None:
         pass
 
-    def start_wheelhouse(self) -> None:
-        pass
-
-    def run(self, nodes: Any) -> dict[str, Any]:
+    def configure(self, ctx: Any, nodes: Any) -> configure.Results:
         raise StopBeforeSSH
 
 
@@ -237,11 +237,10 @@ def _checker() -> Any:
 
 @pytest.fixture
 def name(region: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """A cluster name of its own, a fresh home and state directory, and no SSH."""
+    """A cluster name of its own, a fresh home and state directory."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home/.config"))
     monkeypatch.setenv("PROVISION_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setattr(lifecycle, "_Pipeline", NoPipeline)
     return f"c{next(_NAMES):03d}"
 
 
@@ -279,7 +278,7 @@ def faults(region: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Faults]:
 def up_until_ssh(cfg: Path) -> Exception | None:
     """Run `up` until it would SSH to the nodes: None, or the one-line error it raised."""
     try:
-        lifecycle.up(load_config(cfg))
+        lifecycle.up(load_config(cfg), configure_with=StopAtSSH())
     except StopBeforeSSH:
         return None
     except ProvisionError as err:
@@ -349,7 +348,8 @@ def test_up_after_a_failed_call_converges_without_duplicates(faults, region, cfg
 
 
 @pytest.mark.parametrize("op", ["CreateSecurityGroup", "ImportKeyPair", "RunInstances"])
-def test_provision_up_exits_1_with_one_line_when_an_ec2_call_fails(faults, cfg, name, op):
+def test_provision_up_exits_1_with_one_line_when_an_ec2_call_fails(faults, cfg, name, op, monkeypatch):
+    monkeypatch.setitem(configure.STRATEGIES, "fabric", StopAtSSH)  # what `provision up` picks
     faults.arm(SEQUENCE.index(op) + 1, "generic")
     result = CliRunner().invoke(main, ["up", "--config", str(cfg)], catch_exceptions=False)
     faults.disarm()
@@ -361,6 +361,53 @@ def test_provision_up_exits_1_with_one_line_when_an_ec2_call_fails(faults, cfg, 
     down = CliRunner().invoke(main, ["down", name, "--yes"], catch_exceptions=False)
     assert down.exit_code == 0, down.output
     assert not any(cloud.leftovers(REGION, name).values())
+
+
+# --- what `up` does with the nodes' outcomes ---------------------------------------
+
+
+class FailingMaster(StopAtSSH):
+    """The master fails configuration; the workers would have been fine."""
+
+    def configure(self, ctx: Any, nodes: Any) -> configure.Results:
+        return {n.label: NodeError("no python3") if n.role == MASTER else None for n in nodes}
+
+
+class Node001FailsOnce(StopAtSSH):
+    """node001 fails configuration; the strategy then stops where SSH to its
+    replacement would start."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def configure(self, ctx: Any, nodes: Any) -> configure.Results:
+        self.calls.append([n.label for n in nodes])
+        if len(self.calls) > 1:
+            raise StopBeforeSSH
+        return {n.label: NodeError("no python3") if n.name == "node001" else None for n in nodes}
+
+
+def test_a_master_that_fails_configuration_fails_up_saying_how_to_retry(faults, region, cfg, name):
+    with pytest.raises(ProvisionError) as err:
+        lifecycle.up(load_config(cfg), configure_with=FailingMaster())
+
+    assert str(err.value).startswith("master i-") and "failed: no python3. Run `provision up`" in str(err.value)
+    assert len(cloud.describe_cluster(REGION, name).alive) == 1 + WORKERS  # nothing torn down
+    down_leaves_nothing(name)
+
+
+def test_a_failed_worker_is_terminated_and_with_replace_failed_replaced(faults, region, cfg, name):
+    strategy = Node001FailsOnce()
+
+    with pytest.raises(StopBeforeSSH):
+        lifecycle.up(load_config(cfg), replace_failed=True, configure_with=strategy)
+
+    first, again = strategy.calls
+    assert first == ["master", "node001", "node002"] and len(again) == 1
+    gone = [i for i in cloud.describe_cluster(REGION, name).instances if i.state == "terminated"]
+    assert [i.name for i in gone] == ["node001"]
+    assert_converged(region, name)  # the replacement took the free name
+    down_leaves_nothing(name)
 
 
 # --- what `up` leaves open ------------------------------------------------------

@@ -23,8 +23,9 @@ import paramiko
 import pytest
 
 from provision.client import connect_client
-from provision.nodes import engines, remote, setup
-from provision.nodes.remote import Endpoint, GroupError, GroupResult, NodeError
+from provision.nodes import engines, remote, setup, transfer
+from provision.nodes.fanout import GroupError, GroupResult, on_hosts
+from provision.nodes.remote import Endpoint, NodeError
 from provision.sim.state import GATEWAY
 
 _NET = GATEWAY.rsplit(".", 1)[0]  # the simulated region's /24 (this checkout's region id)
@@ -94,7 +95,7 @@ def wheelhouse(spec: setup.EnvSpec) -> Path:
 def installed(nodes: Nodes, spec: setup.EnvSpec, wheelhouse: Path) -> GroupResult:
     for ep in nodes.endpoints:
         remote.wait_for_ssh(ep, 30)
-    return remote.on_hosts(lambda ep: setup.setup_node(ep, spec, wheelhouse), nodes.endpoints)
+    return on_hosts(lambda ep: setup.setup_node(ep, spec, wheelhouse), nodes.endpoints)
 
 
 @dataclass
@@ -113,12 +114,12 @@ def cluster(
     engines.start_controller(m, ROOT, m.host)
     local = tmp_path_factory.mktemp("conn") / "security"
     client_json, engine_json = engines.fetch_connection_files(m, ROOT, local)
-    remote.on_hosts(
+    on_hosts(
         lambda ep: engines.start_engines(ep, ROOT, 1, engine_json), nodes.endpoints
     ).raise_for_failures()
     yield Cluster(client_json, engine_json, local)
     alive = [ep for ep in nodes.endpoints if ep.host != IPS[2]]  # the last test kills node2
-    remote.on_hosts(lambda ep: engines.stop_engines(ep, ROOT), alive)
+    on_hosts(lambda ep: engines.stop_engines(ep, ROOT), alive)
     engines.stop_controller(m, ROOT)
 
 
@@ -142,7 +143,7 @@ def test_a_package_missing_on_the_client_is_named() -> None:
 
 
 def test_group_result_keeps_successes_next_to_failures() -> None:
-    result = remote.on_hosts(
+    result = on_hosts(
         lambda ep: 1 / 0 if ep.name == "b" else ep.name,
         [Endpoint(n, n, "u", Path("k")) for n in "abc"],
     )
@@ -202,7 +203,7 @@ def test_unreachable_host_does_not_hide_the_others(nodes: Nodes) -> None:
         remote.wait_for_ssh(ep, timeout=2)
         return remote.run(ep, "hostname").strip()
 
-    result = remote.on_hosts(hostname, [*nodes.endpoints[:2], nodes.dead])
+    result = on_hosts(hostname, [*nodes.endpoints[:2], nodes.dead])
     assert result.succeeded == {"node0": "node-201", "node1": "node-202"}
     assert list(result.failed) == ["ghost"]
     assert "did not answer SSH within 2s" in str(result.failed["ghost"])
@@ -226,7 +227,7 @@ def test_a_failing_command_names_node_exit_code_and_stderr(nodes: Nodes) -> None
     with pytest.raises(NodeError) as info:
         remote.run(nodes.master, "echo oops >&2; exit 3")
     assert str(info.value) == f"node0 ({IPS[0]}): `echo oops >&2; exit 3` exited 3: oops"
-    assert info.value.exit_code == 3
+    assert info.value.command_status == 3  # the remote exit code; exit_code is provision's (1)
 
 
 @pytest.mark.e2e
@@ -238,21 +239,21 @@ def test_push_tree_lands_the_directory_whole_or_names_the_failure(
     import os
 
     if via == "paramiko":  # a client without ssh(1)
-        monkeypatch.setattr(remote, "_openssh_argv", lambda ep, cmd: None)
+        monkeypatch.setattr(transfer, "_openssh_argv", lambda ep, cmd: None)
     src = tmp_path / "tree"
     src.mkdir()
     (src / "a.bin").write_bytes(os.urandom(3 << 20))
     (src / "b.txt").write_text("hello")
     ep, seen = nodes.endpoints[1], []
-    sent = remote.push_tree(ep, src, f"/srv/pushed-{via}", on_bytes=seen.append)
+    sent = transfer.push_tree(ep, src, f"/srv/pushed-{via}", on_bytes=seen.append)
     assert sent == sum(seen) > (3 << 20)
     listing = remote.run(ep, f"cd /srv/pushed-{via} && sha256sum a.bin b.txt; ls -d /srv/*.tmp 2>/dev/null || true")
     expected = {f"{hashlib.sha256((src / n).read_bytes()).hexdigest()}  {n}" for n in ("a.bin", "b.txt")}
     assert set(listing.strip().splitlines()) == expected  # and no temp dir left
-    again = remote.push_tree(ep, src, f"/srv/pushed-{via}", unless_exists=f"/srv/pushed-{via}/b.txt")
+    again = transfer.push_tree(ep, src, f"/srv/pushed-{via}", unless_exists=f"/srv/pushed-{via}/b.txt")
     assert again is None
     with pytest.raises(NodeError, match=rf"node1 \({re.escape(IPS[1])}\): `rm -rf /proc/x/y\.tmp"):
-        remote.push_tree(ep, src, "/proc/x/y")
+        transfer.push_tree(ep, src, "/proc/x/y")
 
 
 @pytest.mark.e2e
@@ -265,11 +266,11 @@ def test_setup_installs_the_clients_versions_and_a_second_run_is_skipped(
         f"{ROOT}/venv/bin/python -c 'import sklearn, ipyparallel, numpy; "
         "print(sklearn.__version__, ipyparallel.__version__, numpy.__version__)'"
     )
-    versions = remote.on_hosts(lambda ep: remote.run(ep, check).split(), nodes.endpoints)
+    versions = on_hosts(lambda ep: remote.run(ep, check).split(), nodes.endpoints)
     expected = [md.version("scikit-learn"), md.version("ipyparallel"), md.version("numpy")]
     assert versions.raise_for_failures().succeeded == {ep.name: expected for ep in nodes.endpoints}
 
-    again = remote.on_hosts(lambda ep: setup.setup_node(ep, spec, wheelhouse), nodes.endpoints)
+    again = on_hosts(lambda ep: setup.setup_node(ep, spec, wheelhouse), nodes.endpoints)
     assert all(r.skipped for r in again.raise_for_failures().values())
     assert max(r.seconds for r in again.values()) < 5
 
@@ -321,12 +322,12 @@ def test_starting_engines_again_starts_none(nodes: Nodes, cluster: Cluster) -> N
     def pids(ep: Endpoint) -> list[str]:
         return sorted(remote.run(ep, f"cat {ROOT}/run/engine-*.pid").split())
 
-    before = remote.on_hosts(pids, nodes.endpoints).raise_for_failures()
-    counts = remote.on_hosts(
+    before = on_hosts(pids, nodes.endpoints).raise_for_failures()
+    counts = on_hosts(
         lambda ep: engines.start_engines(ep, ROOT, 1, cluster.engine_json), nodes.endpoints
     )
     assert counts.raise_for_failures() == {ep.name: 1 for ep in nodes.endpoints}
-    assert remote.on_hosts(pids, nodes.endpoints) == before
+    assert on_hosts(pids, nodes.endpoints) == before
     assert engines.engine_counts(nodes.master, ROOT) == 1
 
 

@@ -1,9 +1,6 @@
 """SSH to nodes: lazy Fabric connections, waiting for SSH, per-host results.
 
-Modelled on Fabric's own contract (``fabric/group.py``): running something on
-many hosts never raises half-way. It returns a `GroupResult` mapping each node
-to its value *or* its exception, so the orchestrator can keep the nodes that
-worked and roll back or retry only the others.
+Running something on many nodes at once is `provision.nodes.fanout`.
 
 Connections are lazy, as in Fabric: `connection()` does not touch the network;
 the first `run`/`put` opens it and `close()` (or ``with``) ends it. Host keys
@@ -15,23 +12,12 @@ a per-cluster file still catches a key that changes under a running cluster.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import shlex
-import shutil
-import signal
 import socket
-import subprocess
-import tarfile
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import fabric
 import invoke
@@ -39,8 +25,6 @@ import paramiko
 from paramiko.ssh_exception import NoValidConnectionsError
 
 from provision.errors import ProvisionError, one_line_tail
-
-T = TypeVar("T")
 
 # Errors that mean "the SSH link dropped or is not up yet", worth one more try.
 # Authentication failures are included for waiting only: on EC2, cloud-init
@@ -289,203 +273,10 @@ def get(target: Endpoint | fabric.Connection, remote: str, local: Path | str) ->
         b.conn.get(remote, str(local))
 
 
-def push_tree(
-    target: Endpoint | fabric.Connection,
-    local_dir: Path,
-    remote_dir: str,
-    *,
-    unless_exists: str | None = None,
-    timeout: float | None = 600,
-    on_bytes: Callable[[int], None] | None = None,
-) -> int | None:
-    """Stream `local_dir` to `remote_dir` as one uncompressed tar; return the bytes sent.
-
-    Per-file SFTP pays a round trip per request; one ``tar x`` stream keeps the
-    link full. No compression: wheels are already zip files. The tree lands in
-    a sibling temp dir and is renamed into place, so an interrupted push never
-    looks complete. If the remote path ``unless_exists`` exists, nothing is
-    sent and None is returned (same connection, no extra round trip).
-
-    The bytes go through the OpenSSH client when there is one (its ciphers run
-    in C, outside this process's GIL, so pushes to many nodes at once scale
-    with cores; paramiko tops out at one core for all of them, and its
-    handshake alone costs more CPU than ssh's), with the same key, user and
-    per-cluster host keys; else through paramiko. ``on_bytes(n)`` is called as
-    data leaves.
-    """
-    tmp = f"{remote_dir}.tmp"
-    q = shlex.quote
-    cmd = f"rm -rf {q(tmp)} && mkdir -p {q(tmp)} && tar -x -f - -C {q(tmp)} && rm -rf {q(remote_dir)} && mv {q(tmp)} {q(remote_dir)}"
-    skip = f"if [ -e {q(unless_exists)} ]; then echo have; exit 0; fi; " if unless_exists else ""
-    script = f"{skip}echo send; {cmd}"
-    with Borrowed(target) as b:
-        argv = _openssh_argv(b.ep, script)
-        if argv is not None:
-            if not _host_known(b.ep):
-                b.conn.open()  # trust on first use records the key that ssh(1) then checks
-            return _push_openssh(b.ep, argv, cmd, local_dir, timeout, on_bytes)
-        b.conn.open()
-        # A 16 MiB window instead of 2 MiB keeps long, fat links busy.
-        chan = b.conn.transport.open_session(window_size=1 << 24, timeout=30)
-        chan.settimeout(timeout)
-        chan.exec_command(script)
-        if chan.makefile("rb").readline().strip() == b"have":
-            chan.recv_exit_status()
-            chan.close()
-            return None
-        sink = _CountingWriter(chan.sendall, on_bytes)
-        try:
-            _write_tar(sink, local_dir)
-            chan.shutdown_write()
-        except OSError:
-            pass  # the remote end quit early; its exit code and stderr say why
-        stderr = chan.makefile_stderr("rb").read()
-        code = chan.recv_exit_status()
-        chan.close()
-        if code != 0:
-            raise NodeError.from_command(b.ep, cmd, code, stderr.decode(errors="replace"))
-        return sink.count
-
-
-def _host_known(ep: Endpoint) -> bool:
+def host_known(ep: Endpoint) -> bool:
+    """Whether the cluster's known_hosts file already holds `ep`'s key."""
     if ep.known_hosts is None or not ep.known_hosts.exists():
         return False
     name = ep.host if ep.port == 22 else f"[{ep.host}]:{ep.port}"
     with _TrustOnFirstUse._lock:
         return paramiko.HostKeys(str(ep.known_hosts)).lookup(name) is not None
-
-
-def _write_tar(sink: io.RawIOBase, local_dir: Path) -> None:
-    with tarfile.open(fileobj=sink, mode="w|", bufsize=1 << 16) as tar:
-        for path in sorted(local_dir.iterdir()):
-            tar.add(str(path), arcname=path.name)
-
-
-def _openssh_argv(ep: Endpoint, command: str) -> list[str] | None:
-    """ssh(1) reaching `ep` exactly as `connection(ep)` does, or None (no ssh client, or
-    an endpoint that records no host keys to check the node against).
-
-    ``-F /dev/null`` and the options below keep the user's ssh config, agent and
-    default keys out of it, as the paramiko path does.
-    """
-    ssh = shutil.which("ssh")
-    if ssh is None or ep.known_hosts is None:
-        return None
-    opts = {
-        "BatchMode": "yes", "IdentitiesOnly": "yes", "IdentityAgent": "none",
-        "StrictHostKeyChecking": "yes", "UserKnownHostsFile": str(ep.known_hosts),
-        "GlobalKnownHostsFile": "/dev/null", "ConnectTimeout": "30",
-        "ServerAliveInterval": "15", "ServerAliveCountMax": "4", "LogLevel": "ERROR",
-    }
-    argv = [ssh, "-F", "/dev/null", "-T", "-p", str(ep.port), "-i", str(ep.key_path), "-l", ep.user]
-    for key, value in opts.items():
-        argv += ["-o", f"{key}={value}"]
-    return [*argv, ep.host, command]
-
-
-def _push_openssh(
-    ep: Endpoint, argv: list[str], cmd: str, local_dir: Path, timeout: float | None,
-    on_bytes: Callable[[int], None] | None,
-) -> int | None:
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
-        killer = threading.Timer(timeout, proc.kill) if timeout else None
-        if killer is not None:
-            killer.daemon = True
-            killer.start()
-        assert proc.stdin is not None and proc.stdout is not None
-        sink = _CountingWriter(proc.stdin.write, on_bytes)
-        try:
-            if proc.stdout.readline().strip() == b"have":
-                sink = None
-            else:
-                _write_tar(sink, local_dir)
-        except OSError:
-            pass  # ssh or the remote tar quit early; its exit code and stderr say why
-        finally:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        proc.stdout.read()
-        code = proc.wait()
-        if killer is not None:
-            killer.cancel()
-        err.seek(0)
-        stderr = err.read().decode(errors="replace")
-    if code != 0:
-        what = f"timed out after {timeout:.0f}s" if code == -signal.SIGKILL else ""
-        raise NodeError.from_command(ep, cmd, code, stderr, what=what)
-    return None if sink is None else sink.count
-
-
-class _CountingWriter(io.RawIOBase):
-    """File-like sink for tarfile: hands bytes to `send`, counts them, reports progress."""
-
-    def __init__(self, send: Callable[[Any], Any], on_bytes: Callable[[int], None] | None) -> None:
-        self.send, self.on_bytes, self.count = send, on_bytes, 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self.send(data)
-        n = len(data)
-        self.count += n
-        if self.on_bytes is not None:
-            self.on_bytes(n)
-        return n
-
-
-class GroupResult(dict[str, Any]):
-    """Node name -> return value, or the exception that stopped it (as Fabric's)."""
-
-    @property
-    def succeeded(self) -> dict[str, Any]:
-        return {k: v for k, v in self.items() if not isinstance(v, BaseException)}
-
-    @property
-    def failed(self) -> dict[str, BaseException]:
-        return {k: v for k, v in self.items() if isinstance(v, BaseException)}
-
-    def raise_for_failures(self) -> GroupResult:
-        """Raise `GroupError` carrying the whole map if any node failed; else return self."""
-        if self.failed:
-            raise GroupError(self)
-        return self
-
-
-class GroupError(ProvisionError):
-    """Some nodes failed; `.result` still holds what the others returned."""
-
-    def __init__(self, result: GroupResult) -> None:
-        self.result = result
-        failed = result.failed
-        lines = "; ".join(f"{k}: {v}" for k, v in failed.items())
-        super().__init__(f"{len(failed)} of {len(result)} nodes failed: {lines}")
-
-
-def on_hosts(
-    fn: Callable[[Endpoint], T], endpoints: Iterable[Endpoint], *, max_workers: int | None = None
-) -> GroupResult:
-    """Call ``fn(ep)`` for every endpoint in a thread pool; never raises for one node.
-
-    Exceptions become values, keyed like results by ``ep.name``, which must be
-    unique. `KeyboardInterrupt` and friends still propagate.
-    """
-    eps = list(endpoints)
-    names = [ep.name for ep in eps]
-    if len(set(names)) != len(names):
-        raise ValueError(f"endpoint names must be unique: {names}")
-    result = GroupResult()
-    if not eps:
-        return result
-
-    def call(ep: Endpoint) -> Any:
-        try:
-            return fn(ep)
-        except Exception as e:  # errors are values; the caller judges them together
-            return e
-
-    with ThreadPoolExecutor(max_workers=max_workers or min(32, len(eps)), thread_name_prefix="node") as pool:
-        for ep, value in zip(eps, pool.map(call, eps), strict=True):
-            result[ep.name] = value
-    return result

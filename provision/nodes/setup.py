@@ -37,7 +37,8 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from provision.nodes.remote import TRANSIENT_ERRORS, Endpoint, NodeError, connection, push_tree, run
+from provision.nodes.remote import TRANSIENT_ERRORS, Endpoint, NodeError, connection, run
+from provision.nodes.transfer import push_tree
 
 T = TypeVar("T")
 

@@ -1,9 +1,9 @@
-"""Configure nodes with ``ansible-playbook``: the Ansible path, equal to the Fabric one.
+"""Run ``ansible-playbook``: what the Ansible strategy drives, equal to the Fabric path.
 
 ``ansible/site.yml`` does what `provision.nodes.setup` and `provision.nodes.engines`
 do, to the same layout on the node. This module runs it on an inventory dict
 (`provision.inventory`), streams its progress, and turns the outcome into per-host
-values as `remote.on_hosts` does: the ``PLAY RECAP`` gives each host's counts, the
+values as `fanout.on_hosts` does: the ``PLAY RECAP`` gives each host's counts, the
 ``fatal:``/``failed:`` lines the first error of each failed host, so the
 orchestrator keeps the nodes that worked and names the ones that did not.
 
@@ -30,9 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import ProvisionError, one_line_tail
+from provision.inventory import render
 from provision.nodes.remote import NodeError
 
 PLAYBOOK = "site.yml"
+PLAYBOOK_TIMEOUT_S = 3600  # a whole run, every host
+GRACE_S = 10  # for ansible-playbook to stop after TERM, or an ssh master to exit
 ProgressFn = Callable[[str, str], None]  # (host, what it is doing)
 
 _RECAP = re.compile(
@@ -197,7 +200,7 @@ def _close_control_sockets(control_dir: str) -> None:
     for sock in Path(control_dir).iterdir() if Path(control_dir).exists() else []:
         subprocess.run(
             ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "provision-ansible"],
-            capture_output=True, timeout=10, check=False,
+            capture_output=True, timeout=GRACE_S, check=False,
         )
     shutil.rmtree(control_dir, ignore_errors=True)
 
@@ -209,7 +212,7 @@ def run_playbook(
     extra_vars: dict[str, Any] | None = None,
     limit: list[str] | None = None,
     on_progress: ProgressFn | None = None,
-    timeout: float = 3600,
+    timeout: float = PLAYBOOK_TIMEOUT_S,
     log_path: Path | None = None,
 ) -> PlaybookResult:
     """Run `playbook` (relative to `ansible_dir()`) on `inventory` and return per-host results.
@@ -228,8 +231,6 @@ def run_playbook(
     fd, inv_path = tempfile.mkstemp(prefix="provision-inventory-", suffix=".yml")
     lines: list[str] = []
     try:
-        from provision.inventory import render
-
         with os.fdopen(fd, "w") as f:
             f.write(render(inventory, "yaml"))
         args = [command, "-i", inv_path, str(book)]
@@ -268,7 +269,7 @@ def run_playbook(
             except BaseException:  # Ctrl-C: do not leave it configuring behind our back
                 proc.terminate()
                 try:
-                    proc.wait(timeout=10)
+                    proc.wait(timeout=GRACE_S)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                 raise

@@ -1,0 +1,110 @@
+"""What every configure strategy shares: the interface, the stages, reaching a node.
+
+A strategy brings nodes the cloud launched to "ready" (Python environment,
+controller on the master, engines, the cluster's datasets). It never launches
+or terminates anything: the orchestrator (`provision.lifecycle`) does, before
+and after, and judges the per-node results a strategy returns.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import Future
+from enum import IntEnum
+from pathlib import Path
+
+from provision import cloud, state
+from provision.cloud.common import InstanceInfo
+from provision.context import Context
+from provision.errors import ProvisionError
+from provision.nodes import fanout, remote, setup
+
+WHEELHOUSE_TIMEOUT_S = 1800  # building the wheelhouse: pip downloads every wheel once
+
+Results = dict[str, BaseException | None]  # node label -> None (ready) or what stopped it
+
+
+class Step(IntEnum):
+    """Where a node is in its pipeline: the `step` of `Reporter.stage`."""
+
+    LAUNCHING = 0
+    RUNNING = 1  # waiting for the instance to run
+    SSH = 2  # waiting for SSH to answer
+    PACKAGES = 3  # Python environment (or the playbook)
+    ENGINES = 4  # controller and engines
+    READY = 5  # ready, or failed
+
+
+def stage(ctx: Context, label: str, text: str, step: Step) -> None:
+    ctx.reporter.stage(label, text, step=int(step), total=int(Step.READY))
+
+
+def failed(ctx: Context, label: str, err: BaseException) -> None:
+    stage(ctx, label, f"[red]failed[/]: {err}", Step.READY)
+
+
+class Strategy(ABC):
+    """How nodes get configured once they run. One object per `up` (or `addnode`).
+
+    `start` runs before the launch and may begin slow local work (the
+    wheelhouse: the two waits overlap); `configure` then brings every node to
+    ready and returns each node's outcome, never raising for one node.
+    """
+
+    name = ""
+    spec: setup.EnvSpec
+    _wheelhouse: Future[Path]
+
+    def check(self) -> None:  # noqa: B027 - optional: a strategy may need nothing
+        """Before anything is created: `BadInput` if this strategy cannot run here."""
+
+    def start(self, ctx: Context) -> None:
+        """Start building the wheelhouse of the client's package versions."""
+        self.spec = setup.client_env_spec(list(ctx.config.packages), ctx.config.remote_root)
+        self._wheelhouse = fanout.in_background(
+            lambda: setup.build_wheelhouse(self.spec), name="wheelhouse"
+        )
+
+    def wheelhouse(self) -> Path:
+        """The wheelhouse, once built (waits for it)."""
+        try:
+            return self._wheelhouse.result(timeout=WHEELHOUSE_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            minutes = WHEELHOUSE_TIMEOUT_S // 60
+            raise ProvisionError(f"building the wheelhouse took more than {minutes} minutes") from None
+        except Exception as err:  # handed to every node that needs it
+            raise ProvisionError(f"building the wheelhouse failed: {err}") from err
+
+    @abstractmethod
+    def configure(self, ctx: Context, nodes: Sequence[InstanceInfo]) -> Results:
+        """Bring every node to ready; node label -> None, or the error that stopped it."""
+
+
+def reach(ctx: Context, inst: InstanceInfo, claim: threading.Lock) -> tuple[InstanceInfo, remote.Endpoint]:
+    """Wait for a node to run and answer SSH; the node as it runs, and how to reach it."""
+    stage(ctx, inst.label, "waiting for running", Step.RUNNING)
+    if inst.state != "running" or not inst.private_ip:
+        cloud.wait_running(ctx.region, [inst.instance_id], timeout=ctx.config.launch_timeout)
+        inst = cloud.describe_cluster(ctx.region, ctx.name).find(inst.instance_id) or inst
+    ep = ctx.endpoint(inst)
+    _claim_address(ctx, ep, inst.instance_id, claim)
+    stage(ctx, inst.label, f"waiting for SSH on {ep.host}", Step.SSH)
+    remote.wait_for_ssh(ep, timeout=ctx.config.ssh_timeout)
+    return inst, ep
+
+
+def _claim_address(ctx: Context, ep: remote.Endpoint, instance_id: str, lock: threading.Lock) -> None:
+    """Forget the host key of an address that belonged to another instance.
+
+    EC2 reuses private addresses, and a new instance has a new host key: the
+    trust-on-first-use record is per instance, not per address.
+    """
+    with lock:
+        owners = state.load(ctx.name).get("address_owners", {})
+        if owners.get(ep.host) not in (None, instance_id) and ep.known_hosts is not None:
+            remote.forget_host(ep.known_hosts, ep.host)
+        owners[ep.host] = instance_id
+        state.update(ctx.name, address_owners=owners)
