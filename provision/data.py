@@ -245,6 +245,19 @@ def ship_recorded(ctx: Context, nodes: Sequence[InstanceInfo]) -> None:
         ship(ctx, nodes, Path(entry["local_dir"]), entry["digest"])
 
 
+def split_paths(name: str, label: str) -> list[str]:
+    """The split files of dataset `label` on cluster `name`'s nodes, as put-data left them."""
+    datasets = state.load(name).get("datasets", {})
+    if label not in datasets:
+        have = ", ".join(sorted(datasets)) or "none"
+        raise BadInput(
+            f"--data: {label!r} is not on cluster {name!r} (have: {have}); "
+            f"run `provision put-data {name} {label}` first"
+        )
+    entry = datasets[label]
+    return [f"{entry['remote_dir']}/{f}" for f in entry["files"]]
+
+
 def put_data(ctx: Context, dataset: str, *, cv: str = "shuffle", n_splits: int = 5, test_size: float = 0.25,
              seed: int = 42, target: str | None = None) -> ShipResult:
     """Load, split, persist and ship a dataset to every node of the cluster."""

@@ -10,12 +10,11 @@ the cloud's tags are the record. `down` walks it all back.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provision import cloud, configure, state
+from provision import cloud, configure, query, state
 from provision.client import connect_client
 from provision.cloud.common import MASTER, WORKER, ClusterInfo, InstanceInfo, LaunchRequest, Region
 from provision.config import ClusterConfig
@@ -26,10 +25,7 @@ from provision.errors import BadInput, ProvisionError
 from provision.nodes import engines, fanout, remote
 from provision.progress import Reporter
 
-log = logging.getLogger(__name__)
-
 CONNECT_TIMEOUT_S = 120  # `connect`: the controller answers and the engines register
-RECENT_DAYS = 0.1  # a spot price window short enough to be "now", long enough to hold one
 
 
 @dataclass
@@ -184,12 +180,7 @@ def expected_engines(ctx: Context, info: ClusterInfo) -> int:
 
 def hourly_cost(ctx: Context, info: ClusterInfo) -> float | None:
     """Current spot price for spot nodes, the bid as an upper bound when unknown."""
-    try:
-        history = cloud.spot_price_history(ctx.region, ctx.config.instance_type, days=RECENT_DAYS)
-    except cloud.CloudError as err:  # an estimate only: the bid stands in for the prices
-        log.info("no spot prices for the cost estimate: %s", err)
-        history = []
-    prices = {p.zone: p.current for p in history}
+    prices = query.current_spot_prices(ctx.region, ctx.config.instance_type)
     total = 0.0
     for inst in info.nodes:
         if inst.lifecycle == "spot":

@@ -1,7 +1,8 @@
-"""`provision put-data` and `provision run`: the commands the cluster exists for."""
+"""Commands on data and runs: put-data and run, what the cluster exists for."""
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Any
 import click
 import numpy as np
 
-from provision import context, lifecycle, state
-from provision.cli import _config, config_options, err, out
+from provision import context, data, lifecycle
+from provision.cli.common import config_options, err, out, settings
 from provision.errors import BadInput, ProvisionError
+from provision.params import load_estimator, parse_params, parse_value
 from provision.progress import RichReporter
 
 
@@ -33,9 +35,7 @@ def put_data(name: str, dataset: str, cv: str, n_splits: int, test_size: float, 
     file: .npz with X and y, X.npy,y.npy, .csv with a target column, or a
     joblib dump of (X, y). A second run moves no bytes.
     """
-    from provision import data
-
-    cfg = _config(config_path, template, name)
+    cfg = settings(config_path, template, name)
     data.make_cv(cv, n_splits, test_size, seed)  # bad flags fail before any work
     data.load_dataset(dataset, target)
     with RichReporter(err) as reporter:
@@ -44,14 +44,6 @@ def put_data(name: str, dataset: str, cv: str, n_splits: int, test_size: float, 
     moved = result.bytes_moved
     out.print(f"{dataset}: {len(result.remote_paths)} splits in {result.remote_dir} on "
               f"{len(result.bytes_per_host)} host(s); moved {moved / 1e6:.2f} MB")
-
-
-def _dataset(name: str, label: str) -> dict[str, Any]:
-    datasets = state.load(name).get("datasets", {})
-    if label not in datasets:
-        have = ", ".join(sorted(datasets)) or "none"
-        raise BadInput(f"--data: {label!r} is not on cluster {name!r} (have: {have}); run `provision put-data {name} {label}` first")
-    return datasets[label]
 
 
 def _out_dir(out_dir: Path | None, name: str, kind: str, label: str, model: str) -> Path:
@@ -84,9 +76,7 @@ def run(name: str, kind: str, label: str, model: str, params: tuple[str, ...], f
     Hands a connected ipyparallel Client to the payload, shows progress,
     prints the report and writes results (JSON, CSV) and plots to --out.
     """
-    from provision.params import load_estimator, parse_params, parse_value
-
-    _config(config_path, template, name)
+    settings(config_path, template, name)
     fixed_params = {}
     for spec in fixed:
         key, sep, expr = spec.partition("=")
@@ -107,8 +97,7 @@ def run(name: str, kind: str, label: str, model: str, params: tuple[str, ...], f
         raise BadInput("--param: distributions need --n-iter (randomized search)")
     if n_iter is not None and n_iter < 1:
         raise BadInput(f"--n-iter: must be at least 1 (got {n_iter})")
-    entry = _dataset(name, label)
-    split_paths = [f"{entry['remote_dir']}/{f}" for f in entry["files"]]
+    split_paths = data.split_paths(name, label)
     target = _out_dir(out_dir, name, kind, label, model)
     rc = lifecycle.connect(name)
     try:
@@ -180,8 +169,6 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _write_results(results: dict[str, Any], target: Path) -> None:
-    import csv
-
     clean = _jsonable(results)
     (target / "cv_results.json").write_text(json.dumps(clean, indent=2, default=str))
     keys = [k for k in clean if k != "params"]
@@ -192,3 +179,4 @@ def _write_results(results: dict[str, Any], target: Path) -> None:
             w.writerow(row)
 
 
+COMMANDS = (put_data, run)

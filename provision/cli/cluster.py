@@ -1,0 +1,163 @@
+"""Commands on a cluster as a whole: init, spothistory, up, status, list, down, inventory."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from provision import configure, inventory, lifecycle, query
+from provision.cli import tables
+from provision.cli.common import config_options, err, json_option, out, settings
+from provision.config import load_config, write_starter
+from provision.context import resolve_region
+from provision.errors import BadInput
+from provision.progress import RichReporter
+
+MAX_HISTORY_DAYS = 90  # what DescribeSpotPriceHistory keeps
+
+
+@click.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.option("--path", type=click.Path(path_type=Path),
+              help="Where to write (default: your config directory).")
+def init(force: bool, path: Path | None) -> None:
+    """Write a commented starter cluster file."""
+    written = write_starter(path, force=force)
+    out.print(f"wrote {written}\nedit it, then: provision up")
+
+
+@click.command()
+@click.argument("instance_type")
+@click.option("--region", help="AWS region, or `sim` (default: from the cluster file).")
+@click.option("--days", type=click.FloatRange(min=0.01, max=MAX_HISTORY_DAYS), default=1.0,
+              show_default=True, help="History window.")
+@config_options
+@json_option
+def spothistory(instance_type: str, region: str | None, days: float, config_path: Path | None,
+                template: str | None, as_json: bool) -> None:
+    """Spot prices of INSTANCE_TYPE per availability zone: current, average, max."""
+    cfg = settings(config_path, template, region=region, instance_type=instance_type)
+    where, prices = query.spot_prices(cfg, instance_type, days)
+    if as_json:
+        out.print_json(json.dumps([p.__dict__ for p in prices]))
+        return
+    title = f"{instance_type} spot prices, last {days:g} day(s), {where.name} (USD/hour)"
+    out.print(tables.spot_prices(title, prices))
+    if prices:
+        out.print(f"cheapest zone: {prices[0].zone}")
+
+
+@click.command()
+@click.option("-n", "--cluster-size", type=int, help="Total nodes, master included.")
+@click.option("--spot-bid", type=float, metavar="PRICE",
+              help="Max USD/hour per spot node (unset: on-demand).")
+@click.option("--spot-master/--on-demand-master", default=None,
+              help="Master on spot too (default: on-demand).")
+@click.option("--name", help="Cluster name (default: from the cluster file).")
+@click.option("--instance-type", help="A c-family type, e.g. c5.xlarge.")
+@click.option("--region", help="AWS region, or `sim` for the simulated region.")
+@click.option("--engines-per-node", type=int, help="Engines per node (default: vCPUs).")
+@click.option("--replace-failed", is_flag=True,
+              help="Replace workers that fail setup instead of just removing them.")
+@click.option("--configure-with", type=click.Choice(list(configure.STRATEGIES)),
+              default=configure.DEFAULT, show_default=True,
+              help="Configure nodes over Fabric, or with ansible/site.yml (needs ansible-core); "
+                   "same result.")
+@config_options
+def up(config_path: Path | None, template: str | None, replace_failed: bool, configure_with: str,
+       **flags: Any) -> None:
+    """Launch the cluster, configure every node, start the controller and engines.
+
+    Idempotent: run it again after a crash or Ctrl-C and it finishes the job
+    without launching duplicates.
+    """
+    cfg = load_config(config_path, template, {k: v for k, v in flags.items() if v is not None})
+    with RichReporter(err) as reporter:
+        result = lifecycle.up(cfg, reporter, replace_failed=replace_failed,
+                              configure_with=configure_with)
+    info = result.cluster
+    rows = query.node_rows(info, query.node_prices(info.region, cfg.instance_type))
+    out.print(tables.nodes(f"cluster {info.name} ({info.region.name})", rows))
+    cost = "unknown" if result.hourly_cost is None else f"${result.hourly_cost:.4f}/hour"
+    out.print(f"[bold]{cfg.name}[/]: {len(info.nodes)} nodes, {result.engines} engines "
+              f"registered, estimated {cost}")
+    if result.failed:
+        out.print(f"[yellow]failed and removed:[/] {', '.join(result.failed)}")
+    out.print(f"connect from a notebook:\n  import provision\n  rc = provision.connect({cfg.name!r})")
+
+
+@click.command()
+@click.argument("name", required=False)
+@config_options
+@json_option
+def status(name: str | None, config_path: Path | None, template: str | None, as_json: bool) -> None:
+    """Nodes of a cluster: id, role, type, zone, lifecycle, state, IPs, uptime, cost."""
+    cfg = settings(config_path, template, name)
+    found = query.cluster_status(cfg)
+    region = found.info.region.name
+    if as_json:
+        out.print_json(json.dumps({
+            "name": cfg.name, "region": region, "expected_engines": found.expected_engines,
+            "datasets": found.datasets, "nodes": found.rows,
+        }))
+        return
+    if not found.info.instances:
+        out.print(f"no instances tagged with cluster {cfg.name!r} in {region}")
+        return
+    out.print(tables.nodes(f"cluster {cfg.name} ({region})", found.rows))
+
+
+@click.command(name="list")
+@config_options
+@json_option
+def list_(config_path: Path | None, template: str | None, as_json: bool) -> None:
+    """Clusters in the region (from tags) and the ones this machine remembers."""
+    region, rows = query.clusters(settings(config_path, template))
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    out.print(tables.clusters(f"clusters ({region.name})", rows))
+
+
+@click.command()
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@config_options
+def down(name: str, yes: bool, config_path: Path | None, template: str | None) -> None:
+    """Terminate everything of cluster NAME: instances, spot requests, group, key pair."""
+    cfg = settings(config_path, template, name)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise BadInput("--yes: needed when there is no terminal to confirm on")
+        click.confirm(f"terminate every resource of cluster {name!r} in {cfg.region}?", abort=True)
+    region = resolve_region(cfg)
+    removed = lifecycle.down(name, region=region)
+    summary = ", ".join(f"{v} {k}" for k, v in removed.items() if v) or "nothing (already gone)"
+    out.print(f"{name}: removed {summary}; nothing tagged with it is left in {region.name}")
+
+
+@click.command(name="inventory")
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(inventory.FORMATS), default="yaml",
+              show_default=True, help="Inventory file format.")
+@click.option("--list", "as_list", is_flag=True,
+              help="Dynamic inventory: every group and host, as JSON.")
+@click.option("--host", "host", metavar="HOST",
+              help="Dynamic inventory: one host's variables, as JSON.")
+@config_options
+def inventory_(name: str, fmt: str, as_list: bool, host: str | None, config_path: Path | None,
+               template: str | None) -> None:
+    """Ansible inventory of cluster NAME from its tags (groups master, workers), for
+    ansible/site.yml."""
+    doc = inventory.inventory(settings(config_path, template, name))
+    if host is not None:
+        click.echo(json.dumps(inventory.host(doc, host), indent=2))
+    else:
+        click.echo(inventory.render(doc, "json" if as_list else fmt), nl=False)
+
+
+COMMANDS = (init, spothistory, up, status, list_, down, inventory_)

@@ -1,0 +1,52 @@
+"""Every table the CLI prints, built from the rows the Python API returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from provision.cloud.common import ZonePrice
+
+NODE_COLUMNS = ("id", "name", "role", "type", "zone", "market", "state", "private ip",
+                "public ip", "uptime", "$/hour", "cost so far")
+
+
+def _money(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def nodes(title: str, rows: list[dict[str, Any]]) -> Table:
+    """Nodes of a cluster (`query.node_rows`): where, what state, how long, what cost."""
+    table = Table(title=title, title_justify="left")
+    for c in NODE_COLUMNS:
+        table.add_column(c, no_wrap=True)
+    for r in rows:
+        table.add_row(
+            r["id"], r["name"], r["role"], r["type"], r["zone"], r["lifecycle"], r["state"],
+            r["private_ip"] or "-", r["public_ip"] or "-", f"{r['uptime_hours'] * 60:.0f} min",
+            _money(r["price_per_hour"], "{:.4f}"), _money(r["cost_so_far"], "${:.4f}"),
+        )
+    return table
+
+
+def spot_prices(title: str, prices: list[ZonePrice]) -> Table:
+    """Spot prices per zone: current, time-weighted average, maximum, samples."""
+    table = Table(title=title)
+    for col in ("zone", "current", "average", "max", "samples"):
+        table.add_column(col, justify="left" if col == "zone" else "right")
+    for p in prices:
+        table.add_row(
+            p.zone, f"{p.current:.4f}", f"{p.average:.4f}", f"{p.maximum:.4f}", str(p.samples)
+        )
+    return table
+
+
+def clusters(title: str, rows: list[dict[str, Any]]) -> Table:
+    """Clusters live in the region and known locally."""
+    table = Table(title=title)
+    for c in ("name", "live", "local record"):
+        table.add_column(c)
+    for r in rows:
+        table.add_row(r["name"], "yes" if r["live"] else "no", "yes" if r["local_record"] else "no")
+    return table
