@@ -27,7 +27,7 @@ cores, so T(N)/T(1) there measures the machine as much as the orchestration;
 concurrency shows the latter. Two modes, reported apart:
 ``warm`` (the client's wheelhouse cache already built; nodes always fresh) and
 ``cold`` (an empty wheelhouse cache: ``XDG_CACHE_HOME`` points to a temp dir, so
-``setup.build_wheelhouse`` downloads every wheel again; pip's own HTTP cache is
+``wheelhouse.build_wheelhouse`` downloads every wheel again; pip's own HTTP cache is
 kept, as on a laptop that has installed these packages: ``--cold-pip`` empties
 it too). ``wheelhouse s`` is the client-side build, overlapped with the launch.
 
@@ -55,6 +55,7 @@ import psutil
 
 from bench.common import (
     base_parser,
+    down_quietly,
     machine_info,
     machine_line,
     sim_config,
@@ -86,7 +87,9 @@ class TimingReporter(Reporter):
         self.notes: list[str] = []
         self._lock = threading.Lock()
 
-    def stage(self, node: str, text: str, *, step: int | None = None, total: int | None = None) -> None:
+    def stage(
+        self, node: str, text: str, *, step: int | None = None, total: int | None = None
+    ) -> None:
         phase = next((p for prefix, p in _STARTS if text.startswith(prefix)), None)
         with self._lock:
             self.events.append((time.monotonic(), node, phase or "", text))
@@ -136,13 +139,13 @@ def phases(reporter: TimingReporter, t0: float, t_up: float, connect_s: float) -
 
 
 class WheelhouseTimer:
-    """Time ``setup.build_wheelhouse`` as the orchestrator calls it (one build per up)."""
+    """Time ``wheelhouse.build_wheelhouse`` as the orchestrator calls it (one build per up)."""
 
     def __init__(self) -> None:
-        from provision.nodes import setup
+        from provision.nodes import wheelhouse
 
-        self.setup = setup
-        self.original = setup.build_wheelhouse
+        self.module = wheelhouse
+        self.original = wheelhouse.build_wheelhouse
         self.seconds: list[float] = []
 
     def __enter__(self) -> WheelhouseTimer:
@@ -153,16 +156,17 @@ class WheelhouseTimer:
             finally:
                 self.seconds.append(time.monotonic() - start)
 
-        self.setup.build_wheelhouse = timed
+        self.module.build_wheelhouse = timed
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.setup.build_wheelhouse = self.original
+        self.module.build_wheelhouse = self.original
 
 
 @contextlib.contextmanager
 def cache_env(mode: str, tmp: Path, cold_pip: bool) -> Any:
-    """Warm: the usual caches. Cold: an empty XDG cache (the wheelhouse), pip's kept unless cold_pip."""
+    """Warm: the usual caches. Cold: an empty XDG cache (the wheelhouse), pip's kept
+    unless cold_pip."""
     if mode == "warm":
         yield
         return
@@ -229,8 +233,7 @@ def _bring_up_once(n: int, mode: str, tmp: Path, cold_pip: bool) -> dict[str, An
             rc.close()
             busy = _busy(cpu0, psutil.cpu_times())
         finally:
-            with contextlib.suppress(Exception):
-                lifecycle.down(name)
+            down_quietly(name)
     if result.failed or engines != n:
         raise RuntimeError(f"N={n}: {engines} engines, failed nodes {result.failed}")
     return {
@@ -254,20 +257,24 @@ def _busy(before: Any, after: Any) -> float:
 
 def warm_wheelhouse() -> float:
     """Build (or find) the wheelhouse the clusters will use, outside any timing."""
-    from provision.nodes import setup
+    from provision.nodes import setup, wheelhouse
 
     start = time.monotonic()
-    setup.build_wheelhouse(setup.client_env_spec())
+    wheelhouse.build_wheelhouse(setup.client_env_spec())
     return time.monotonic() - start
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__)
-    parser.add_argument("--nodes", type=int, nargs="+", default=None, help="N values (default 1 2 4 8; --quick 1 2)")
+    parser.add_argument(
+        "--nodes", type=int, nargs="+", default=None, help="N values (default 1 2 4 8; --quick 1 2)"
+    )
     parser.add_argument("--modes", nargs="+", choices=["warm", "cold"], default=["warm", "cold"])
     parser.add_argument("--cold-nodes", type=int, nargs="+", default=None,
                         help="N values for cold runs (default: as --nodes; --quick 1)")
-    parser.add_argument("--cold-pip", action="store_true", help="cold runs also empty pip's HTTP cache")
+    parser.add_argument(
+        "--cold-pip", action="store_true", help="cold runs also empty pip's HTTP cache"
+    )
     args = parser.parse_args(argv)
     nodes = args.nodes or ([1, 2] if args.quick else [1, 2, 4, 8])
     cold_nodes = args.cold_nodes or ([1] if args.quick and not args.nodes else nodes)
@@ -301,11 +308,30 @@ def render(mode: str, runs: list[dict[str, Any]]) -> str:
     rows = []
     for r in runs:
         ph = r["phases_s"]
-        rows.append([r["nodes"], r["total_s"], r["ratio_to_1"], *(ph[p] for p in PHASES), r["wheelhouse_s"],
-                     ph["concurrency"], r["machine_cpu_busy"]])
-    header = ["N", "T(N) s", "T(N)/T(1)", *(f"{p} s" for p in PHASES), "wheelhouse s", "concurrency",
-              "CPU busy"]
-    title = f"\n{mode} wheelhouse cache: up + connect on N fresh simulated nodes, one engine each (longest node per phase)"
+        rows.append(
+            [
+                r["nodes"],
+                r["total_s"],
+                r["ratio_to_1"],
+                *(ph[p] for p in PHASES),
+                r["wheelhouse_s"],
+                ph["concurrency"],
+                r["machine_cpu_busy"],
+            ]
+        )
+    header = [
+        "N",
+        "T(N) s",
+        "T(N)/T(1)",
+        *(f"{p} s" for p in PHASES),
+        "wheelhouse s",
+        "concurrency",
+        "CPU busy",
+    ]
+    title = (
+        f"\n{mode} wheelhouse cache: up + connect on N fresh simulated nodes, one engine each "
+        "(longest node per phase)"
+    )
     return table(rows, header, title)
 
 

@@ -35,7 +35,16 @@ import psutil
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: children import `bench` from here
-PACKAGES = ("numpy", "scipy", "scikit-learn", "joblib", "ipyparallel", "pyzmq", "psutil", "paramiko")
+PACKAGES = (
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "joblib",
+    "ipyparallel",
+    "pyzmq",
+    "psutil",
+    "paramiko",
+)
 # Read by BLAS at load time; recorded because they change what a numpy benchmark measures.
 BLAS_ENV = (
     "OPENBLAS_CORETYPE",
@@ -95,6 +104,17 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def down_quietly(name: str, region: Any = None) -> None:
+    """Take a benchmark's cluster down in a `finally`: a failure there is printed, not
+    raised, so it never hides the error that ended the run."""
+    from provision import lifecycle
+
+    try:
+        lifecycle.down(name, region=region)
+    except Exception as err:  # noqa: BLE001 - printed; the run's own error matters more
+        print(f"warning: could not take {name} down: {err}", file=sys.stderr)
+
+
 # -- memory --------------------------------------------------------------------
 
 
@@ -118,10 +138,6 @@ def pss_of(procs: Iterable[psutil.Process]) -> dict[int, int]:
         with contextlib.suppress(psutil.Error):
             out[p.pid] = p.memory_full_info().pss
     return out
-
-
-def pss_sum(pids: Iterable[int]) -> int:
-    return sum(pss_of(tree(pids)).values())
 
 
 def role_of(proc: psutil.Process, root_pids: Sequence[int] = ()) -> str:
@@ -149,7 +165,9 @@ class PeakPSS:
     context manager, or ``start()``/``stop()``.
     """
 
-    def __init__(self, roots: Sequence[int] | Callable[[], Sequence[int]], interval: float = 0.2) -> None:
+    def __init__(
+        self, roots: Sequence[int] | Callable[[], Sequence[int]], interval: float = 0.2
+    ) -> None:
         self._roots = roots
         self.interval = interval
         self.peak = 0
@@ -185,7 +203,9 @@ class PeakPSS:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(Exception):
+            # A process (or the pid file naming it) that went away mid-sample: the next
+            # sample looks again.
+            with contextlib.suppress(psutil.Error, OSError, ValueError):
                 self.sample()
             self._stop.wait(self.interval)
 
@@ -255,7 +275,9 @@ def local_cluster(
     config.LocalEngineSetLauncher.environment = {
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
     }
-    config.LocalEngineSetLauncher.engine_args = list(engine_flags() if engine_args is None else engine_args)
+    config.LocalEngineSetLauncher.engine_args = list(
+        engine_flags() if engine_args is None else engine_args
+    )
     return ipp.Cluster(
         n=engines, log_level=logging.ERROR, controller_args=list(controller_args), config=config
     )
@@ -330,7 +352,9 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str], title: str | Non
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
 
     def line(r: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+        )
 
     out = [title] if title else []
     out += [line(cells[0]), "  ".join("-" * w for w in widths)]
@@ -338,7 +362,9 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str], title: str | Non
     return "\n".join(out)
 
 
-def write_json(name: str, data: dict[str, Any], machine: dict[str, Any], path: str | Path | None = None) -> Path:
+def write_json(
+    name: str, data: dict[str, Any], machine: dict[str, Any], path: str | Path | None = None
+) -> Path:
     """Write ``{"benchmark", "machine", "command", **data}`` to bench/results/<name>.json."""
     target = Path(path) if path else RESULTS / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -376,8 +402,14 @@ def base_parser(description: str | None) -> argparse.ArgumentParser:
         description=(description or "").split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="smoke-sized run (CI): figures, not timings")
-    parser.add_argument("--json", metavar="PATH", help="where to write the results (default bench/results/NAME.json)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke-sized run (CI): figures, not timings"
+    )
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="where to write the results (default bench/results/NAME.json)",
+    )
     return parser
 
 

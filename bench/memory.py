@@ -105,8 +105,12 @@ def settle(pids: list[int], rounds: int = 3, pause: float = 0.3) -> int:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__)
     parser.add_argument("--engines", "-E", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=None, help="rows (default 20000; --quick 4000)")
-    parser.add_argument("--features", type=int, default=None, help="columns (default 200; --quick 50)")
+    parser.add_argument(
+        "--samples", type=int, default=None, help="rows (default 20000; --quick 4000)"
+    )
+    parser.add_argument(
+        "--features", type=int, default=None, help="columns (default 200; --quick 50)"
+    )
     parser.add_argument("--splits", type=int, default=5)
     args = parser.parse_args(argv)
 
@@ -124,13 +128,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     machine = machine_info()
     print(machine_line(machine), flush=True)
 
-    X, y = make_classification(n_samples=samples, n_features=features, n_informative=features // 2, random_state=0)
+    X, y = make_classification(
+        n_samples=samples, n_features=features, n_informative=features // 2, random_state=0
+    )
     cv = ShuffleSplit(n_splits=args.splits, test_size=0.25, random_state=42)
-    results: dict[str, Any] = {"engines": args.engines, "shape": [samples, features], "splits": args.splits,
-                               "quick": args.quick, "x_bytes": int(X.nbytes)}
+    results: dict[str, Any] = {
+        "engines": args.engines,
+        "shape": [samples, features],
+        "splits": args.splits,
+        "quick": args.quick,
+        "x_bytes": int(X.nbytes),
+    }
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         paths = [str(p) for p in persist_cv_splits(X, y, cv, Path(tmp) / "data", name="data")]
-        tiny = [str(p) for p in persist_cv_splits(X[:50], y[:50], 2, Path(tmp) / "tiny", name="tiny")]
+        tiny = [
+            str(p) for p in persist_cv_splits(X[:50], y[:50], 2, Path(tmp) / "tiny", name="tiny")
+        ]
         one_copy = sum(os.path.getsize(p) for p in paths)
         results["one_copy_bytes"] = one_copy
         del X, y
@@ -151,8 +164,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             touched = dview.apply_sync(_load_all, paths)
             mmap_seconds = time.perf_counter() - start
             after = settle(pids)
-            results["mmap"] = {"before_bytes": before, "after_bytes": after, "added_bytes": after - before,
-                               "per_engine_bytes_read": touched, "seconds": mmap_seconds}
+            results["mmap"] = {
+                "before_bytes": before,
+                "after_bytes": after,
+                "added_bytes": after - before,
+                "per_engine_bytes_read": touched,
+                "seconds": mmap_seconds,
+            }
             dropped = dview.apply_sync(_drop_splits)
             assert all(n == len(paths) for n in dropped), dropped
 
@@ -168,8 +186,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             dview.apply_sync(_touch, *[ipp.Reference(name) for name in names])
             push_seconds = time.perf_counter() - start
             after = settle(pids)
-            results["push"] = {"before_bytes": before, "after_bytes": after, "added_bytes": after - before,
-                               "seconds": push_seconds}
+            results["push"] = {
+                "before_bytes": before,
+                "after_bytes": after,
+                "added_bytes": after - before,
+                "seconds": push_seconds,
+            }
             dview.execute(f"del {', '.join(names)}; import gc; gc.collect()", block=True)
         finally:
             rc.close()
@@ -177,12 +199,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     for key in ("mmap", "push"):
         results[key]["x_one_copy"] = results[key]["added_bytes"] / one_copy
-    results["mmap_vs_push"] = results["mmap"]["added_bytes"] / max(1, results["push"]["added_bytes"])
+    results["mmap_vs_push"] = results["mmap"]["added_bytes"] / max(
+        1, results["push"]["added_bytes"]
+    )
     rows = [
-        ["mmap (payload)", args.engines, mib(results["mmap"]["added_bytes"]), results["mmap"]["x_one_copy"],
-         results["mmap"]["seconds"]],
-        ["push to each engine", args.engines, mib(results["push"]["added_bytes"]), results["push"]["x_one_copy"],
-         results["push"]["seconds"]],
+        [
+            "mmap (payload)",
+            args.engines,
+            mib(results["mmap"]["added_bytes"]),
+            results["mmap"]["x_one_copy"],
+            results["mmap"]["seconds"],
+        ],
+        [
+            "push to each engine",
+            args.engines,
+            mib(results["push"]["added_bytes"]),
+            results["push"]["x_one_copy"],
+            results["push"]["seconds"],
+        ],
     ]
     title = (f"\nsplit data on {args.engines} engines of one host: {samples} x {features} float64, "
              f"{args.splits} splits, one copy = {mib(one_copy)} MiB")

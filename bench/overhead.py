@@ -66,11 +66,16 @@ def workload(name: str, quick: bool) -> tuple[Any, dict[str, list]]:
     if name == "dummy":
         from sklearn.dummy import DummyClassifier
 
-        return DummyClassifier(strategy="prior"), {"random_state": list(range(20 if quick else 100))}
+        return DummyClassifier(strategy="prior"), {
+            "random_state": list(range(20 if quick else 100))
+        }
     if name == "svc":
         from sklearn.svm import SVC
 
-        return SVC(), {"C": [1.0, 10.0], "gamma": [1e-3, 1e-4] if quick else [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]}
+        return SVC(), {
+            "C": [1.0, 10.0],
+            "gamma": [1e-3, 1e-4] if quick else [1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+        }
     raise ValueError(name)
 
 
@@ -106,7 +111,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cpus: dict[str, list[float]] = {k: [] for k in walls}
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         X, y = load_digits(return_X_y=True)
-        paths = [str(p) for p in persist_cv_splits(X, y, ShuffleSplit(5, test_size=0.25, random_state=42), tmp)]
+        paths = [
+            str(p)
+            for p in persist_cv_splits(X, y, ShuffleSplit(5, test_size=0.25, random_state=42), tmp)
+        ]
         pairs = [(params, path) for params in candidates for path in paths]
         n = len(pairs)
         cluster = local_cluster(args.engines, controller_flags(args.controller_arg))
@@ -134,7 +142,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for fn in (run_noop, run_fit, run_payload):
                 fn()
             for _ in range(repeat):
-                for name, fn in (("raw no-op", run_noop), ("raw fit", run_fit), ("payload", run_payload)):
+                for name, fn in (
+                    ("raw no-op", run_noop),
+                    ("raw fit", run_fit),
+                    ("payload", run_payload),
+                ):
                     wall, cpu = timed(fn)
                     walls[name].append(wall)
                     cpus[name].append(cpu)
@@ -162,10 +174,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overhead_vs_noop_ms_per_task": ms["payload"] - ms["raw no-op"],
     }
     rows = [[k, ms[k], cpu_ms[k], ms[k] - ms["raw fit"]] for k in walls]
-    title = f"\n{n} tasks ({len(candidates)} candidates x {len(paths)} splits, {args.estimator}) on {args.engines} engines"
+    title = (
+        f"\n{n} tasks ({len(candidates)} candidates x {len(paths)} splits, {args.estimator}) "
+        f"on {args.engines} engines"
+    )
     print(table(rows, ["method", "ms/task", "client CPU ms/task", "vs raw fit ms"], title))
-    print(f"\npayload overhead: {results['overhead_ms_per_task']:+.3f} ms per task beyond a raw apply of the "
-          f"same fit (median of {repeat} paired rounds)")
+    print(
+        f"\npayload overhead: {results['overhead_ms_per_task']:+.3f} ms per task beyond a raw "
+        f"apply of the same fit (median of {repeat} paired rounds)"
+    )
     path = write_json("overhead", results, machine, args.json)
     print(f"wrote {path}")
     return results

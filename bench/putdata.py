@@ -25,12 +25,12 @@ Commands::
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
 from bench.common import (
     base_parser,
+    down_quietly,
     machine_info,
     machine_line,
     mib,
@@ -49,7 +49,9 @@ def hosts_up(config: Any) -> tuple[Any, list[Any]]:
 
     ctx = context.prepare(config)
     info = lifecycle.ensure_instances(ctx)
-    cloud.wait_running(ctx.region, [i.instance_id for i in info.nodes], timeout=config.launch_timeout)
+    cloud.wait_running(
+        ctx.region, [i.instance_id for i in info.nodes], timeout=config.launch_timeout
+    )
     nodes = cloud.describe_cluster(ctx.region, ctx.name).nodes
     group = fanout.on_hosts(lambda ep: remote.wait_for_ssh(ep, timeout=config.ssh_timeout),
                             [ctx.endpoint(n) for n in nodes])
@@ -59,14 +61,20 @@ def hosts_up(config: Any) -> tuple[Any, list[Any]]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__)
-    parser.add_argument("--nodes", type=int, nargs="+", default=None, help="N values (default 1 2 4 8; --quick 1 2)")
-    parser.add_argument("--samples", type=int, default=None, help="make_classification rows instead of digits")
-    parser.add_argument("--features", type=int, default=200, help="make_classification columns (with --samples)")
+    parser.add_argument(
+        "--nodes", type=int, nargs="+", default=None, help="N values (default 1 2 4 8; --quick 1 2)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=None, help="make_classification rows instead of digits"
+    )
+    parser.add_argument(
+        "--features", type=int, default=200, help="make_classification columns (with --samples)"
+    )
     parser.add_argument("--splits", type=int, default=5)
     args = parser.parse_args(argv)
     nodes_wanted = sorted(args.nodes or ([1, 2] if args.quick else [1, 2, 4, 8]))
 
-    from provision import data, lifecycle
+    from provision import data
     from provision.nodes import fanout, remote
 
     machine = machine_info()
@@ -97,7 +105,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["hosts_up_s"] = time.perf_counter() - start
             clean = f"rm -rf {config.remote_root}/data"
             for n in nodes_wanted:
-                group = fanout.on_hosts(lambda ep: remote.run(ep, clean), [ctx.endpoint(i) for i in nodes])
+                group = fanout.on_hosts(
+                    lambda ep: remote.run(ep, clean), [ctx.endpoint(i) for i in nodes]
+                )
                 group.raise_for_failures()
                 start = time.perf_counter()
                 first = data.ship(ctx, nodes[:n], local_dir, digest)
@@ -112,13 +122,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"N={n}: {first_s:.2f} s, {first.bytes_moved} bytes; again {second_s:.2f} s, "
                       f"{second.bytes_moved} bytes", flush=True)
         finally:
-            with contextlib.suppress(Exception):
-                lifecycle.down(name, region=ctx.region if "ctx" in locals() else None)
+            down_quietly(name, region=ctx.region if "ctx" in locals() else None)
     base = next(r["seconds"] for r in results["runs"] if r["nodes"] == nodes_wanted[0])
     for r in results["runs"]:
         r["ratio_to_first"] = r["seconds"] / base
     if nodes_wanted[0] == 1 and len(nodes_wanted) > 1:
-        results["ratio_max_to_1"] = {"n": nodes_wanted[-1], "ratio": results["runs"][-1]["ratio_to_first"]}
+        results["ratio_max_to_1"] = {
+            "n": nodes_wanted[-1],
+            "ratio": results["runs"][-1]["ratio_to_first"],
+        }
     results["second_run_bytes"] = sum(r["second_bytes_moved"] for r in results["runs"])
     rows = [[r["nodes"], r["seconds"], r["ratio_to_first"], mib(r["bytes_moved"]), r["mb_per_s"],
              r["second_seconds"], r["second_bytes_moved"]] for r in results["runs"]]

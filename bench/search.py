@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from bench.common import (
     ROOT,
@@ -131,7 +132,7 @@ def tree_cpu(by_role: dict[str, float] | None = None) -> float:
     for proc in tree([me]):
         try:
             times = proc.cpu_times()
-        except Exception:
+        except psutil.Error:  # exited since the tree was listed
             continue
         seconds = times.user + times.system
         total += seconds
@@ -241,7 +242,9 @@ def run_child(method: str, spec: dict[str, Any]) -> dict[str, Any]:
 
         paths = split_paths(spec["splits_dir"], spec["workload"])
         start = time.perf_counter()
-        cluster = local_cluster(engines, spec.get("controller_args", []), spec.get("engine_args", []))
+        cluster = local_cluster(
+            engines, spec.get("controller_args", []), spec.get("engine_args", [])
+        )
         rc = cluster.start_and_connect_sync()
         try:
             rc.wait_for_engines(engines, timeout=180)
@@ -297,7 +300,10 @@ def spawn(method: str, spec: dict[str, Any], interval: float) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("r", suffix=".json") as result:
         cmd = [sys.executable, "-m", "bench.search", "--child", method,
                "--spec", json.dumps(spec), "--result", result.name]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
         with PeakPSS([proc.pid], interval=interval) as sampler:
@@ -336,7 +342,9 @@ def compare_scores(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             problems.append(f"{method}: candidates in another order")
             continue
         try:
-            np.testing.assert_allclose(run["mean_test_score"], ref["mean_test_score"], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(
+                run["mean_test_score"], ref["mean_test_score"], rtol=0, atol=1e-12
+            )
         except AssertionError as err:
             problems.append(f"{method}: mean_test_score differs: {err}")
         if run["best_params"] != ref["best_params"]:
@@ -360,10 +368,14 @@ def summarize(workload: str, runs: dict[str, dict[str, Any]], engines: int) -> d
             "wall_s": wall,
             "cpu_s": cpu,
             "cpus_s": run["cpus"],
-            "cpu_efficiency": None if serial_cpu is None or method == "serial" else serial_cpu / cpu,
+            "cpu_efficiency": None
+            if serial_cpu is None or method == "serial"
+            else serial_cpu / cpu,
             "walls_s": run["walls"],
             "startup_s": run["startup"],
-            "efficiency": None if serial is None or method == "serial" else (serial / engines) / wall,
+            "efficiency": None
+            if serial is None or method == "serial"
+            else (serial / engines) / wall,
             "vs_loky": None if loky is None else wall / loky,
             "peak_pss_bytes": mem["peak_pss_bytes"],
             "peak_search_pss_bytes": search_pss,
@@ -382,23 +394,56 @@ def summarize(workload: str, runs: dict[str, dict[str, Any]], engines: int) -> d
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(__doc__)
-    parser.add_argument("--engines", "-E", type=int, default=2, help="engines / loky workers (default 2)")
-    parser.add_argument("--workloads", nargs="+", default=["digits", "synthetic"], choices=["digits", "synthetic"])
-    parser.add_argument("--samples", type=int, default=None, help="synthetic rows (default 3000; --quick 400)")
-    parser.add_argument("--features", type=int, default=None, help="synthetic columns (default 100; --quick 20)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per method on the warm pool; the best counts")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every method this many times, interleaved (serial, loky, ours, serial, ...), "
-                             "so a CPU whose speed drifts weighs on all alike; the best wall counts")
+    parser.add_argument(
+        "--engines", "-E", type=int, default=2, help="engines / loky workers (default 2)"
+    )
+    parser.add_argument(
+        "--workloads", nargs="+", default=["digits", "synthetic"], choices=["digits", "synthetic"]
+    )
+    parser.add_argument(
+        "--samples", type=int, default=None, help="synthetic rows (default 3000; --quick 400)"
+    )
+    parser.add_argument(
+        "--features", type=int, default=None, help="synthetic columns (default 100; --quick 20)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per method on the warm pool; the best counts"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every method this many times, interleaved (serial, loky, ours, serial, ...), "
+        "so a CPU whose speed drifts weighs on all alike; the best wall counts",
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--order", default="longest-first", help="DistributedSearch order (longest-first|given)")
-    parser.add_argument("--batch-size", default="auto", type=lambda v: v if v == "auto" else int(v),
-                        help="DistributedSearch batch_size: auto (guided) or pairs per task, e.g. 1")
-    parser.add_argument("--controller-arg", action="append", default=[], metavar="ARG",
-                        help="extra ipcontroller flag for ours, e.g. --TaskScheduler.hwm=2 (repeatable)")
-    parser.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
-                        help="ipengine flag for ours on top of provision's, e.g. --IPEngine.enable_nanny=True (repeatable)")
-    parser.add_argument("--pss-interval", type=float, default=0.2, help="seconds between PSS samples")
+    parser.add_argument(
+        "--order", default="longest-first", help="DistributedSearch order (longest-first|given)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        default="auto",
+        type=lambda v: v if v == "auto" else int(v),
+        help="DistributedSearch batch_size: auto (guided) or pairs per task, e.g. 1",
+    )
+    parser.add_argument(
+        "--controller-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra ipcontroller flag for ours, e.g. --TaskScheduler.hwm=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="ipengine flag for ours on top of provision's, "
+        "e.g. --IPEngine.enable_nanny=True (repeatable)",
+    )
+    parser.add_argument(
+        "--pss-interval", type=float, default=0.2, help="seconds between PSS samples"
+    )
     parser.add_argument("--child", choices=METHODS, help=argparse_hidden())
     parser.add_argument("--spec", help=argparse_hidden())
     parser.add_argument("--result", help=argparse_hidden())
@@ -499,7 +544,9 @@ def render(summary: dict[str, Any], engines: int) -> str:
     for method, m in summary["methods"].items():
         if m.get("cpu_by_role_s"):
             best = min(range(len(m["walls_s"])), key=m["walls_s"].__getitem__)
-            roles = ", ".join(f"{k} {v:.2f}" for k, v in sorted(m["cpu_by_role_s"][best].items()) if v > 0.005)
+            roles = ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(m["cpu_by_role_s"][best].items()) if v > 0.005
+            )
             text += f"\n{method} CPU s by process: {roles}"
     return text
 

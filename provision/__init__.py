@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from provision.config import ClusterConfig, load_config
+from provision.config import load_config
 from provision.lifecycle import addnode, connect, down, removenode, restart_engines, up
+from provision.schema import ClusterConfig
 
 __version__ = "0.1.0"
 __all__ = [

@@ -34,6 +34,13 @@ from traitlets.log import get_logger
 from provision.errors import ProvisionError
 from provision.nodes.remote import Endpoint, connection
 
+KEEPALIVE_S = 30  # idle searches must not lose the tunnel to a NAT timeout
+BACKLOG = 16  # pending connections per forwarded port (a client opens about seven)
+CHANNEL_OPEN_TIMEOUT_S = 10
+SELECT_S = 0.5  # how often the tunnel's threads look up from waiting, to notice close()
+BUFFER = 1 << 16
+JOIN_S = 2  # for the accept thread, on close
+CONNECT_TIMEOUT_S = 120  # the controller answers and the engines register
 # Ports of the client connection file that the client connects to.
 CLIENT_PORTS = ("registration", "control", "mux", "task", "iopub", "notification", "broadcast")
 
@@ -56,7 +63,7 @@ class Tunnel:
         conn.open()
         transport = conn.transport
         assert transport is not None
-        transport.set_keepalive(30)  # idle searches must not lose the tunnel to a NAT timeout
+        transport.set_keepalive(KEEPALIVE_S)
         self.transport: paramiko.Transport = transport
         self.local_ports: dict[int, int] = {}
         self._listeners: dict[socket.socket, int] = {}
@@ -66,7 +73,7 @@ class Tunnel:
         for port in ports:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))  # loopback only: the tunnel is not offered to the LAN
-            s.listen(16)
+            s.listen(BACKLOG)
             self._listeners[s] = port
             self.local_ports[port] = s.getsockname()[1]
         self._thread = threading.Thread(target=self._accept, name="ssh-tunnel", daemon=True)
@@ -75,7 +82,7 @@ class Tunnel:
     def _accept(self) -> None:
         while not self._closed.is_set():
             try:
-                ready, _, _ = select.select(list(self._listeners), [], [], 0.5)
+                ready, _, _ = select.select(list(self._listeners), [], [], SELECT_S)
             except (OSError, ValueError):
                 return  # listeners closed
             for listener in ready:
@@ -85,7 +92,8 @@ class Tunnel:
                     continue
                 try:
                     chan = self.transport.open_channel(
-                        "direct-tcpip", (self.remote_host, self._listeners[listener]), peer, timeout=10
+                        "direct-tcpip", (self.remote_host, self._listeners[listener]), peer,
+                        timeout=CHANNEL_OPEN_TIMEOUT_S,
                     )
                 except (paramiko.SSHException, OSError, EOFError):
                     sock.close()  # zmq will retry; the next attempt may find the link back
@@ -97,19 +105,19 @@ class Tunnel:
     def _pump(self, sock: socket.socket, chan: paramiko.Channel) -> None:
         try:
             while not self._closed.is_set():
-                ready, _, _ = select.select([sock, chan], [], [], 0.5)
+                ready, _, _ = select.select([sock, chan], [], [], SELECT_S)
                 if sock in ready:
-                    data = sock.recv(65536)
+                    data = sock.recv(BUFFER)
                     if not data:
                         break
                     chan.sendall(data)
                 if chan in ready:
-                    data = chan.recv(65536)
+                    data = chan.recv(BUFFER)
                     if not data:
                         break
                     sock.sendall(data)
         except (OSError, EOFError, paramiko.SSHException):
-            pass
+            pass  # either end closed: this forwarded connection is over, zmq reconnects
         finally:
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                 chan.close()  # the transport may already be gone
@@ -131,7 +139,7 @@ class Tunnel:
             with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
                 chan.close()
             sock.close()
-        self._thread.join(timeout=2)
+        self._thread.join(timeout=JOIN_S)
         self.conn.close()
 
 
@@ -190,7 +198,7 @@ def connect_client(
     master: Endpoint | None,
     *,
     n_engines: int | None = None,
-    timeout: float = 120,
+    timeout: float = CONNECT_TIMEOUT_S,
     tunnel: bool = True,
 ) -> ipyparallel.Client:
     """A client connected to the controller, with at least `n_engines` registered.

@@ -13,9 +13,7 @@ the rendered text, which keeps the same lines unless a Jinja2 expression spans s
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
-import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,19 +23,14 @@ import jinja2
 import platformdirs
 import pydantic
 import yaml
-from pydantic import ConfigDict, Field, field_validator
 
-from provision.cloud import PROVIDERS
 from provision.errors import BadInput
+from provision.schema import SIM_REGION, ClusterConfig
 
-# Compute-optimised (c-family) types only: model selection is CPU-bound, so the m,
-# r and t families pay for memory or burst credits a search does not use.
-INSTANCE_TYPE_RE = re.compile(r"^c\d+[a-z]*\.[0-9a-z]+$")
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+__all__ = ["SIM_REGION", "ClusterConfig", "ConfigError", "default_config_path", "load_config",
+           "templates_dir", "write_starter"]
+
 TOP_LEVEL_KEYS = ("default", "clusters")
-SIM_REGION = "sim"  # the region name that means "the simulated region on this machine"
-DEFAULT_KEY_PATH = Path("~/.ssh/provision_ed25519")
 
 
 class ConfigError(BadInput):
@@ -46,118 +39,6 @@ class ConfigError(BadInput):
     ``str(err)`` is what the CLI prints, e.g.
     ``"cluster.yaml: clusters.small.spot_bid: must be a positive number (got -1)"``.
     """
-
-
-class ClusterConfig(pydantic.BaseModel):
-    """Everything needed to launch one cluster; ``None`` means "resolved elsewhere".
-
-    Fields left ``None`` (zone, image, user, CIDR, engines) depend on the cloud or the
-    client machine, so the cloud layer and orchestrator fill them in at launch time rather
-    than this module guessing offline.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = "provision"  # cluster name, used in tags and the key pair name
-    provider: str = "aws"  # cloud provider: a module of provision.cloud
-    region: str = "sim"  # "sim" = the embedded simulated region; else an AWS region
-    zone: str | None = None  # availability zone; None = cheapest for the type
-    instance_type: str = "c5.large"  # compute-optimised (c-family) only
-    image_id: str | None = None  # None = latest Ubuntu LTS via public SSM parameter
-    user: str | None = None  # SSH user; None = the image's default
-    cluster_size: int = Field(2, ge=1, le=100)  # total nodes including the master
-    spot_bid: float | None = None  # USD/hour max price; None = on-demand
-    spot_master: bool = False  # default: on-demand master (survives), spot workers
-    volume_size: int = Field(30, ge=8, le=16384)  # root volume, GiB
-    key_name: str | None = None  # EC2 key pair; None = f"provision-{name}"
-    key_path: Path = Field(DEFAULT_KEY_PATH, validate_default=True)  # private key
-    ssh_cidr: str | None = None  # who may SSH in; None = the caller's address /32
-    packages: list[str] = []  # extra pip requirements for the nodes
-    engines_per_node: int | None = Field(None, ge=1)  # None = one per vCPU
-    master_engines: bool = True  # the master runs engines too
-    remote_root: str = "/srv/provision"  # working directory on the nodes
-    ssh_timeout: float = Field(300, gt=0)  # seconds to wait for SSH, per node
-    launch_timeout: float = Field(600, gt=0)  # seconds to wait for "running"
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(
-                f"must be 1-40 of a-z, 0-9 and '-', starting with a letter (got {v!r})"
-            )
-        return v
-
-    @field_validator("provider")
-    @classmethod
-    def _provider(cls, v: str) -> str:
-        if v not in PROVIDERS:
-            raise ValueError(f"must be one of {', '.join(PROVIDERS)} (got {v!r})")
-        return v
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, v: str) -> str:
-        if v != SIM_REGION and not REGION_RE.match(v):
-            raise ValueError(f"must be 'sim' or an AWS region like us-east-1 (got {v!r})")
-        return v
-
-    @field_validator("zone")
-    @classmethod
-    def _zone(cls, v: str | None, info: pydantic.ValidationInfo) -> str | None:
-        region = info.data.get("region")
-        if v is not None and region not in (None, SIM_REGION) and not v.startswith(region):
-            raise ValueError(f"must be a zone of region {region} (got {v!r})")
-        return v
-
-    @field_validator("instance_type")
-    @classmethod
-    def _instance_type(cls, v: str) -> str:
-        if not INSTANCE_TYPE_RE.match(v):
-            raise ValueError(f"must be a compute-optimised c-family type like c5.large (got {v!r})")
-        return v
-
-    @field_validator("spot_bid")
-    @classmethod
-    def _spot_bid(cls, v: float | None) -> float | None:
-        if v is not None and not v > 0:
-            raise ValueError(f"must be a positive number (got {v:g})")
-        if v is not None and v >= 100:
-            raise ValueError(f"must be below 100 USD/hour (got {v:g})")
-        return v
-
-    @field_validator("key_path")
-    @classmethod
-    def _key_path(cls, v: Path) -> Path:
-        return v.expanduser()
-
-    @field_validator("ssh_cidr")
-    @classmethod
-    def _ssh_cidr(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
-        try:
-            return str(ipaddress.ip_network(v, strict=False))
-        except ValueError:
-            raise ValueError(f"must be a CIDR like 203.0.113.7/32 (got {v!r})") from None
-
-    @field_validator("remote_root")
-    @classmethod
-    def _remote_root(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"must be an absolute path (got {v!r})")
-        return v
-
-    @property
-    def pair_name(self) -> str:
-        """The EC2 key pair name: explicit, or derived from the cluster name."""
-        return self.key_name or f"provision-{self.name}"
-
-    @property
-    def public_key_path(self) -> Path:
-        """The public half, expected next to the private key as ``<key_path>.pub``."""
-        return self.key_path.with_name(self.key_path.name + ".pub")
-
 
 
 FIELDS = tuple(ClusterConfig.model_fields)
@@ -198,7 +79,6 @@ def load_config(
     path: Path | None = None,
     template: str | None = None,
     overrides: dict[str, object] | None = None,
-    check_key: bool = True,
 ) -> ClusterConfig:
     """Load, render, resolve and validate one cluster template, then apply CLI overrides.
 
@@ -207,7 +87,7 @@ def load_config(
     path must exist. ``template`` None picks the file's ``default:`` (or its only template).
     ``overrides`` are CLI flags keyed by field name; ``None`` values mean "flag not given".
 
-    With ``check_key``, a key path set explicitly (file or flag) must exist, be private
+    A key path set explicitly (file or flag) must exist, be private
     (no group/other permission bits) and have its ``.pub`` next to it. The default key path
     is not checked: when it is missing the orchestrator generates it.
     """
@@ -243,7 +123,7 @@ def load_config(
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{where}{rest}: {_describe(err)}{more}") from None
 
-    if check_key and "key_path" in cfg.model_fields_set:
+    if "key_path" in cfg.model_fields_set:
         _check_key(cfg, _where(source, chosen, "key_path", overrides))
     return cfg
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from provision import cloud, state
 from provision.cloud.common import MASTER, CloudAPIError, InstanceInfo, Region
-from provision.config import SIM_REGION, ClusterConfig
 from provision.errors import BadInput, ProvisionError
 from provision.nodes import remote
 from provision.progress import Reporter
+from provision.schema import SIM_REGION, ClusterConfig
 
 
 def resolve_region(config: ClusterConfig) -> Region:
@@ -64,7 +64,7 @@ class Context:
         if not address:
             raise ProvisionError(f"{inst.instance_id} has no address to SSH to")
         return remote.Endpoint(
-            name=inst.name or inst.instance_id,
+            name=inst.label,
             host=address,
             user=self.user,
             key_path=Path(self.config.key_path).expanduser(),
@@ -130,7 +130,9 @@ def recorded_config(name: str) -> ClusterConfig:
     """The settings cluster `name` was brought up with, from its local record."""
     record = state.load(name)
     if "config" not in record:
-        raise BadInput(f"NAME: no local record of cluster {name!r}: pass --config/--template for it")
+        raise BadInput(
+            f"NAME: no local record of cluster {name!r}: pass --config/--template for it"
+        )
     return ClusterConfig.model_validate(record["config"])
 
 

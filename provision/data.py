@@ -17,18 +17,16 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from provision import cloud, state
+from provision.cloud.common import InstanceInfo
 from provision.context import Context
 from provision.errors import BadInput
 from provision.nodes import fanout, transfer
 from provision.nodes.remote import Endpoint
-
-if TYPE_CHECKING:
-    from provision.cloud.common import InstanceInfo
 
 BUILTIN = ("digits", "iris", "wine", "breast_cancer")
 CV_KINDS = ("shuffle", "kfold", "stratified")
@@ -77,7 +75,11 @@ def load_dataset(spec: str, target: str | None = None) -> tuple[Any, np.ndarray,
         return (*_check_xy(X, y, str(xs)), xs.stem)
     path = Path(spec).expanduser()
     if not path.is_file():
-        hint = f" (built-in datasets: {', '.join(BUILTIN)})" if "/" not in spec and "." not in spec else ""
+        hint = (
+            f" (built-in datasets: {', '.join(BUILTIN)})"
+            if "/" not in spec and "." not in spec
+            else ""
+        )
         raise BadInput(f"{spec}: no such file or dataset{hint}")
     suffix = path.suffix.lower()
     try:
@@ -85,7 +87,8 @@ def load_dataset(spec: str, target: str | None = None) -> tuple[Any, np.ndarray,
             with np.load(path, allow_pickle=False) as f:
                 missing = {"X", "y"} - set(f.files)
                 if missing:
-                    raise BadInput(f"{path}: missing array(s) {', '.join(sorted(missing))} (has {', '.join(f.files)})")
+                    lacks, has = ", ".join(sorted(missing)), ", ".join(f.files)
+                    raise BadInput(f"{path}: missing array(s) {lacks} (has {has})")
                 X, y = f["X"], f["y"]
         elif suffix == ".csv":
             X, y = _read_csv(path, target)
@@ -94,10 +97,15 @@ def load_dataset(spec: str, target: str | None = None) -> tuple[Any, np.ndarray,
 
             obj = joblib.load(path)
             if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
-                raise BadInput(f"{path}: expected a joblib dump of (X, y), got {type(obj).__name__}")
+                raise BadInput(
+                    f"{path}: expected a joblib dump of (X, y), got {type(obj).__name__}"
+                )
             X, y = obj
         else:
-            raise BadInput(f"{path}: unknown data format {suffix or '(none)'} (use .npz, .csv, .joblib or X.npy,y.npy)")
+            raise BadInput(
+                f"{path}: unknown data format {suffix or '(none)'} "
+                "(use .npz, .csv, .joblib or X.npy,y.npy)"
+            )
     except BadInput:
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt file is bad input
@@ -175,10 +183,6 @@ def persist_local(X: Any, y: np.ndarray, cv: Any) -> tuple[Path, str]:
         raise
 
 
-def split_files(local_dir: Path) -> list[str]:
-    return sorted(p.name for p in local_dir.iterdir() if p.name != "manifest.json")
-
-
 def remote_dir(remote_root: str, digest: str) -> str:
     return f"{remote_root}/data/{digest}"
 
@@ -207,11 +211,17 @@ def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: s
     target = remote_dir(root, digest)
     names = sorted(p.name for p in local_dir.iterdir())
     total = sum((local_dir / n).stat().st_size for n in names)
-    result = ShipResult(digest=digest, remote_dir=target, files=[n for n in names if n != "manifest.json"])
+    result = ShipResult(
+        digest=digest, remote_dir=target, files=[n for n in names if n != "manifest.json"]
+    )
     lock = threading.Lock()
     done_bytes = [0]
 
-    with ctx.reporter.wait(f"put-data {digest}: {len(nodes)} host(s), {total / 1e6:.1f} MB each", total=total * len(nodes), unit="bytes") as advance:
+    with ctx.reporter.wait(
+        f"put-data {digest}: {len(nodes)} host(s), {total / 1e6:.1f} MB each",
+        total=total * len(nodes),
+        unit="bytes",
+    ) as advance:
 
         def progress(n: int) -> None:
             with lock:
@@ -229,7 +239,9 @@ def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: s
                 if grow:
                     progress(grow)
 
-            moved = transfer.push_tree(ep, local_dir, target, unless_exists=f"{target}/manifest.json", on_bytes=step)
+            moved = transfer.push_tree(
+                ep, local_dir, target, unless_exists=f"{target}/manifest.json", on_bytes=step
+            )
             progress(total - sent[0])
             return 0 if moved is None else total
 
@@ -258,8 +270,16 @@ def split_paths(name: str, label: str) -> list[str]:
     return [f"{entry['remote_dir']}/{f}" for f in entry["files"]]
 
 
-def put_data(ctx: Context, dataset: str, *, cv: str = "shuffle", n_splits: int = 5, test_size: float = 0.25,
-             seed: int = 42, target: str | None = None) -> ShipResult:
+def put_data(
+    ctx: Context,
+    dataset: str,
+    *,
+    cv: str = "shuffle",
+    n_splits: int = 5,
+    test_size: float = 0.25,
+    seed: int = 42,
+    target: str | None = None,
+) -> ShipResult:
     """Load, split, persist and ship a dataset to every node of the cluster."""
     splitter = make_cv(cv, n_splits, test_size, seed)
     X, y, label = load_dataset(dataset, target)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from provision import cloud
-from provision.config import ClusterConfig
 from provision.context import context_for
 from provision.errors import BadInput
 from provision.nodes import fanout, remote
+from provision.schema import ClusterConfig
 
 
 def node_endpoint(config: ClusterConfig, node: str | None = None) -> remote.Endpoint:

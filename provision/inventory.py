@@ -20,7 +20,7 @@ import ast
 import json
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -29,19 +29,19 @@ from provision.cloud.common import MASTER, ClusterInfo
 from provision.context import Context, context_for
 from provision.errors import BadInput
 from provision.nodes import engines, setup
-
-if TYPE_CHECKING:
-    from provision.config import ClusterConfig
+from provision.nodes import wheelhouse as wheelhouses
+from provision.schema import ClusterConfig
 
 GROUPS = ("master", "workers")
 FORMATS = ("yaml", "ini", "json")
+YAML_WIDTH = 1000  # no folded lines: a long ssh option stays one line
 
 
 def ssh_common_args(known_hosts: Path) -> str:
     """OpenSSH options: the cluster's own known_hosts (as Fabric uses), key auth only."""
     return (
-        f"-o UserKnownHostsFile={shlex.quote(str(known_hosts))} -o StrictHostKeyChecking=accept-new "
-        "-o IdentitiesOnly=yes -o PasswordAuthentication=no"
+        f"-o UserKnownHostsFile={shlex.quote(str(known_hosts))} "
+        "-o StrictHostKeyChecking=accept-new -o IdentitiesOnly=yes -o PasswordAuthentication=no"
     )
 
 
@@ -57,12 +57,12 @@ def build(
 
     `spec` is the environment nodes must have (default: this client's, as `up`
     computes it); `wheelhouse` its directory (default: the cache entry for its
-    digest, which `setup.build_wheelhouse` fills). `only`: node names to keep.
+    digest, which `wheelhouse.build_wheelhouse` fills). `only`: node names to keep.
     """
     cfg = ctx.config
     root = cfg.remote_root
     spec = spec or setup.client_env_spec(list(cfg.packages), root)
-    wheelhouse = wheelhouse or setup.default_cache_dir() / spec.digest
+    wheelhouse = wheelhouse or wheelhouses.default_cache_dir() / spec.digest
     cdir = state.cluster_dir(ctx.name)
     security = f"{root}/ipython/security"
     master = info.master
@@ -101,7 +101,7 @@ def build(
     groups: dict[str, list[str]] = {g: [] for g in GROUPS}
     hostvars: dict[str, dict[str, Any]] = {}
     for inst in info.nodes:
-        name = inst.name or inst.instance_id
+        name = inst.label
         address = inst.ssh_address(ctx.region.use_private_ip)
         if not address or (only is not None and name not in only):
             continue
@@ -158,7 +158,7 @@ def host(doc: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any], fmt: str = "yaml") -> str:
-    """The inventory as JSON (``--list`` format), YAML or INI; all three mean the same to Ansible."""
+    """The inventory as JSON (``--list`` format), YAML or INI: the same to Ansible."""
     if fmt == "json":
         return json.dumps(doc, indent=2) + "\n"
     if fmt == "yaml":
@@ -174,6 +174,11 @@ def _group_vars_only(doc: dict[str, Any], hv: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hv.items() if k not in shared or shared[k] != v}
 
 
+def _header(doc: dict[str, Any]) -> str:
+    name = doc["all"]["vars"].get("cluster_name", "")
+    return f"# Ansible inventory of cluster {name}, from its tags"
+
+
 def _yaml(doc: dict[str, Any]) -> str:
     hostvars = doc["_meta"]["hostvars"]
     tree = {
@@ -185,8 +190,8 @@ def _yaml(doc: dict[str, Any]) -> str:
             },
         }
     }
-    header = f"# Ansible inventory of cluster {doc['all']['vars'].get('cluster_name', '')}, from its tags\n"
-    return header + yaml.safe_dump(tree, sort_keys=False, default_flow_style=False, width=1000)
+    body = yaml.safe_dump(tree, sort_keys=False, default_flow_style=False, width=YAML_WIDTH)
+    return _header(doc) + "\n" + body
 
 
 def _ini_literal(value: Any) -> str:
@@ -210,12 +215,15 @@ def _ini_literal(value: Any) -> str:
 
 def _ini(doc: dict[str, Any]) -> str:
     hostvars = doc["_meta"]["hostvars"]
-    lines = [f"# Ansible inventory of cluster {doc['all']['vars'].get('cluster_name', '')}, from its tags"]
+    lines = [_header(doc)]
     for g in GROUPS:
         lines.append(f"[{g}]")
         for h in doc[g]["hosts"]:
             # Host lines are split like a shell line, then each value read as a literal.
-            pairs = [f"{k}={shlex.quote(_ini_literal(v))}" for k, v in _group_vars_only(doc, hostvars[h]).items()]
+            pairs = [
+                f"{k}={shlex.quote(_ini_literal(v))}"
+                for k, v in _group_vars_only(doc, hostvars[h]).items()
+            ]
             lines.append(" ".join([h, *pairs]))
         lines.append("")
     lines.append("[all:vars]")

@@ -15,17 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from provision import cloud, configure, query, state
-from provision.client import connect_client
+from provision.client import CONNECT_TIMEOUT_S, connect_client
 from provision.cloud.common import MASTER, WORKER, ClusterInfo, InstanceInfo, LaunchRequest, Region
-from provision.config import ClusterConfig
 from provision.configure import Results, Step, Strategy
 from provision.configure.base import stage
 from provision.context import Context, context_for, prepare, resolve_region
 from provision.errors import BadInput, ProvisionError
 from provision.nodes import engines, fanout, remote
 from provision.progress import Reporter
-
-CONNECT_TIMEOUT_S = 120  # `connect`: the controller answers and the engines register
+from provision.schema import ClusterConfig
 
 
 @dataclass
@@ -299,7 +297,9 @@ def restart_engines(
     return sum(group.succeeded.values())
 
 
-def down(name: str, *, region: Region | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+def down(
+    name: str, *, region: Region | None = None, reporter: Reporter | None = None
+) -> dict[str, Any]:
     """Remove everything tagged with the cluster, then the local record (idempotent)."""
     reporter = reporter or Reporter()
     if region is None:

@@ -16,7 +16,12 @@ import numpy as np
 
 from provision.errors import BadInput
 
-GRIDS = {"logspace": np.logspace, "linspace": np.linspace, "arange": np.arange, "geomspace": np.geomspace}
+GRIDS = {
+    "logspace": np.logspace,
+    "linspace": np.linspace,
+    "arange": np.arange,
+    "geomspace": np.geomspace,
+}
 DISTRIBUTIONS = ("loguniform", "uniform", "randint")
 
 
@@ -63,7 +68,11 @@ def parse_value(expr: str, spec: str, flag: str = "--param") -> tuple[list[Any] 
         if fn in DISTRIBUTIONS:
             from scipy import stats
 
-            dist = {"loguniform": stats.loguniform, "uniform": stats.uniform, "randint": stats.randint}[fn]
+            dist = {
+                "loguniform": stats.loguniform,
+                "uniform": stats.uniform,
+                "randint": stats.randint,
+            }[fn]
             try:
                 return None, dist(*args)
             except (TypeError, ValueError) as e:  # e.g. loguniform(1): a shape is missing
@@ -89,7 +98,9 @@ def parse_params(specs: list[str], estimator: Any) -> dict[str, Any]:
         if name not in valid:
             close = difflib.get_close_matches(name, valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise BadInput(f"--param {spec}: {type(estimator).__name__} has no parameter {name!r}{hint}")
+            raise BadInput(
+                f"--param {spec}: {type(estimator).__name__} has no parameter {name!r}{hint}"
+            )
         values, dist = parse_value(expr.strip(), spec)
         if values is not None and not values:
             raise BadInput(f"--param {spec}: empty grid")

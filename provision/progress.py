@@ -31,7 +31,9 @@ log = logging.getLogger("provision")
 class Reporter:
     """Quiet reporter: logs stages, shows nothing."""
 
-    def stage(self, node: str, text: str, *, step: int | None = None, total: int | None = None) -> None:
+    def stage(
+        self, node: str, text: str, *, step: int | None = None, total: int | None = None
+    ) -> None:
         log.info("%s: %s", node, text)
 
     def note(self, text: str) -> None:
@@ -41,7 +43,9 @@ class Reporter:
         log.warning("%s", text)
 
     @contextmanager
-    def wait(self, description: str, total: float | None = None, unit: str = "") -> Iterator[Callable[[float], None]]:
+    def wait(
+        self, description: str, total: float | None = None, unit: str = ""
+    ) -> Iterator[Callable[[float], None]]:
         log.info("%s", description)
         yield lambda completed: None
 
@@ -80,7 +84,9 @@ class RichReporter(Reporter):
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def stage(self, node: str, text: str, *, step: int | None = None, total: int | None = None) -> None:
+    def stage(
+        self, node: str, text: str, *, step: int | None = None, total: int | None = None
+    ) -> None:
         with self._lock:
             if node not in self._tasks:
                 self._tasks[node] = self.progress.add_task(text, node=node, total=total or 1)
@@ -99,7 +105,9 @@ class RichReporter(Reporter):
         self.progress.console.print(f"[yellow]warning:[/] {text}")
 
     @contextmanager
-    def wait(self, description: str, total: float | None = None, unit: str = "") -> Iterator[Callable[[float], None]]:
+    def wait(
+        self, description: str, total: float | None = None, unit: str = ""
+    ) -> Iterator[Callable[[float], None]]:
         task = self.progress.add_task(description, node="", total=total or 1, unit=unit)
         try:
             yield lambda completed: self.progress.update(task, completed=completed)

@@ -14,9 +14,9 @@ from typing import Any
 
 from provision import cloud, state
 from provision.cloud.common import MASTER, ClusterInfo, Region, ZonePrice
-from provision.config import ClusterConfig
 from provision.context import resolve_region
 from provision.errors import BadInput
+from provision.schema import ClusterConfig
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,9 @@ RECENT_DAYS = 0.1  # a spot price window short enough to be "now", long enough t
 ON_DEMAND = "on-demand"  # the key of the on-demand estimate among the prices per zone
 
 
-def spot_prices(config: ClusterConfig, instance_type: str, days: float) -> tuple[Region, list[ZonePrice]]:
+def spot_prices(
+    config: ClusterConfig, instance_type: str, days: float
+) -> tuple[Region, list[ZonePrice]]:
     """Spot prices of `instance_type` per zone over `days`, cheapest current first;
     `BadInput` naming INSTANCE_TYPE when the region does not offer it."""
     region = resolve_region(config)

@@ -78,7 +78,9 @@ def update(cluster: str, **fields: Any) -> dict[str, Any]:
 
 def known_clusters() -> list[str]:
     d = root() / "clusters"
-    return sorted(p.name for p in d.iterdir() if (p / "cluster.json").exists()) if d.exists() else []
+    return (
+        sorted(p.name for p in d.iterdir() if (p / "cluster.json").exists()) if d.exists() else []
+    )
 
 
 def forget(name: str) -> None:

@@ -104,7 +104,9 @@ def sim_cluster_env(root: Path, name: str, cluster_size: int) -> Iterator[dict[s
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PROVISION_STATE_DIR", str(root / "state"))
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "key")], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "key")], check=True
+        )
         cfg = root / "cluster.yaml"
         cfg.write_text(
             f"default: sim\nclusters:\n  sim:\n    region: sim\n    name: {name}\n"

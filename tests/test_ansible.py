@@ -33,14 +33,21 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _ansible_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE / "ansible.cfg"), ANSIBLE_NOCOLOR="1", **extra)
+    env = dict(
+        os.environ, ANSIBLE_CONFIG=str(ANSIBLE / "ansible.cfg"), ANSIBLE_NOCOLOR="1", **extra
+    )
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
 def _ansible_inventory(path: Path) -> dict:
-    out = subprocess.run([str(BIN / "ansible-inventory"), "-i", str(path), "--list"], env=_ansible_env(),
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(path), "--list"],
+        env=_ansible_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -97,23 +104,33 @@ def test_yaml_ini_and_json_inventories_mean_the_same_to_ansible(aws, cfg_file, t
             path = tmp_path / f"inv.{'yml' if fmt == 'yaml' else 'ini'}"
             path.write_text(result.output)
         seen[fmt] = _ansible_inventory(path)
-    assert seen["yaml"]["_meta"]["hostvars"] == seen["ini"]["_meta"]["hostvars"] == seen["json"]["_meta"]["hostvars"]
+    assert (
+        seen["yaml"]["_meta"]["hostvars"]
+        == seen["ini"]["_meta"]["hostvars"]
+        == seen["json"]["_meta"]["hostvars"]
+    )
     hosts = seen["ini"]["_meta"]["hostvars"]
-    assert hosts["master"]["python_minor"] == f"{sys.version_info.major}.{sys.version_info.minor}"  # not a float
+    assert (
+        hosts["master"]["python_minor"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    )  # not a float
     assert hosts["node002"]["engines"] == 2 and hosts["node002"]["datasets"] == []
     assert seen["ini"]["master"]["hosts"] == ["master"]
     assert seen["ini"]["workers"]["hosts"] == ["node001", "node002"]
     assert yaml.safe_load(invoke("inventory", "unit").output)["all"]["children"]["workers"]["hosts"]
 
 
-def test_configure_with_ansible_without_ansible_playbook_exits_2_and_creates_nothing(aws, cfg_file, monkeypatch):
+def test_configure_with_ansible_without_ansible_playbook_exits_2_and_creates_nothing(
+    aws, cfg_file, monkeypatch
+):
     def missing() -> str:
         raise playbook.AnsibleError("ansible-playbook not found: `pip install ansible-core`")
 
     monkeypatch.setattr(playbook, "find_playbook_command", missing)
     result = invoke("up", "--config", str(cfg_file), "--configure-with", "ansible")
     assert result.exit_code == 2, result.output
-    assert "--configure-with ansible" in result.output and "pip install ansible-core" in result.output
+    assert (
+        "--configure-with ansible" in result.output and "pip install ansible-core" in result.output
+    )
     nothing_created(aws)
 
 
@@ -121,8 +138,13 @@ def test_configure_with_ansible_without_ansible_playbook_exits_2_and_creates_not
 
 
 def test_the_playbook_passes_ansible_syntax_check():
-    proc = subprocess.run([str(BIN / "ansible-playbook"), "--syntax-check", "site.yml"], cwd=ANSIBLE,
-                          env=_ansible_env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "--syntax-check", "site.yml"],
+        cwd=ANSIBLE,
+        env=_ansible_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -130,8 +152,14 @@ def test_the_playbook_passes_ansible_lint_at_the_production_profile():
     lint = shutil.which("ansible-lint", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if lint is None:
         pytest.skip("ansible-lint is optional: pip install ansible-lint")
-    proc = subprocess.run([lint, "--offline", "--format", "pep8", "site.yml"], cwd=ANSIBLE,
-                          env=_ansible_env(NO_COLOR="1"), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [lint, "--offline", "--format", "pep8", "site.yml"],
+        cwd=ANSIBLE,
+        env=_ansible_env(NO_COLOR="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
@@ -171,18 +199,23 @@ master                     : ok=12   changed=3    unreachable=0    failed=1    s
 node001                    : ok=2    changed=0    unreachable=0    failed=1    skipped=0    rescued=0    ignored=0
 node002                    : ok=0    changed=0    unreachable=1    failed=0    skipped=0    rescued=0    ignored=0
 node003                    : ok=9    changed=0    unreachable=0    failed=0    skipped=4    rescued=0    ignored=0
-"""
+"""  # noqa: E501 - ansible-playbook's own output, verbatim
 
 
 def test_recap_counts_and_failures_are_read_per_host_naming_the_task():
     recap = playbook.parse_recap(SAMPLE)
     assert recap["master"].changed == 3 and recap["node003"].succeeded
     assert recap["node002"].unreachable == 1
-    result = playbook.PlaybookResult(recap=recap, errors=playbook.parse_failures(SAMPLE), returncode=2, seconds=1)
+    result = playbook.PlaybookResult(
+        recap=recap, errors=playbook.parse_failures(SAMPLE), returncode=2, seconds=1
+    )
     assert result.changed == 3 and result.failed_hosts == ["master", "node001", "node002"]
     assert result.error_for("node003") is None
     err = str(result.error_for("node001", "10.77.0.5"))
-    assert err.startswith("node001 (10.77.0.5): ansible: python_env : The node has") and "Python 3.9" in err
+    assert (
+        err.startswith("node001 (10.77.0.5): ansible: python_env : The node has")
+        and "Python 3.9" in err
+    )
     assert "No route to host" in str(result.error_for("node002"))
     assert "exit 3" in str(result.error_for("master")) and "boom" in str(result.error_for("master"))
     assert "not in the playbook's recap" in str(result.error_for("node004"))
@@ -200,18 +233,31 @@ def test_a_failing_and_an_unreachable_node_are_named_while_the_other_node_finish
         "all": {"children": ["master", "workers"], "vars": {}},
         "master": {"hosts": ["master"]},
         "workers": {"hosts": ["node001", "node002"]},
-        "_meta": {"hostvars": {
-            "master": {**local, "code": 0},
-            "node001": {**local, "code": 3},
-            "node002": {"ansible_host": "127.0.0.1", "ansible_port": 1, "code": 0},  # nothing listens
-        }},
+        "_meta": {
+            "hostvars": {
+                "master": {**local, "code": 0},
+                "node001": {**local, "code": 3},
+                "node002": {
+                    "ansible_host": "127.0.0.1",
+                    "ansible_port": 1,
+                    "code": 0,
+                },  # nothing listens
+            }
+        },
     }
     progress: list[tuple[str, str]] = []
-    result = playbook.run_playbook(doc, playbook=book, on_progress=lambda h, t: progress.append((h, t)))
+    result = playbook.run_playbook(
+        doc, playbook=book, on_progress=lambda h, t: progress.append((h, t))
+    )
     assert result.failed_hosts == ["node001", "node002"] and result.changed == 0
     assert result.error_for("master") is None
-    assert str(result.error_for("node001", "10.77.0.5")) == "node001 (10.77.0.5): ansible: Work: exit 3: boom"
-    assert "node002" in str(result.error_for("node002")) and "port 1" in str(result.error_for("node002"))
+    assert (
+        str(result.error_for("node001", "10.77.0.5"))
+        == "node001 (10.77.0.5): ansible: Work: exit 3: boom"
+    )
+    assert "node002" in str(result.error_for("node002")) and "port 1" in str(
+        result.error_for("node002")
+    )
     assert ("master", "ansible: Work (ok)") in progress
 
 
@@ -250,7 +296,9 @@ def test_up_configured_by_the_playbook_registers_one_engine_on_each_of_two_hosts
         assert len(rc.ids) == 2
         rc[:].use_cloudpickle()
         names = rc[:].apply_sync(_hostname)
-        assert len(set(names)) == 2 and all(n.startswith("ip-" + GATEWAY.rsplit(".", 1)[0].replace(".", "-") + "-") for n in names)
+        assert len(set(names)) == 2 and all(
+            n.startswith("ip-" + GATEWAY.rsplit(".", 1)[0].replace(".", "-") + "-") for n in names
+        )
     finally:
         rc.close()
 
@@ -261,8 +309,12 @@ def test_a_second_playbook_run_through_the_dynamic_inventory_changes_nothing(ans
     control = tempfile.mkdtemp(prefix="pa-", dir="/tmp")  # not ~/.ansible/cp: addresses get reused
     try:
         proc = subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", "inventory.py", "site.yml"], cwd=ANSIBLE, capture_output=True,
-            text=True, env=_ansible_env(PROVISION_CLUSTER=NAME, ANSIBLE_SSH_CONTROL_PATH_DIR=control), timeout=600,
+            [str(BIN / "ansible-playbook"), "-i", "inventory.py", "site.yml"],
+            cwd=ANSIBLE,
+            capture_output=True,
+            text=True,
+            env=_ansible_env(PROVISION_CLUSTER=NAME, ANSIBLE_SSH_CONTROL_PATH_DIR=control),
+            timeout=600,
         )
     finally:
         playbook._close_control_sockets(control)
@@ -274,13 +326,23 @@ def test_a_second_playbook_run_through_the_dynamic_inventory_changes_nothing(ans
 
 
 @pytest.mark.e2e
-def test_the_inventory_script_without_provision_importable_asks_the_provision_command(ansible_cluster):
+def test_the_inventory_script_without_provision_importable_asks_the_provision_command(
+    ansible_cluster,
+):
     python = shutil.which("python3", path="/usr/bin")
-    if python is None or subprocess.run([python, "-c", "import provision"], capture_output=True).returncode == 0:
+    if (
+        python is None
+        or subprocess.run([python, "-c", "import provision"], capture_output=True).returncode == 0
+    ):
         pytest.skip("needs a python3 that cannot import provision")
     env = _ansible_env(PROVISION_CLUSTER=NAME)
-    listed = subprocess.run([python, str(ANSIBLE / "inventory.py"), "--list"], env=env, capture_output=True,
-                            text=True, timeout=120)
+    listed = subprocess.run(
+        [python, str(ANSIBLE / "inventory.py"), "--list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout) == inventory.inventory(NAME)
     one = subprocess.run([python, str(ANSIBLE / "inventory.py"), "--host", "node001"], env=env,
@@ -307,17 +369,22 @@ def test_the_playbook_gives_a_node_the_datasets_the_cluster_already_holds(ansibl
 @pytest.mark.e2e
 def test_the_fabric_path_takes_over_the_playbooks_nodes_as_its_own(ansible_cluster):
     from provision.nodes import fanout, setup
+    from provision.nodes import wheelhouse as wheelhouses
 
     ctx = context.context_for(NAME)
     info = cloud.describe_cluster(ctx.region, NAME)
     spec = setup.client_env_spec(list(ctx.config.packages), ctx.config.remote_root)
-    wheelhouse = setup.build_wheelhouse(spec)
+    wheelhouse = wheelhouses.build_wheelhouse(spec)
     for inst in info.nodes:
-        assert setup.setup_node(ctx.endpoint(inst), spec, wheelhouse).skipped  # same venv, same digest
+        assert setup.setup_node(
+            ctx.endpoint(inst), spec, wheelhouse
+        ).skipped  # same venv, same digest
     group = fanout.on_hosts(lambda ep: engines.engine_counts(ep, ctx.config.remote_root),
                             [ctx.endpoint(i) for i in info.nodes])
     assert dict(group) == {"master": 1, "node001": 1}
-    assert lifecycle.restart_engines(NAME) == 2  # pid files and engine file where Fabric expects them
+    assert (
+        lifecycle.restart_engines(NAME) == 2
+    )  # pid files and engine file where Fabric expects them
     rc = lifecycle.connect(NAME, n_engines=2, timeout=120)
     try:
         assert len(rc.ids) >= 2

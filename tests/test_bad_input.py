@@ -71,7 +71,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def case(tmp_path: Path, keys: Path, moto_default_amis: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Case]:
+def case(
+    tmp_path: Path, keys: Path, moto_default_amis: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Case]:
     offline_aws_env(monkeypatch, tmp_path)
     monkeypatch.setenv("MOTO_AMIS_PATH", moto_default_amis)
     monkeypatch.delenv("PROVISION_TEST_UNSET", raising=False)
@@ -104,7 +106,16 @@ def put_data(dataset: Callable[[Case], str], *flags: str) -> Args:
 
 
 def run(*flags: str) -> Args:
-    return lambda c: ["run", "unit", "gridsearch", "--data", "digits", "--config", str(c.cfg), *flags]
+    return lambda c: [
+        "run",
+        "unit",
+        "gridsearch",
+        "--data",
+        "digits",
+        "--config",
+        str(c.cfg),
+        *flags,
+    ]
 
 
 def unreadable_key(c: Case) -> list[str]:
@@ -132,41 +143,126 @@ Y = np.array([0, 1] * 5)
 
 CASES: dict[str, tuple[Args, tuple[str, ...]]] = {
     # --- cluster files -------------------------------------------------------
-    "yaml-syntax-error": (config("cluster_size: 3", "cluster_size: [3"), ("cluster.yaml: line", "YAML syntax error")),
-    "unknown-top-level-key": (config("default: aws", "defualt: aws"), ("defualt: unknown key", "did you mean 'default'")),
-    "unknown-cluster-key": (config("cluster_size:", "clustr_size:"), ("clusters.aws.clustr_size: unknown key", "did you mean 'cluster_size'")),
-    "size-not-a-number": (config("cluster_size: 3", 'cluster_size: "three"'), ("clusters.aws.cluster_size", "integer", "'three'")),
-    "size-zero": (config("cluster_size: 3", "cluster_size: 0"), ("clusters.aws.cluster_size", ">= 1")),
-    "size-absurd": (config("cluster_size: 3", "cluster_size: 1000"), ("clusters.aws.cluster_size", "<= 100")),
-    "bid-negative": (config("spot_bid: 0.10", "spot_bid: -3"), ("clusters.aws.spot_bid", "positive", "-3")),
+    "yaml-syntax-error": (
+        config("cluster_size: 3", "cluster_size: [3"),
+        ("cluster.yaml: line", "YAML syntax error"),
+    ),
+    "unknown-top-level-key": (
+        config("default: aws", "defualt: aws"),
+        ("defualt: unknown key", "did you mean 'default'"),
+    ),
+    "unknown-cluster-key": (
+        config("cluster_size:", "clustr_size:"),
+        ("clusters.aws.clustr_size: unknown key", "did you mean 'cluster_size'"),
+    ),
+    "size-not-a-number": (
+        config("cluster_size: 3", 'cluster_size: "three"'),
+        ("clusters.aws.cluster_size", "integer", "'three'"),
+    ),
+    "size-zero": (
+        config("cluster_size: 3", "cluster_size: 0"),
+        ("clusters.aws.cluster_size", ">= 1"),
+    ),
+    "size-absurd": (
+        config("cluster_size: 3", "cluster_size: 1000"),
+        ("clusters.aws.cluster_size", "<= 100"),
+    ),
+    "bid-negative": (
+        config("spot_bid: 0.10", "spot_bid: -3"),
+        ("clusters.aws.spot_bid", "positive", "-3"),
+    ),
     "bid-zero": (config("spot_bid: 0.10", "spot_bid: 0"), ("clusters.aws.spot_bid", "positive")),
-    "bid-absurd": (config("spot_bid: 0.10", "spot_bid: 1000"), ("clusters.aws.spot_bid", "below 100", "1000")),
-    "type-m5": (config("c5.large", "m5.large"), ("clusters.aws.instance_type", "c-family", "m5.large")),
-    "type-t3": (config("c5.large", "t3.micro"), ("clusters.aws.instance_type", "c-family", "t3.micro")),
-    "type-r6i": (config("c5.large", "r6i.xlarge"), ("clusters.aws.instance_type", "c-family", "r6i.xlarge")),
-    "type-not-in-region": (config("c5.large", "c5.enormous"), ("c5.enormous", "not offered in us-east-1")),
-    "key-missing": (config("key_path: ", "key_path: /nonexistent/"), ("clusters.aws.key_path", "does not exist")),
-    "key-readable-by-others": (unreadable_key, ("clusters.aws.key_path", "readable by others", "chmod 600")),
-    "public-key-missing": (no_public_key, ("clusters.aws.key_path", "id_ed25519.pub", "does not exist")),
+    "bid-absurd": (
+        config("spot_bid: 0.10", "spot_bid: 1000"),
+        ("clusters.aws.spot_bid", "below 100", "1000"),
+    ),
+    "type-m5": (
+        config("c5.large", "m5.large"),
+        ("clusters.aws.instance_type", "c-family", "m5.large"),
+    ),
+    "type-t3": (
+        config("c5.large", "t3.micro"),
+        ("clusters.aws.instance_type", "c-family", "t3.micro"),
+    ),
+    "type-r6i": (
+        config("c5.large", "r6i.xlarge"),
+        ("clusters.aws.instance_type", "c-family", "r6i.xlarge"),
+    ),
+    "type-not-in-region": (
+        config("c5.large", "c5.enormous"),
+        ("c5.enormous", "not offered in us-east-1"),
+    ),
+    "key-missing": (
+        config("key_path: ", "key_path: /nonexistent/"),
+        ("clusters.aws.key_path", "does not exist"),
+    ),
+    "key-readable-by-others": (
+        unreadable_key,
+        ("clusters.aws.key_path", "readable by others", "chmod 600"),
+    ),
+    "public-key-missing": (
+        no_public_key,
+        ("clusters.aws.key_path", "id_ed25519.pub", "does not exist"),
+    ),
     "extends-cycle": (extends_cycle, ("clusters.base.extends", "cycle aws -> base -> aws")),
-    "extends-missing-template": (config("    spot_bid: 0.10\n", "    spot_bid: 0.10\n    extends: base\n"),
-                                 ("clusters.aws.extends", "unknown template 'base'")),
-    "template-unknown": (up("--template", "awz"), ("--template", "unknown template 'awz'", "did you mean 'aws'")),
-    "default-unknown": (config("default: aws", "default: small"), ("default: unknown template 'small'",)),
-    "jinja-syntax-error": (config("region: us-east-1", "region: {{ nope( }}"), ("cluster.yaml: line 4", "template syntax error")),
-    "jinja-undefined-env": (config("region: us-east-1", "region: {{ env.PROVISION_TEST_UNSET }}"),
-                            ("line 4", "environment variable PROVISION_TEST_UNSET is not set")),
-    "jinja-undefined-name": (config("region: us-east-1", "region: {{ regoin }}"), ("line 4", "'regoin' is undefined")),
-    "cidr-invalid": (config("203.0.113.7/32", "999.1.1.1/40"), ("clusters.aws.ssh_cidr", "CIDR", "999.1.1.1/40")),
-    "region-invalid": (config("region: us-east-1", "region: moon-base"), ("clusters.aws.region", "moon-base")),
-    "zone-of-another-region": (config("    name: unit\n", "    name: unit\n    zone: eu-west-1a\n"), ("clusters.aws.zone", "us-east-1")),
-    "remote-root-relative": (config("    name: unit\n", "    name: unit\n    remote_root: srv/provision\n"), ("clusters.aws.remote_root", "absolute")),
-    "engines-per-node-zero": (config("    name: unit\n", "    name: unit\n    engines_per_node: 0\n"), ("clusters.aws.engines_per_node", ">= 1")),
-    "volume-too-small": (config("    name: unit\n", "    name: unit\n    volume_size: 2\n"), ("clusters.aws.volume_size", ">= 8")),
+    "extends-missing-template": (
+        config("    spot_bid: 0.10\n", "    spot_bid: 0.10\n    extends: base\n"),
+        ("clusters.aws.extends", "unknown template 'base'"),
+    ),
+    "template-unknown": (
+        up("--template", "awz"),
+        ("--template", "unknown template 'awz'", "did you mean 'aws'"),
+    ),
+    "default-unknown": (
+        config("default: aws", "default: small"),
+        ("default: unknown template 'small'",),
+    ),
+    "jinja-syntax-error": (
+        config("region: us-east-1", "region: {{ nope( }}"),
+        ("cluster.yaml: line 4", "template syntax error"),
+    ),
+    "jinja-undefined-env": (
+        config("region: us-east-1", "region: {{ env.PROVISION_TEST_UNSET }}"),
+        ("line 4", "environment variable PROVISION_TEST_UNSET is not set"),
+    ),
+    "jinja-undefined-name": (
+        config("region: us-east-1", "region: {{ regoin }}"),
+        ("line 4", "'regoin' is undefined"),
+    ),
+    "cidr-invalid": (
+        config("203.0.113.7/32", "999.1.1.1/40"),
+        ("clusters.aws.ssh_cidr", "CIDR", "999.1.1.1/40"),
+    ),
+    "region-invalid": (
+        config("region: us-east-1", "region: moon-base"),
+        ("clusters.aws.region", "moon-base"),
+    ),
+    "zone-of-another-region": (
+        config("    name: unit\n", "    name: unit\n    zone: eu-west-1a\n"),
+        ("clusters.aws.zone", "us-east-1"),
+    ),
+    "remote-root-relative": (
+        config("    name: unit\n", "    name: unit\n    remote_root: srv/provision\n"),
+        ("clusters.aws.remote_root", "absolute"),
+    ),
+    "engines-per-node-zero": (
+        config("    name: unit\n", "    name: unit\n    engines_per_node: 0\n"),
+        ("clusters.aws.engines_per_node", ">= 1"),
+    ),
+    "volume-too-small": (
+        config("    name: unit\n", "    name: unit\n    volume_size: 2\n"),
+        ("clusters.aws.volume_size", ">= 8"),
+    ),
     "name-invalid": (config("name: unit", "name: Unit_1"), ("clusters.aws.name", "'Unit_1'")),
-    "config-file-missing": (lambda c: ["up", "--config", str(c.dir / "nope.yaml")], ("nope.yaml", "not found")),
+    "config-file-missing": (
+        lambda c: ["up", "--config", str(c.dir / "nope.yaml")],
+        ("nope.yaml", "not found"),
+    ),
     # --- flags ----------------------------------------------------------------
-    "flag-bid-not-a-number": (up("--spot-bid", "abc"), ("--spot-bid", "'abc'", "not a valid float")),
+    "flag-bid-not-a-number": (
+        up("--spot-bid", "abc"),
+        ("--spot-bid", "'abc'", "not a valid float"),
+    ),
     "flag-bid-negative": (up("--spot-bid", "-1"), ("--spot-bid", "positive")),
     "flag-size-zero": (up("-n", "0"), ("--cluster-size", ">= 1")),
     "flag-size-negative": (up("-n", "-2"), ("--cluster-size", "-2")),
@@ -174,50 +270,137 @@ CASES: dict[str, tuple[Args, tuple[str, ...]]] = {
     "flag-type-m5": (up("--instance-type", "m5.large"), ("--instance-type", "c-family")),
     "flag-unknown": (up("--spot-price", "0.1"), ("--spot-price", "No such option")),
     "flag-value-missing": (up("--spot-bid"), ("--spot-bid", "requires an argument")),
-    "addnode-zero": (lambda c: ["addnode", "unit", "-n", "0", "--config", str(c.cfg)], ("-n", "at least 1")),
-    "down-without-yes": (lambda c: ["down", "unit", "--config", str(c.cfg)], ("--yes", "no terminal")),
+    "addnode-zero": (
+        lambda c: ["addnode", "unit", "-n", "0", "--config", str(c.cfg)],
+        ("-n", "at least 1"),
+    ),
+    "down-without-yes": (
+        lambda c: ["down", "unit", "--config", str(c.cfg)],
+        ("--yes", "no terminal"),
+    ),
     "put-data-cv-unknown": (put_data(lambda c: "digits", "--cv", "bogus"), ("--cv", "'bogus'")),
-    "put-data-test-size": (put_data(lambda c: "digits", "--test-size", "1.5"), ("--test-size", "between 0 and 1", "1.5")),
-    "put-data-n-splits": (put_data(lambda c: "digits", "--n-splits", "0"), ("--n-splits", "too small")),
-    "run-kind-unknown": (lambda c: ["run", "unit", "gridserch", "--data", "digits"], ("'gridserch'", "gridsearch")),
+    "put-data-test-size": (
+        put_data(lambda c: "digits", "--test-size", "1.5"),
+        ("--test-size", "between 0 and 1", "1.5"),
+    ),
+    "put-data-n-splits": (
+        put_data(lambda c: "digits", "--n-splits", "0"),
+        ("--n-splits", "too small"),
+    ),
+    "run-kind-unknown": (
+        lambda c: ["run", "unit", "gridserch", "--data", "digits"],
+        ("'gridserch'", "gridsearch"),
+    ),
     # --- datasets ---------------------------------------------------------------
-    "data-missing-file": (put_data(lambda c: str(c.dir / "nope.npz")), ("nope.npz", "no such file")),
-    "data-unknown-dataset": (put_data(lambda c: "digitz"), ("digitz", "no such file or dataset", "digits")),
-    "data-unknown-format": (put_data(lambda c: c.write("data.txt", "1 2 3\n")), ("data.txt", "unknown data format .txt")),
+    "data-missing-file": (
+        put_data(lambda c: str(c.dir / "nope.npz")),
+        ("nope.npz", "no such file"),
+    ),
+    "data-unknown-dataset": (
+        put_data(lambda c: "digitz"),
+        ("digitz", "no such file or dataset", "digits"),
+    ),
+    "data-unknown-format": (
+        put_data(lambda c: c.write("data.txt", "1 2 3\n")),
+        ("data.txt", "unknown data format .txt"),
+    ),
     "data-npz-without-y": (put_data(lambda c: c.npz(X=X)), ("data.npz", "missing array(s) y")),
-    "data-x-1d": (put_data(lambda c: c.npz(X=np.arange(10.0), y=Y)), ("data.npz", "X must be 2-D", "(10,)")),
-    "data-y-2d": (put_data(lambda c: c.npz(X=X, y=np.zeros((10, 2)))), ("data.npz", "y must be 1-D", "(10, 2)")),
-    "data-nan-in-y": (put_data(lambda c: c.npz(X=X, y=np.where(Y == 1, np.nan, 0.0))), ("data.npz", "y contains 5 NaN")),
-    "data-lengths-differ": (put_data(lambda c: c.npz(X=X, y=Y[:9])), ("data.npz", "X has 10 rows but y has 9")),
-    "data-npy-pair-missing-y": (put_data(lambda c: f"{c.write('X.npy', b'')},{c.dir / 'y.npy'}"), ("y.npy", "no such file")),
-    "data-joblib-corrupt": (put_data(lambda c: c.write("data.joblib", b"not a pickle at all")), ("data.joblib", "cannot read")),
-    "data-joblib-not-a-pair": (put_data(lambda c: (joblib.dump(X, c.dir / "x.joblib"), str(c.dir / "x.joblib"))[1]),
-                               ("x.joblib", "expected a joblib dump of (X, y)")),
-    "data-csv-unknown-target": (put_data(csv, "--target", "label"), ("data.csv", "no target column 'label'")),
-    "data-csv-not-numeric": (put_data(lambda c: c.write("data.csv", "a,y\n1,0\nabc,1\n")), ("data.csv", "non-numeric", "abc")),
+    "data-x-1d": (
+        put_data(lambda c: c.npz(X=np.arange(10.0), y=Y)),
+        ("data.npz", "X must be 2-D", "(10,)"),
+    ),
+    "data-y-2d": (
+        put_data(lambda c: c.npz(X=X, y=np.zeros((10, 2)))),
+        ("data.npz", "y must be 1-D", "(10, 2)"),
+    ),
+    "data-nan-in-y": (
+        put_data(lambda c: c.npz(X=X, y=np.where(Y == 1, np.nan, 0.0))),
+        ("data.npz", "y contains 5 NaN"),
+    ),
+    "data-lengths-differ": (
+        put_data(lambda c: c.npz(X=X, y=Y[:9])),
+        ("data.npz", "X has 10 rows but y has 9"),
+    ),
+    "data-npy-pair-missing-y": (
+        put_data(lambda c: f"{c.write('X.npy', b'')},{c.dir / 'y.npy'}"),
+        ("y.npy", "no such file"),
+    ),
+    "data-joblib-corrupt": (
+        put_data(lambda c: c.write("data.joblib", b"not a pickle at all")),
+        ("data.joblib", "cannot read"),
+    ),
+    "data-joblib-not-a-pair": (
+        put_data(lambda c: (joblib.dump(X, c.dir / "x.joblib"), str(c.dir / "x.joblib"))[1]),
+        ("x.joblib", "expected a joblib dump of (X, y)"),
+    ),
+    "data-csv-unknown-target": (
+        put_data(csv, "--target", "label"),
+        ("data.csv", "no target column 'label'"),
+    ),
+    "data-csv-not-numeric": (
+        put_data(lambda c: c.write("data.csv", "a,y\n1,0\nabc,1\n")),
+        ("data.csv", "non-numeric", "abc"),
+    ),
     # --- parameter specs -----------------------------------------------------------
-    "model-unknown-module": (run("--model", "sklearn.nope.SVC", "--param", "C=[1]"), ("--model", "sklearn.nope.SVC", "No module")),
-    "model-unknown-class": (run("--model", "sklearn.svm.SVD", "--param", "C=[1]"), ("--model", "sklearn.svm.SVD")),
-    "model-not-an-estimator": (run("--model", "collections.OrderedDict", "--param", "C=[1]"),
-                               ("--model", "collections.OrderedDict", "not a scikit-learn estimator")),
+    "model-unknown-module": (
+        run("--model", "sklearn.nope.SVC", "--param", "C=[1]"),
+        ("--model", "sklearn.nope.SVC", "No module"),
+    ),
+    "model-unknown-class": (
+        run("--model", "sklearn.svm.SVD", "--param", "C=[1]"),
+        ("--model", "sklearn.svm.SVD"),
+    ),
+    "model-not-an-estimator": (
+        run("--model", "collections.OrderedDict", "--param", "C=[1]"),
+        ("--model", "collections.OrderedDict", "not a scikit-learn estimator"),
+    ),
     "model-not-dotted": (run("--model", "SVC", "--param", "C=[1]"), ("--model", "dotted path")),
-    "param-unknown": (run("--param", "gama=[0.1]"), ("--param gama=[0.1]", "SVC has no parameter 'gama'", "did you mean 'gamma'")),
+    "param-unknown": (
+        run("--param", "gama=[0.1]"),
+        ("--param gama=[0.1]", "SVC has no parameter 'gama'", "did you mean 'gamma'"),
+    ),
     "param-empty-grid": (run("--param", "C=[]"), ("--param C=[]", "empty")),
     "param-unparseable": (run("--param", "C=logspace("), ("--param C=logspace(", "cannot parse")),
-    "param-unknown-function": (run("--param", "C=exp(3)"), ("--param C=exp(3)", "unknown function 'exp'")),
+    "param-unknown-function": (
+        run("--param", "C=exp(3)"),
+        ("--param C=exp(3)", "unknown function 'exp'"),
+    ),
     "param-bad-arguments": (run("--param", "C=logspace(1)"), ("--param C=logspace(1)", "logspace")),
     "param-not-name-equals-values": (run("--param", "C"), ("--param C", "NAME=VALUES")),
-    "param-markup-like": (run("--param", "kernel=[/rbf]"), ("--param kernel=[/rbf]", "cannot parse")),
+    "param-markup-like": (
+        run("--param", "kernel=[/rbf]"),
+        ("--param kernel=[/rbf]", "cannot parse"),
+    ),
     "param-none": (run(), ("--param", "at least one")),
-    "param-distribution-without-n-iter": (run("--param", "C=loguniform(1e-2,1e2)"), ("--n-iter", "distributions")),
+    "param-distribution-without-n-iter": (
+        run("--param", "C=loguniform(1e-2,1e2)"),
+        ("--n-iter", "distributions"),
+    ),
     "n-iter-zero": (run("--param", "C=[1,10]", "--n-iter", "0"), ("--n-iter", "at least 1")),
-    "scoring-unknown": (run("--param", "C=[1]", "--scoring", "acuracy"), ("--scoring", "'acuracy'")),
-    "param-negative-count": (run("--param", "C=linspace(1,2,-1)"), ("--param C=linspace(1,2,-1)", "non-negative")),
-    "param-distribution-bad-arguments": (run("--param", "C=loguniform(1)", "--n-iter", "5"),
-                                         ("--param C=loguniform(1)", "missing")),
-    "param-unhashable-literal": (run("--param", "C={[1]: 2}"), ("--param C={[1]: 2}", "not a literal value")),
-    "set-without-value": (run("--param", "C=[1]", "--set", "kernel"), ("--set kernel", "NAME=VALUE")),
-    "set-not-a-literal": (run("--param", "C=[1]", "--set", "kernel=rbf"), ("--set kernel=rbf", "not a literal value")),
+    "scoring-unknown": (
+        run("--param", "C=[1]", "--scoring", "acuracy"),
+        ("--scoring", "'acuracy'"),
+    ),
+    "param-negative-count": (
+        run("--param", "C=linspace(1,2,-1)"),
+        ("--param C=linspace(1,2,-1)", "non-negative"),
+    ),
+    "param-distribution-bad-arguments": (
+        run("--param", "C=loguniform(1)", "--n-iter", "5"),
+        ("--param C=loguniform(1)", "missing"),
+    ),
+    "param-unhashable-literal": (
+        run("--param", "C={[1]: 2}"),
+        ("--param C={[1]: 2}", "not a literal value"),
+    ),
+    "set-without-value": (
+        run("--param", "C=[1]", "--set", "kernel"),
+        ("--set kernel", "NAME=VALUE"),
+    ),
+    "set-not-a-literal": (
+        run("--param", "C=[1]", "--set", "kernel=rbf"),
+        ("--set kernel=rbf", "not a literal value"),
+    ),
 }
 
 
@@ -237,5 +420,7 @@ def test_bad_input_exits_2_with_one_line_naming_it_and_creates_nothing(case, nam
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     client = ec2_client()
     assert [i for r in client.describe_instances()["Reservations"] for i in r["Instances"]] == []
-    assert [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"]] == ["default"]
+    assert [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"]] == [
+        "default"
+    ]
     assert client.describe_key_pairs()["KeyPairs"] == []

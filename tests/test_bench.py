@@ -84,7 +84,9 @@ def test_putdata_quick(sim_region, tmp_path):
 
 @pytest.mark.e2e
 def test_bootstrap_quick(sim_region, tmp_path):
-    data = bootstrap.main(["--quick", "--modes", "warm", "--json", str(tmp_path / "bootstrap.json")])
+    data = bootstrap.main(
+        ["--quick", "--modes", "warm", "--json", str(tmp_path / "bootstrap.json")]
+    )
     warm = data["modes"]["warm"]  # cold runs only add a wheelhouse build, which test_nodes covers
     assert [r["nodes"] for r in warm] == [1, 2] and "cold" not in data["modes"]
     for r in warm:

@@ -50,7 +50,9 @@ def cfg_file(tmp_path) -> Path:
 
 def nothing_created(client) -> None:
     assert [i for r in client.describe_instances()["Reservations"] for i in r["Instances"]] == []
-    assert [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"]] == ["default"]
+    assert [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"]] == [
+        "default"
+    ]
     assert client.describe_key_pairs()["KeyPairs"] == []
 
 

@@ -304,11 +304,6 @@ def test_default_key_path_is_not_checked_because_it_is_generated_later(tmp_path,
     assert load_config(write(tmp_path, CHAIN)).key_path == home / ".ssh/provision_ed25519"
 
 
-def test_key_check_can_be_skipped(tmp_path):
-    path = write(tmp_path, "clusters:\n  a:\n    key_path: ~/.ssh/missing\n")
-    assert load_config(path, check_key=False).key_path.name == "missing"
-
-
 # --- starter file ------------------------------------------------------------
 
 
@@ -337,11 +332,11 @@ def test_write_starter_overwrites_with_force(tmp_path):
 
 def test_starter_file_loads_as_the_default_config(home):
     write_starter()
-    cfg = load_config(check_key=False)
+    cfg = load_config()
     assert cfg.region == "sim"
 
 
 def test_starter_aws_template_loads_with_the_region_from_the_environment(monkeypatch):
     monkeypatch.setenv("AWS_REGION", "eu-central-1")
-    cfg = load_config(templates_dir() / "cluster.yaml", template="aws", check_key=False)
+    cfg = load_config(templates_dir() / "cluster.yaml", template="aws")
     assert (cfg.region, cfg.spot_bid, cfg.spot_master) == ("eu-central-1", 0.10, False)

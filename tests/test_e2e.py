@@ -84,7 +84,9 @@ def test_up_gives_a_client_with_one_engine_on_each_of_three_hosts(cluster):
     try:
         names = rc[:].apply_sync(_hostname)
         assert len(set(names)) == 3
-        assert all(n.startswith("ip-" + GATEWAY.rsplit(".", 1)[0].replace(".", "-") + "-") for n in names)
+        assert all(
+            n.startswith("ip-" + GATEWAY.rsplit(".", 1)[0].replace(".", "-") + "-") for n in names
+        )
     finally:
         rc.close()
 
@@ -124,7 +126,12 @@ def test_gridsearch_on_the_cluster_equals_sklearn_on_the_same_splits(cluster):
     X, y = load_digits(return_X_y=True)
     cv = ShuffleSplit(n_splits=3, test_size=0.25, random_state=42)
     ref = GridSearchCV(SVC(), grid, cv=list(cv.split(X, y))).fit(X, y)
-    np.testing.assert_allclose(search.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        search.cv_results_["mean_test_score"],
+        ref.cv_results_["mean_test_score"],
+        rtol=0,
+        atol=1e-12,
+    )
     assert search.best_params_ == ref.best_params_
     if hosts_used is not None:
         assert len(hosts_used) >= 2
@@ -132,7 +139,9 @@ def test_gridsearch_on_the_cluster_equals_sklearn_on_the_same_splits(cluster):
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "provision"
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+    )
 
 
 def test_ssh_put_and_get_reach_the_right_nodes(cluster, tmp_path):
@@ -168,7 +177,9 @@ def test_sklearn_searches_run_unchanged_through_the_joblib_backend(cluster):
     grid = {"C": [0.1, 1.0, 10.0], "gamma": [0.01, 0.1]}
     makers = {
         "grid": lambda: GridSearchCV(SVC(), grid, cv=3, n_jobs=-1),
-        "random": lambda: RandomizedSearchCV(SVC(), grid, n_iter=4, cv=3, n_jobs=-1, random_state=0),
+        "random": lambda: RandomizedSearchCV(
+            SVC(), grid, n_iter=4, cv=3, n_jobs=-1, random_state=0
+        ),
         "halving": lambda: HalvingGridSearchCV(SVC(), grid, cv=3, n_jobs=-1, random_state=0),
     }
     local = {k: m().fit(X, y).cv_results_["mean_test_score"] for k, m in makers.items()}
@@ -202,8 +213,22 @@ def test_a_killed_client_resumes_the_search_without_recomputing(cluster, tmp_pat
     from payload.journal import verify_journal
 
     exe = Path(sys.executable).parent / "provision"
-    args = [str(exe), "run", NAME, "gridsearch", "--data", "digits", "--model", "sklearn.svm.SVC",
-            "--param", "C=logspace(-1,2,4)", "--param", "gamma=logspace(-4,0,5)", "--out", str(tmp_path)]
+    args = [
+        str(exe),
+        "run",
+        NAME,
+        "gridsearch",
+        "--data",
+        "digits",
+        "--model",
+        "sklearn.svm.SVC",
+        "--param",
+        "C=logspace(-1,2,4)",
+        "--param",
+        "gamma=logspace(-4,0,5)",
+        "--out",
+        str(tmp_path),
+    ]
     journal = tmp_path / "journal.jsonl"
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -231,7 +256,9 @@ def test_a_killed_client_resumes_the_search_without_recomputing(cluster, tmp_pat
     cv = list(ShuffleSplit(n_splits=3, test_size=0.25, random_state=42).split(X, y))
     ref = GridSearchCV(SVC(), grid, cv=cv, n_jobs=2).fit(X, y)
     ours = json.loads((tmp_path / "cv_results.json").read_text())
-    np.testing.assert_allclose(ours["mean_test_score"], ref.cv_results_["mean_test_score"], atol=1e-12)
+    np.testing.assert_allclose(
+        ours["mean_test_score"], ref.cv_results_["mean_test_score"], atol=1e-12
+    )
 
 
 def test_engines_killed_mid_search_lose_no_result(cluster):
@@ -337,7 +364,9 @@ def test_watch_replaces_lost_workers_whose_engines_join_a_running_map(cluster):
         rc.close()
     after = cloud.describe_cluster(region, NAME)
     assert len(after.workers) == 2
-    new_hosts = {"ip-" + i.private_ip.replace(".", "-") for i in after.workers if i not in before.workers}
+    new_hosts = {
+        "ip-" + i.private_ip.replace(".", "-") for i in after.workers if i not in before.workers
+    }
     assert new_hosts & {r[1] for r in results}, "replacement engines took part in the running map"
 
 
@@ -403,7 +432,11 @@ def test_ctrl_c_during_up_then_down_leaves_nothing(sim_region, tmp_path, delay, 
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     region = sim.region()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None and not cloud.describe_cluster(region, name).alive:
+    while (
+        time.monotonic() < deadline
+        and proc.poll() is None
+        and not cloud.describe_cluster(region, name).alive
+    ):
         time.sleep(0.05)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)

@@ -301,7 +301,8 @@ def test_ensure_key_pair_imports_once_and_tags_it(region, client):
 
     assert cloud.ensure_key_pair(region, "c1", "c1-key", key) is True
     assert (
-        cloud.ensure_key_pair(region, "c1", "c1-key", key.split()[0] + " " + key.split()[1]) is False
+        cloud.ensure_key_pair(region, "c1", "c1-key", key.split()[0] + " " + key.split()[1])
+        is False
     )
 
     [pair] = client.describe_key_pairs(KeyNames=["c1-key"])["KeyPairs"]

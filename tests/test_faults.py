@@ -189,7 +189,9 @@ class StopAtSSH(configure.Strategy):
 
 
 @pytest.fixture
-def region(moto_default_amis: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
+def region(
+    moto_default_amis: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Any]:
     """moto's EC2, answering the armed request with an error instead of acting on it;
     retries keep their logic but not their waits. Yields a boto3 client for checks.
 
@@ -220,7 +222,9 @@ def region(moto_default_amis: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setattr(moto.kms.models, "generate_private_key", _KMS_KEYS)
     # No waits: botocore's backoff (which launch's throttling retry uses too) and
     # adaptive mode's rate limit.
-    monkeypatch.setattr(botocore.retries.standard.ExponentialBackoff, "delay_amount", lambda self, ctx: 0)
+    monkeypatch.setattr(
+        botocore.retries.standard.ExponentialBackoff, "delay_amount", lambda self, ctx: 0
+    )
     monkeypatch.setattr(botocore.retries.bucket.TokenBucket, "acquire", lambda self, *a, **kw: True)
     core = {"reset_boto3_session": False, "mock_credentials": False, "service_whitelist": None,
             "passthrough": {"urls": [], "services": []}}
@@ -254,7 +258,9 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def cfg(tmp_path: Path, key: Path, name: str) -> Path:
     path = tmp_path / "cluster.yaml"
-    path.write_text(CONFIG.format(name=name, cidr=CIDR, size=1 + WORKERS, key=f"    key_path: {key}\n"))
+    path.write_text(
+        CONFIG.format(name=name, cidr=CIDR, size=1 + WORKERS, key=f"    key_path: {key}\n")
+    )
     return path
 
 
@@ -291,7 +297,9 @@ def assert_converged(client: Any, name: str) -> None:
     tag = [{"Name": f"tag:{CLUSTER_TAG}", "Values": [name]}]
     alive = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
     found = client.describe_instances(Filters=tag + alive)["Reservations"]
-    tags = [{t["Key"]: t["Value"] for t in i.get("Tags", [])} for r in found for i in r["Instances"]]
+    tags = [
+        {t["Key"]: t["Value"] for t in i.get("Tags", [])} for r in found for i in r["Instances"]
+    ]
     assert sorted(t[ROLE_TAG] for t in tags) == [MASTER] + [WORKER] * WORKERS
     names = sorted(t.get("Name", "") for t in tags)
     assert names == ["master"] + [f"node{n:03d}" for n in range(1, WORKERS + 1)], names
@@ -337,7 +345,9 @@ def test_a_fault_at_any_ec2_call_is_retried_or_one_line_and_down_then_leaves_not
     down_leaves_nothing(name)
 
 
-@pytest.mark.parametrize("k", range(1, len(SEQUENCE) + 1), ids=[f"{k:02d}-{op}" for k, op in enumerate(SEQUENCE, 1)])
+@pytest.mark.parametrize(
+    "k", range(1, len(SEQUENCE) + 1), ids=[f"{k:02d}-{op}" for k, op in enumerate(SEQUENCE, 1)]
+)
 def test_up_after_a_failed_call_converges_without_duplicates(faults, region, cfg, name, k):
     faults.arm(k, "generic")
     up_until_ssh(cfg)
@@ -348,7 +358,9 @@ def test_up_after_a_failed_call_converges_without_duplicates(faults, region, cfg
 
 
 @pytest.mark.parametrize("op", ["CreateSecurityGroup", "ImportKeyPair", "RunInstances"])
-def test_provision_up_exits_1_with_one_line_when_an_ec2_call_fails(faults, cfg, name, op, monkeypatch):
+def test_provision_up_exits_1_with_one_line_when_an_ec2_call_fails(
+    faults, cfg, name, op, monkeypatch
+):
     monkeypatch.setitem(configure.STRATEGIES, "fabric", StopAtSSH)  # what `provision up` picks
     faults.arm(SEQUENCE.index(op) + 1, "generic")
     result = CliRunner().invoke(main, ["up", "--config", str(cfg)], catch_exceptions=False)
@@ -391,7 +403,9 @@ def test_a_master_that_fails_configuration_fails_up_saying_how_to_retry(faults, 
     with pytest.raises(ProvisionError) as err:
         lifecycle.up(load_config(cfg), configure_with=FailingMaster())
 
-    assert str(err.value).startswith("master i-") and "failed: no python3. Run `provision up`" in str(err.value)
+    assert str(err.value).startswith(
+        "master i-"
+    ) and "failed: no python3. Run `provision up`" in str(err.value)
     assert len(cloud.describe_cluster(REGION, name).alive) == 1 + WORKERS  # nothing torn down
     down_leaves_nothing(name)
 
@@ -426,7 +440,9 @@ def secured(faults: Faults, name: str, tmp_path: Path) -> Path:
     return launch_with_a_key_up_makes(tmp_path, name)
 
 
-def test_up_opens_ssh_to_the_configured_cidr_only_and_everything_else_to_the_group(region, name, secured):
+def test_up_opens_ssh_to_the_configured_cidr_only_and_everything_else_to_the_group(
+    region, name, secured
+):
     group_id = cloud.describe_cluster(REGION, name).security_group_id
     group = region.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
     rules = {
@@ -442,7 +458,11 @@ def test_up_opens_ssh_to_the_configured_cidr_only_and_everything_else_to_the_gro
 
 def test_up_requires_imdsv2_and_encrypts_root_volumes(region, name, secured):
     ids = [i.instance_id for i in cloud.describe_cluster(REGION, name).alive]
-    found = [i for r in region.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]]
+    found = [
+        i
+        for r in region.describe_instances(InstanceIds=ids)["Reservations"]
+        for i in r["Instances"]
+    ]
     assert len(found) == 1 + WORKERS
     assert {i["MetadataOptions"]["HttpTokens"] for i in found} == {"required"}
     attached = [{"Name": "attachment.instance-id", "Values": ids}]
@@ -463,7 +483,9 @@ def test_up_writes_the_key_and_local_state_private(name, secured):
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
 
 
-def test_no_aws_secret_or_private_key_reaches_logs_or_status_json(region, name, tmp_path, monkeypatch, caplog):
+def test_no_aws_secret_or_private_key_reaches_logs_or_status_json(
+    region, name, tmp_path, monkeypatch, caplog
+):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a session that reads SECRET
     caplog.set_level(logging.DEBUG)

@@ -24,6 +24,7 @@ import pytest
 
 from provision.client import connect_client
 from provision.nodes import engines, remote, setup, transfer
+from provision.nodes import wheelhouse as wheelhouses
 from provision.nodes.fanout import GroupError, GroupResult, on_hosts
 from provision.nodes.remote import Endpoint, NodeError
 from provision.sim.state import GATEWAY
@@ -88,7 +89,7 @@ def spec() -> setup.EnvSpec:
 @pytest.fixture(scope="module")
 def wheelhouse(spec: setup.EnvSpec) -> Path:
     """Built once per session on the client (the first build ever downloads from PyPI)."""
-    return setup.build_wheelhouse(spec)
+    return wheelhouses.build_wheelhouse(spec)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,9 @@ def test_env_spec_pins_the_clients_versions_including_transitive_dependencies() 
 
 
 def test_a_package_missing_on_the_client_is_named() -> None:
-    with pytest.raises(ValueError, match="no-such-pkg-xyz is needed on the nodes but not installed"):
+    with pytest.raises(
+        ValueError, match="no-such-pkg-xyz is needed on the nodes but not installed"
+    ):
         setup.client_env_spec(["no-such-pkg-xyz"])
 
 
@@ -173,7 +176,7 @@ def test_a_stage_is_retried_once_when_ssh_drops() -> None:
 def test_nodes_of_another_platform_get_manylinux_wheels() -> None:
     assert setup.platform_for("x86_64") is None  # this client: Linux x86_64
     assert setup.platform_for("arm64") == "manylinux_2_28_aarch64"
-    tags = setup._platform_tags("manylinux_2_28_aarch64")
+    tags = wheelhouses._platform_tags("manylinux_2_28_aarch64")
     assert tags[0] == "manylinux_2_28_aarch64" and "manylinux2014_aarch64" in tags
     assert setup._marker_env("3.11", "manylinux2014_x86_64")["platform_machine"] == "x86_64"
 
@@ -247,10 +250,16 @@ def test_push_tree_lands_the_directory_whole_or_names_the_failure(
     ep, seen = nodes.endpoints[1], []
     sent = transfer.push_tree(ep, src, f"/srv/pushed-{via}", on_bytes=seen.append)
     assert sent == sum(seen) > (3 << 20)
-    listing = remote.run(ep, f"cd /srv/pushed-{via} && sha256sum a.bin b.txt; ls -d /srv/*.tmp 2>/dev/null || true")
-    expected = {f"{hashlib.sha256((src / n).read_bytes()).hexdigest()}  {n}" for n in ("a.bin", "b.txt")}
+    listing = remote.run(
+        ep, f"cd /srv/pushed-{via} && sha256sum a.bin b.txt; ls -d /srv/*.tmp 2>/dev/null || true"
+    )
+    expected = {
+        f"{hashlib.sha256((src / n).read_bytes()).hexdigest()}  {n}" for n in ("a.bin", "b.txt")
+    }
     assert set(listing.strip().splitlines()) == expected  # and no temp dir left
-    again = transfer.push_tree(ep, src, f"/srv/pushed-{via}", unless_exists=f"/srv/pushed-{via}/b.txt")
+    again = transfer.push_tree(
+        ep, src, f"/srv/pushed-{via}", unless_exists=f"/srv/pushed-{via}/b.txt"
+    )
     assert again is None
     with pytest.raises(NodeError, match=rf"node1 \({re.escape(IPS[1])}\): `rm -rf /proc/x/y\.tmp"):
         transfer.push_tree(ep, src, "/proc/x/y")
@@ -360,7 +369,10 @@ def test_a_vanished_host_loses_its_engine_within_seconds(nodes: Nodes, cluster: 
             time.sleep(0.2)
         noticed = time.monotonic() - start
         if registered() != 2:  # say why: the controller logs each missed beat
-            log = remote.run(nodes.master, f"grep -a -i -e heart -e unregist {ROOT}/log/ipcontroller.log | tail -n 30")
+            log = remote.run(
+                nodes.master,
+                f"grep -a -i -e heart -e unregist {ROOT}/log/ipcontroller.log | tail -n 30",
+            )
             pytest.fail(f"{IPS[2]} still registered after {noticed:.1f} s; controller log:\n{log}")
         assert noticed < 10
     finally:

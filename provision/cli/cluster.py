@@ -87,7 +87,9 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, con
               f"registered, estimated {cost}")
     if result.failed:
         out.print(f"[yellow]failed and removed:[/] {', '.join(result.failed)}")
-    out.print(f"connect from a notebook:\n  import provision\n  rc = provision.connect({cfg.name!r})")
+    out.print(
+        f"connect from a notebook:\n  import provision\n  rc = provision.connect({cfg.name!r})"
+    )
 
 
 @click.command()

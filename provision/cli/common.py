@@ -21,8 +21,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from provision import state
-from provision.config import ClusterConfig, load_config
+from provision.config import load_config
 from provision.errors import BadInput, ProvisionError
+from provision.schema import ClusterConfig
 
 # Wide enough for the node table when output goes to a file or a pipe.
 PIPE_WIDTH = 160
@@ -85,7 +86,9 @@ def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        fn
+    )
 
 
 def settings(

@@ -21,14 +21,30 @@ from provision.progress import RichReporter
 @click.command(name="put-data")
 @click.argument("name")
 @click.argument("dataset")
-@click.option("--cv", type=click.Choice(["shuffle", "kfold", "stratified"]), default="shuffle", show_default=True)
+@click.option(
+    "--cv",
+    type=click.Choice(["shuffle", "kfold", "stratified"]),
+    default="shuffle",
+    show_default=True,
+)
 @click.option("--n-splits", type=int, default=5, show_default=True)
-@click.option("--test-size", type=float, default=0.25, show_default=True, help="For shuffle and stratified.")
+@click.option(
+    "--test-size", type=float, default=0.25, show_default=True, help="For shuffle and stratified."
+)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--target", help="Target column of a .csv (default: the last).")
 @config_options
-def put_data(name: str, dataset: str, cv: str, n_splits: int, test_size: float, seed: int, target: str | None,
-             config_path: Path | None, template: str | None) -> None:
+def put_data(
+    name: str,
+    dataset: str,
+    cv: str,
+    n_splits: int,
+    test_size: float,
+    seed: int,
+    target: str | None,
+    config_path: Path | None,
+    template: str | None,
+) -> None:
     """Persist DATASET's CV splits (memmappable) and ship them once to every host.
 
     DATASET is a scikit-learn dataset (digits, iris, wine, breast_cancer) or a
@@ -40,7 +56,9 @@ def put_data(name: str, dataset: str, cv: str, n_splits: int, test_size: float, 
     data.load_dataset(dataset, target)
     with RichReporter(err) as reporter:
         ctx = context.prepare(cfg, reporter)
-        result = data.put_data(ctx, dataset, cv=cv, n_splits=n_splits, test_size=test_size, seed=seed, target=target)
+        result = data.put_data(
+            ctx, dataset, cv=cv, n_splits=n_splits, test_size=test_size, seed=seed, target=target
+        )
     moved = result.bytes_moved
     out.print(f"{dataset}: {len(result.remote_paths)} splits in {result.remote_dir} on "
               f"{len(result.bytes_per_host)} host(s); moved {moved / 1e6:.2f} MB")
@@ -57,20 +75,67 @@ def _out_dir(out_dir: Path | None, name: str, kind: str, label: str, model: str)
 @click.argument("name")
 @click.argument("kind", type=click.Choice(["gridsearch", "learning-curve"]))
 @click.option("--data", "label", required=True, help="A dataset put on the cluster with put-data.")
-@click.option("--model", default="sklearn.svm.SVC", show_default=True, help="Dotted path of the estimator class.")
-@click.option("--param", "params", multiple=True, metavar="NAME=VALUES",
-              help="e.g. 'C=logspace(-1,2,4)', 'kernel=[\"rbf\",\"linear\"]', 'C=loguniform(1e-2,1e2)'. Repeatable.")
-@click.option("--set", "fixed", multiple=True, metavar="NAME=VALUE", help="Fixed estimator parameter. Repeatable.")
+@click.option(
+    "--model",
+    default="sklearn.svm.SVC",
+    show_default=True,
+    help="Dotted path of the estimator class.",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUES",
+    help="e.g. 'C=logspace(-1,2,4)', 'kernel=[\"rbf\",\"linear\"]', "
+    "'C=loguniform(1e-2,1e2)'. Repeatable.",
+)
+@click.option(
+    "--set",
+    "fixed",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Fixed estimator parameter. Repeatable.",
+)
 @click.option("--n-iter", type=int, help="Randomized search with this many candidates.")
 @click.option("--scoring", help="A scikit-learn scorer name (default: the estimator's score).")
-@click.option("--seed", type=int, default=0, show_default=True, help="For randomized search order and sampling.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="For randomized search order and sampling.",
+)
 @click.option("--top", type=int, default=5, show_default=True, help="Candidates in the report.")
-@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds before the search gives up.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Results directory (re-running resumes from its journal).")
+@click.option(
+    "--timeout",
+    type=float,
+    default=3600,
+    show_default=True,
+    help="Seconds before the search gives up.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="Results directory (re-running resumes from its journal).",
+)
 @config_options
-def run(name: str, kind: str, label: str, model: str, params: tuple[str, ...], fixed: tuple[str, ...], n_iter: int | None,
-        scoring: str | None, seed: int, top: int, timeout: float, out_dir: Path | None,
-        config_path: Path | None, template: str | None) -> None:
+def run(
+    name: str,
+    kind: str,
+    label: str,
+    model: str,
+    params: tuple[str, ...],
+    fixed: tuple[str, ...],
+    n_iter: int | None,
+    scoring: str | None,
+    seed: int,
+    top: int,
+    timeout: float,
+    out_dir: Path | None,
+    config_path: Path | None,
+    template: str | None,
+) -> None:
     """Run the bundled payload (grid search or learning curve) on the cluster's engines.
 
     Hands a connected ipyparallel Client to the payload, shows progress,
@@ -93,7 +158,11 @@ def run(name: str, kind: str, label: str, model: str, params: tuple[str, ...], f
         if scoring not in get_scorer_names():
             raise BadInput(f"--scoring: unknown scorer {scoring!r}")
     grid = parse_params(list(params), estimator) if kind == "gridsearch" else {}
-    if kind == "gridsearch" and n_iter is None and any(not isinstance(v, list) for v in grid.values()):
+    if (
+        kind == "gridsearch"
+        and n_iter is None
+        and any(not isinstance(v, list) for v in grid.values())
+    ):
         raise BadInput("--param: distributions need --n-iter (randomized search)")
     if n_iter is not None and n_iter < 1:
         raise BadInput(f"--n-iter: must be at least 1 (got {n_iter})")
@@ -102,15 +171,27 @@ def run(name: str, kind: str, label: str, model: str, params: tuple[str, ...], f
     rc = lifecycle.connect(name)
     try:
         if kind == "gridsearch":
-            _gridsearch(rc, estimator, grid, split_paths, n_iter, scoring, seed, top, timeout, target)
+            _gridsearch(
+                rc, estimator, grid, split_paths, n_iter, scoring, seed, top, timeout, target
+            )
         else:
             _learning_curve(rc, estimator, split_paths, scoring, target)
     finally:
         rc.close()
 
 
-def _gridsearch(rc: Any, estimator: Any, grid: dict[str, Any], split_paths: list[str], n_iter: int | None,
-                scoring: str | None, seed: int, top: int, timeout: float, target: Path) -> None:
+def _gridsearch(
+    rc: Any,
+    estimator: Any,
+    grid: dict[str, Any],
+    split_paths: list[str],
+    n_iter: int | None,
+    scoring: str | None,
+    seed: int,
+    top: int,
+    timeout: float,
+    target: Path,
+) -> None:
     from payload import DistributedSearch
     from payload.report import plot_heatmap, plot_param_boxplots, report_text
 
@@ -122,7 +203,9 @@ def _gridsearch(rc: Any, estimator: Any, grid: dict[str, Any], split_paths: list
     with RichReporter(err) as reporter:
         search.start()
         done, total = search.progress
-        with reporter.wait(f"{type(estimator).__name__}: {total} fits on {len(rc.ids)} engines", total=total) as advance:
+        with reporter.wait(
+            f"{type(estimator).__name__}: {total} fits on {len(rc.ids)} engines", total=total
+        ) as advance:
             finished = search.wait(timeout=timeout, progress=lambda d, t: advance(d))
     if not finished:
         search.abort()
@@ -141,13 +224,19 @@ def _gridsearch(rc: Any, estimator: Any, grid: dict[str, Any], split_paths: list
     out.print("plots: " + ", ".join(str(p) for p in plots))
 
 
-def _learning_curve(rc: Any, estimator: Any, split_paths: list[str], scoring: str | None, target: Path) -> None:
+def _learning_curve(
+    rc: Any, estimator: Any, split_paths: list[str], scoring: str | None, target: Path
+) -> None:
     from payload.curves import learning_curve_distributed, plot_learning_curve
 
-    result = learning_curve_distributed(rc.load_balanced_view(), estimator, split_paths, scoring=scoring)
+    result = learning_curve_distributed(
+        rc.load_balanced_view(), estimator, split_paths, scoring=scoring
+    )
     (target / "learning_curve.json").write_text(json.dumps(_jsonable(result), indent=2))
     path = plot_learning_curve(result, target / "learning_curve.png")
-    for size, tr, te in zip(result["train_sizes_abs"], result["train_scores"], result["test_scores"]):
+    for size, tr, te in zip(
+        result["train_sizes_abs"], result["train_scores"], result["test_scores"]
+    ):
         out.print(f"{int(size):>6} samples: train {np.mean(tr):.5f}  validation {np.mean(te):.5f}")
     out.print(f"plot: {path}")
 
@@ -158,7 +247,10 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, np.ma.MaskedArray):
-        return [None if m else _jsonable(v) for v, m in zip(obj.data.tolist(), np.ma.getmaskarray(obj).tolist())]
+        return [
+            None if m else _jsonable(v)
+            for v, m in zip(obj.data.tolist(), np.ma.getmaskarray(obj).tolist())
+        ]
     if isinstance(obj, np.ndarray):
         return [_jsonable(v) for v in obj.tolist()]
     if isinstance(obj, np.generic):

@@ -34,10 +34,12 @@ from types import ModuleType
 from typing import ParamSpec, TypeVar
 
 from provision.cloud.common import (
+    TEARDOWN_S,
     CloudError,
     ClusterInfo,
     InstanceTypeInfo,
     LaunchRequest,
+    OnStep,
     Progress,
     Region,
     ZonePrice,
@@ -188,7 +190,7 @@ def list_clusters(region: Region) -> list[str]:
 
 @_route
 def terminate_instances(
-    region: Region, instance_ids: list[str], *, wait: bool = True, timeout: float = 600
+    region: Region, instance_ids: list[str], *, wait: bool = True, timeout: float = TEARDOWN_S
 ) -> None:
     """Terminate instances (ids already gone are skipped: safe to repeat);
     with `wait`, until they are gone or `timeout` seconds pass."""
@@ -197,11 +199,7 @@ def terminate_instances(
 
 @_route
 def terminate_cluster(
-    region: Region,
-    cluster: str,
-    *,
-    timeout: float = 600,
-    on_step: Callable[[str], None] | None = None,
+    region: Region, cluster: str, *, timeout: float = TEARDOWN_S, on_step: OnStep | None = None
 ) -> dict[str, int]:
     """Remove everything of `cluster`, dependants first; safe to repeat.
 

@@ -24,6 +24,8 @@ WORKER = "worker"
 ALIVE_STATES = ("pending", "running")  # an instance that is, or is about to be, a node
 
 Progress = Callable[[int, int], None]  # (instances running, instances waited for)
+OnStep = Callable[[str], None]  # one line per step of a teardown
+TEARDOWN_S = 600  # seconds for a teardown's instances to terminate
 
 
 class CloudError(ProvisionError):

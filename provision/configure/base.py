@@ -21,6 +21,7 @@ from provision.cloud.common import InstanceInfo
 from provision.context import Context
 from provision.errors import ProvisionError
 from provision.nodes import fanout, remote, setup
+from provision.nodes import wheelhouse as wheels
 
 WHEELHOUSE_TIMEOUT_S = 1800  # building the wheelhouse: pip downloads every wheel once
 
@@ -65,7 +66,7 @@ class Strategy(ABC):
         """Start building the wheelhouse of the client's package versions."""
         self.spec = setup.client_env_spec(list(ctx.config.packages), ctx.config.remote_root)
         self._wheelhouse = fanout.in_background(
-            lambda: setup.build_wheelhouse(self.spec), name="wheelhouse"
+            lambda: wheels.build_wheelhouse(self.spec), name="wheelhouse"
         )
 
     def wheelhouse(self) -> Path:
@@ -74,7 +75,9 @@ class Strategy(ABC):
             return self._wheelhouse.result(timeout=WHEELHOUSE_TIMEOUT_S)
         except concurrent.futures.TimeoutError:
             minutes = WHEELHOUSE_TIMEOUT_S // 60
-            raise ProvisionError(f"building the wheelhouse took more than {minutes} minutes") from None
+            raise ProvisionError(
+                f"building the wheelhouse took more than {minutes} minutes"
+            ) from None
         except Exception as err:  # handed to every node that needs it
             raise ProvisionError(f"building the wheelhouse failed: {err}") from err
 
@@ -83,7 +86,9 @@ class Strategy(ABC):
         """Bring every node to ready; node label -> None, or the error that stopped it."""
 
 
-def reach(ctx: Context, inst: InstanceInfo, claim: threading.Lock) -> tuple[InstanceInfo, remote.Endpoint]:
+def reach(
+    ctx: Context, inst: InstanceInfo, claim: threading.Lock
+) -> tuple[InstanceInfo, remote.Endpoint]:
     """Wait for a node to run and answer SSH; the node as it runs, and how to reach it."""
     stage(ctx, inst.label, "waiting for running", Step.RUNNING)
     if inst.state != "running" or not inst.private_ip:
@@ -96,7 +101,9 @@ def reach(ctx: Context, inst: InstanceInfo, claim: threading.Lock) -> tuple[Inst
     return inst, ep
 
 
-def _claim_address(ctx: Context, ep: remote.Endpoint, instance_id: str, lock: threading.Lock) -> None:
+def _claim_address(
+    ctx: Context, ep: remote.Endpoint, instance_id: str, lock: threading.Lock
+) -> None:
     """Forget the host key of an address that belonged to another instance.
 
     EC2 reuses private addresses, and a new instance has a new host key: the

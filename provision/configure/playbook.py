@@ -43,7 +43,10 @@ _RECAP = re.compile(
     r"failed=(?P<failed>\d+)(?:\s+skipped=(?P<skipped>\d+))?(?:\s+rescued=(?P<rescued>\d+))?"
     r"(?:\s+ignored=(?P<ignored>\d+))?"
 )
-_RESULT = re.compile(r"^(?P<status>ok|changed|skipping|fatal|failed|unreachable): \[(?P<host>[^\]\s]+)(?: -> [^\]]+)?\]")
+_RESULT = re.compile(
+    r"^(?P<status>ok|changed|skipping|fatal|failed|unreachable): "
+    r"\[(?P<host>[^\]\s]+)(?: -> [^\]]+)?\]"
+)
 _FAILURE = re.compile(
     r"^(?:fatal|failed): \[(?P<host>[^\]\s]+)(?: -> [^\]]+)?\](?: \(item=.*?\))?"
     r"(?:: (?P<kind>FAILED|UNREACHABLE)!)? => (?P<body>\{.*)$"
@@ -97,10 +100,14 @@ class PlaybookResult:
             return None
         where = f"{host} ({address})" if address else host
         if host not in self.recap and host not in self.errors:
-            message = f"{where}: not in the playbook's recap (ansible-playbook exited {self.returncode})"
+            message = (
+                f"{where}: not in the playbook's recap (ansible-playbook exited {self.returncode})"
+            )
             tail = one_line_tail(self.output)
             return NodeError(message + (f": {tail}" if tail else ""), node=host, host=address)
-        return NodeError(f"{where}: ansible: {self.errors.get(host, 'failed')}", node=host, host=address)
+        return NodeError(
+            f"{where}: ansible: {self.errors.get(host, 'failed')}", node=host, host=address
+        )
 
 
 def ansible_dir() -> Path:
@@ -134,7 +141,9 @@ def parse_recap(output: str) -> dict[str, HostRecap]:
         if in_recap:
             m = _RECAP.match(line.strip())
             if m:
-                recap[m["host"]] = HostRecap(**{k: int(v or 0) for k, v in m.groupdict().items() if k != "host"})
+                recap[m["host"]] = HostRecap(
+                    **{k: int(v or 0) for k, v in m.groupdict().items() if k != "host"}
+                )
     return recap
 
 
@@ -209,18 +218,14 @@ def run_playbook(
     inventory: dict[str, Any],
     *,
     playbook: str | Path = PLAYBOOK,
-    extra_vars: dict[str, Any] | None = None,
-    limit: list[str] | None = None,
     on_progress: ProgressFn | None = None,
     timeout: float = PLAYBOOK_TIMEOUT_S,
-    log_path: Path | None = None,
 ) -> PlaybookResult:
     """Run `playbook` (relative to `ansible_dir()`) on `inventory` and return per-host results.
 
     Never raises for a host that failed: its error is in the result (see
     `PlaybookResult.error_for`). Raises `AnsibleError` when ansible-playbook is
     missing or quits before any host ran (e.g. a syntax error), with its output's tail.
-    `log_path` keeps the whole output (default: discarded after parsing).
     """
     command = find_playbook_command()
     root = ansible_dir()
@@ -234,10 +239,6 @@ def run_playbook(
         with os.fdopen(fd, "w") as f:
             f.write(render(inventory, "yaml"))
         args = [command, "-i", inv_path, str(book)]
-        if extra_vars:
-            args += ["--extra-vars", json.dumps(extra_vars)]
-        if limit is not None:
-            args += ["--limit", ",".join(limit) or "none"]
         task = ""
         with subprocess.Popen(
             args, cwd=root, env=_env(control_dir, root / "ansible.cfg"), stdin=subprocess.DEVNULL,
@@ -276,16 +277,16 @@ def run_playbook(
             finally:
                 watchdog.cancel()
             if timed_out.is_set():
-                raise AnsibleError(f"ansible-playbook ran for more than {timeout:.0f}s: {one_line_tail(''.join(lines), 5)}")
+                tail = one_line_tail("".join(lines), 5)
+                raise AnsibleError(f"ansible-playbook ran for more than {timeout:.0f}s: {tail}")
     finally:
         os.unlink(inv_path)
         _close_control_sockets(control_dir)
     output = "".join(lines)
-    if log_path is not None:
-        log_path.write_text(output)
     recap = parse_recap(output)
     if not recap and proc.returncode != 0:
-        raise AnsibleError(f"ansible-playbook exited {proc.returncode} before any host ran: {one_line_tail(output, 8)}")
+        tail = one_line_tail(output, 8)
+        raise AnsibleError(f"ansible-playbook exited {proc.returncode} before any host ran: {tail}")
     return PlaybookResult(
         recap=recap, errors=parse_failures(output), returncode=proc.returncode,
         seconds=time.monotonic() - started, output=output,

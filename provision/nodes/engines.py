@@ -39,6 +39,9 @@ THREAD_ENV = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1"  # one
 # No nanny process per engine (~27 MiB PSS each, `python -m bench.search`): it
 # reports a crashed engine at once, but the heartbeat above does within ~5 s.
 ENGINE_FLAGS = "--IPEngine.timeout=30 --IPEngine.enable_nanny=False"
+CONTROLLER_START_S = 60  # for ipcontroller to write its connection files
+CONTROLLER_POLL_S = 0.2  # how often the node looks for them meanwhile
+SSH_SLACK_S = 30  # on top of a remote wait: the SSH session around it
 CLIENT_JSON = "ipcontroller-client.json"
 ENGINE_JSON = "ipcontroller-engine.json"
 
@@ -64,7 +67,8 @@ _STOP = (
     'stop_pids() { w=$1; shift; pids=""; n=0; '
     'for f in "$@"; do [ -e "$f" ] || continue; p=$(cat "$f"); '
     'if alive "$p" "$w"; then sig TERM "$p"; pids="$pids $p"; n=$((n+1)); fi; rm -f "$f"; done; '
-    'i=0; while [ $i -lt 50 ]; do left=""; for p in $pids; do alive "$p" "$w" && left="$left $p"; done; '
+    'i=0; while [ $i -lt 50 ]; do left=""; '
+    'for p in $pids; do alive "$p" "$w" && left="$left $p"; done; '
     '[ -z "$left" ] && break; sleep 0.1; i=$((i+1)); done; '
     'for p in $left; do sig KILL "$p"; done; echo $n; }'
 )
@@ -82,10 +86,6 @@ def start_controller(
     ep_master: Endpoint | fabric.Connection,
     remote_root: str,
     ip: str,
-    *,
-    timeout: float = 60,
-    heartbeat_ms: int = HEARTBEAT_MS,
-    heartbeat_misses: int = HEARTBEAT_MISSES,
 ) -> None:
     """Start ipcontroller on the master (unless running) and wait for its connection files.
 
@@ -97,31 +97,36 @@ def start_controller(
     """
     prof = _profile(remote_root)
     sec = "$R/ipython/security"
-    steps = max(1, round(timeout / 0.2))
-    script = _prelude(remote_root) + "\n".join([
-        'mkdir -p "$R/run" "$R/log" "$R/ipython"',
-        'pidf="$R/run/ipcontroller.pid"',
-        'if ! alive "$(cat "$pidf" 2>/dev/null)" ipcontroller; then',
-        f'  rm -f "{sec}/{CLIENT_JSON}" "{sec}/{ENGINE_JSON}"',
-        f"  IPP_ENABLE_CURVE=1 setsid nohup \"$R/venv/bin/ipcontroller\" --ip={shlex.quote(ip)} "
-        f"--location={shlex.quote(ip)} --profile-dir={shlex.quote(prof)} "
-        f"--HeartMonitor.period={heartbeat_ms} "
-        f"--HeartMonitor.max_heartmonitor_misses={heartbeat_misses} "
-        f"--TaskScheduler.hwm={TASK_HWM} "
-        '>> "$R/log/ipcontroller.log" 2>&1 < /dev/null &',
-        '  echo $! > "$pidf"',
-        "fi",
-        f"i=0; while [ $i -lt {steps} ]; do",
-        f'  [ -s "{sec}/{CLIENT_JSON}" ] && [ -s "{sec}/{ENGINE_JSON}" ] && exit 0',
-        # By pid only: while the process execs (setsid -> nohup -> python), its
-        # cmdline can read empty for a moment, which `alive` takes for dead.
-        '  kill -0 "$(cat "$pidf")" 2>/dev/null || '
-        '{ echo "ipcontroller exited:" >&2; tail -n 20 "$R/log/ipcontroller.log" >&2; exit 3; }',
-        "  sleep 0.2; i=$((i+1))",
-        "done",
-        f'echo "no connection files after {timeout:.0f}s:" >&2; tail -n 5 "$R/log/ipcontroller.log" >&2; exit 2',
-    ])
-    run(ep_master, script, timeout=timeout + 30)
+    timeout = CONTROLLER_START_S
+    steps = max(1, round(timeout / CONTROLLER_POLL_S))
+    script = _prelude(remote_root) + "\n".join(
+        [
+            'mkdir -p "$R/run" "$R/log" "$R/ipython"',
+            'pidf="$R/run/ipcontroller.pid"',
+            'if ! alive "$(cat "$pidf" 2>/dev/null)" ipcontroller; then',
+            f'  rm -f "{sec}/{CLIENT_JSON}" "{sec}/{ENGINE_JSON}"',
+            f'  IPP_ENABLE_CURVE=1 setsid nohup "$R/venv/bin/ipcontroller" --ip={shlex.quote(ip)} '
+            f"--location={shlex.quote(ip)} --profile-dir={shlex.quote(prof)} "
+            f"--HeartMonitor.period={HEARTBEAT_MS} "
+            f"--HeartMonitor.max_heartmonitor_misses={HEARTBEAT_MISSES} "
+            f"--TaskScheduler.hwm={TASK_HWM} "
+            '>> "$R/log/ipcontroller.log" 2>&1 < /dev/null &',
+            '  echo $! > "$pidf"',
+            "fi",
+            f"i=0; while [ $i -lt {steps} ]; do",
+            f'  [ -s "{sec}/{CLIENT_JSON}" ] && [ -s "{sec}/{ENGINE_JSON}" ] && exit 0',
+            # By pid only: while the process execs (setsid -> nohup -> python), its
+            # cmdline can read empty for a moment, which `alive` takes for dead.
+            '  kill -0 "$(cat "$pidf")" 2>/dev/null || '
+            '{ echo "ipcontroller exited:" >&2; '
+            'tail -n 20 "$R/log/ipcontroller.log" >&2; exit 3; }',
+            f"  sleep {CONTROLLER_POLL_S}; i=$((i+1))",
+            "done",
+            f'echo "no connection files after {timeout:.0f}s:" >&2; '
+            'tail -n 5 "$R/log/ipcontroller.log" >&2; exit 2',
+        ]
+    )
+    run(ep_master, script, timeout=timeout + SSH_SLACK_S)
 
 
 def stop_controller(ep_master: Endpoint | fabric.Connection, remote_root: str) -> None:
@@ -180,23 +185,26 @@ def start_engines(
         run(b.conn, f"mkdir -p -m 700 {shlex.quote(remote_root)}/security")
         new = f"{remote_root}/security/{ENGINE_JSON}.new"
         put(b.conn, engine_json, new, mode=0o600)
-        script = _prelude(remote_root) + "\n".join([
-            'mkdir -p "$R/run" "$R/log" "$R/ipython"',
-            f'cur="$R/security/{ENGINE_JSON}"',
-            'if ! cmp -s "$cur.new" "$cur"; then',
-            '  stop_pids ipengine "$R"/run/engine-*.pid > /dev/null',
-            '  mv "$cur.new" "$cur"',
-            'else rm -f "$cur.new"; fi',
-            "live=$(count); k=0",
-            f"while [ $live -lt {int(n)} ]; do",
-            '  while [ -e "$R/run/engine-$k.pid" ]; do k=$((k+1)); done',
-            f'  {THREAD_ENV} setsid nohup "$R/venv/bin/ipengine" --file="$cur" '
-            f'--profile-dir="$R/ipython" {ENGINE_FLAGS} >> "$R/log/engine-$k.log" 2>&1 < /dev/null &',
-            '  echo $! > "$R/run/engine-$k.pid"',
-            "  live=$((live+1))",
-            "done",
-            "count",
-        ])
+        script = _prelude(remote_root) + "\n".join(
+            [
+                'mkdir -p "$R/run" "$R/log" "$R/ipython"',
+                f'cur="$R/security/{ENGINE_JSON}"',
+                'if ! cmp -s "$cur.new" "$cur"; then',
+                '  stop_pids ipengine "$R"/run/engine-*.pid > /dev/null',
+                '  mv "$cur.new" "$cur"',
+                'else rm -f "$cur.new"; fi',
+                "live=$(count); k=0",
+                f"while [ $live -lt {int(n)} ]; do",
+                '  while [ -e "$R/run/engine-$k.pid" ]; do k=$((k+1)); done',
+                f'  {THREAD_ENV} setsid nohup "$R/venv/bin/ipengine" --file="$cur" '
+                f'--profile-dir="$R/ipython" {ENGINE_FLAGS} '
+                '>> "$R/log/engine-$k.log" 2>&1 < /dev/null &',
+                '  echo $! > "$R/run/engine-$k.pid"',
+                "  live=$((live+1))",
+                "done",
+                "count",
+            ]
+        )
         return int(run(b.conn, script).strip())
 
 

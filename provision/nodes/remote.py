@@ -40,6 +40,14 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+SSH_PORT = 22
+CONNECT_TIMEOUT_S = 10  # TCP connect of an SSH connection
+HANDSHAKE_TIMEOUT_S = 15  # banner and authentication, on a node still booting
+# wait_for_ssh: a cheap TCP probe first, then polls backing off between these.
+TCP_PROBE_S = 5
+SSH_POLL_S, SSH_POLL_MAX_S, SSH_BACKOFF = 0.5, 5.0, 1.5
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """How to reach one node over SSH."""
@@ -49,7 +57,7 @@ class Endpoint:
     user: str
     key_path: Path
     known_hosts: Path | None = None  # per-cluster TOFU file; None = trust, record nothing
-    port: int = 22
+    port: int = SSH_PORT
 
 
 class NodeError(ProvisionError):
@@ -105,7 +113,9 @@ class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
         with self._lock:
             known = paramiko.HostKeys()
             if self.path.exists():
@@ -123,14 +133,19 @@ class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
-def forget_host(known_hosts: Path, host: str, port: int = 22) -> None:
+def _known_as(host: str, port: int) -> str:
+    """How known_hosts files name a host: bare on port 22, else ``[host]:port``."""
+    return host if port == SSH_PORT else f"[{host}]:{port}"
+
+
+def forget_host(known_hosts: Path, host: str, port: int = SSH_PORT) -> None:
     """Drop a host from the cluster file, e.g. when its instance is terminated.
 
     EC2 hands the same private address to a later instance with a new key.
     """
     if not known_hosts.exists():
         return
-    name = host if port == 22 else f"[{host}]:{port}"
+    name = _known_as(host, port)
     with _TrustOnFirstUse._lock:
         keys = paramiko.HostKeys(str(known_hosts))
         if name in keys:
@@ -138,7 +153,7 @@ def forget_host(known_hosts: Path, host: str, port: int = 22) -> None:
             keys.save(str(known_hosts))
 
 
-def connection(ep: Endpoint, connect_timeout: float = 10) -> fabric.Connection:
+def connection(ep: Endpoint, connect_timeout: float = CONNECT_TIMEOUT_S) -> fabric.Connection:
     """A lazy Fabric connection: key auth only, host keys per cluster.
 
     The config is built lazily (no ``~/.ssh/config``, no Fabric/Invoke yaml) so
@@ -155,8 +170,8 @@ def connection(ep: Endpoint, connect_timeout: float = 10) -> fabric.Connection:
             "key_filename": str(ep.key_path),
             "look_for_keys": False,
             "allow_agent": False,
-            "banner_timeout": max(connect_timeout, 15),
-            "auth_timeout": max(connect_timeout, 15),
+            "banner_timeout": max(connect_timeout, HANDSHAKE_TIMEOUT_S),
+            "auth_timeout": max(connect_timeout, HANDSHAKE_TIMEOUT_S),
         },
         inline_ssh_env=True,
     )
@@ -171,7 +186,9 @@ def connection(ep: Endpoint, connect_timeout: float = 10) -> fabric.Connection:
 def _endpoint_of(conn: fabric.Connection) -> Endpoint:
     ep = getattr(conn, "endpoint", None)
     if ep is None:
-        ep = Endpoint(name=conn.host, host=conn.host, user=conn.user, key_path=Path(), port=conn.port)
+        ep = Endpoint(
+            name=conn.host, host=conn.host, user=conn.user, key_path=Path(), port=conn.port
+        )
     return ep
 
 
@@ -191,28 +208,29 @@ class Borrowed:
             self.conn.close()
 
 
-def wait_for_ssh(ep: Endpoint, timeout: float, interval: float = 0.5) -> float:
+def wait_for_ssh(ep: Endpoint, timeout: float) -> float:
     """Wait until the node runs a command over SSH; return the seconds waited.
 
     A TCP probe first (cheap, and it fails fast while the instance boots), then a
     real ``true`` over SSH, since sshd accepts TCP before it can authenticate us.
-    Transient failures back off up to 5 s; there is one overall deadline.
+    Transient failures back off from `SSH_POLL_S` up to `SSH_POLL_MAX_S`; there is
+    one overall deadline.
     """
     start = time.monotonic()
     deadline = start + timeout
-    delay = interval
+    delay = SSH_POLL_S
     last: BaseException | None = None
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         try:
-            with socket.create_connection((ep.host, ep.port), timeout=min(remaining, 5)):
+            with socket.create_connection((ep.host, ep.port), timeout=min(remaining, TCP_PROBE_S)):
                 pass
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            with connection(ep, connect_timeout=min(remaining, 10)) as conn:
+            with connection(ep, connect_timeout=min(remaining, CONNECT_TIMEOUT_S)) as conn:
                 conn.run("true", hide=True, in_stream=False, timeout=max(1, round(remaining)))
             return time.monotonic() - start
         except paramiko.BadHostKeyException:
@@ -220,9 +238,11 @@ def wait_for_ssh(ep: Endpoint, timeout: float, interval: float = 0.5) -> float:
         except (*TRANSIENT_ERRORS, invoke.CommandTimedOut) as e:
             last = e
         time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 5.0)
+        delay = min(delay * SSH_BACKOFF, SSH_POLL_MAX_S)
     raise NodeError(
-        f"{ep.name} ({ep.host}) did not answer SSH within {timeout:.0f}s", node=ep.name, host=ep.host
+        f"{ep.name} ({ep.host}) did not answer SSH within {timeout:.0f}s",
+        node=ep.name,
+        host=ep.host,
     ) from last
 
 
@@ -253,7 +273,9 @@ def run(
         return result.stdout
 
 
-def put(target: Endpoint | fabric.Connection, local: Path | str, remote: str, mode: int | None = None) -> None:
+def put(
+    target: Endpoint | fabric.Connection, local: Path | str, remote: str, mode: int | None = None
+) -> None:
     """Copy one file to the node (SFTP), optionally setting its mode before writing data."""
     with Borrowed(target) as b:
         sftp = b.conn.sftp()
@@ -277,6 +299,6 @@ def host_known(ep: Endpoint) -> bool:
     """Whether the cluster's known_hosts file already holds `ep`'s key."""
     if ep.known_hosts is None or not ep.known_hosts.exists():
         return False
-    name = ep.host if ep.port == 22 else f"[{ep.host}]:{ep.port}"
+    name = _known_as(ep.host, ep.port)
     with _TrustOnFirstUse._lock:
         return paramiko.HostKeys(str(ep.known_hosts)).lookup(name) is not None

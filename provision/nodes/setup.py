@@ -14,19 +14,13 @@ whose digest matches and whose venv starts is skipped after one SSH round trip.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib.metadata as md
 import json
-import os
 import platform as _platform
 import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +29,7 @@ from typing import TypeVar
 import fabric
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.utils import canonicalize_name
 
 from provision.nodes.remote import TRANSIENT_ERRORS, Endpoint, NodeError, connection, run
 from provision.nodes.transfer import push_tree
@@ -53,9 +47,9 @@ BASE_PACKAGES = (
     "threadpoolctl",
     "psutil",
 )
-COMPLETE = ".complete"  # wheelhouse manifest, written last
 UV_GZ = "uv.gz"  # the uv binary, gzipped: 38 MB -> 18 MB of the push
 
+INSTALL_TIMEOUT_S = 900  # `uv venv` + `uv pip install` from the pushed wheels
 ProgressFn = Callable[[int, int, str], None]  # (done, total, what)
 
 
@@ -161,136 +155,9 @@ def client_env_spec(
     """
     minor = f"{sys.version_info.major}.{sys.version_info.minor}"
     reqs = _pinned_closure([*BASE_PACKAGES, *extra_packages], _marker_env(minor, platform))
-    return EnvSpec(python_minor=minor, requirements=reqs, remote_root=remote_root, platform=platform)
-
-
-def default_cache_dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("provision")) / "wheelhouse"
-
-
-def _platform_tags(platform: str) -> list[str]:
-    """pip takes platform tags literally: spell out the older manylinux tags a node also runs."""
-    if not platform.startswith("manylinux_2_"):
-        return [platform]
-    _, _, minor, arch = platform.split("_", 3)
-    tags = [f"manylinux_2_{m}_{arch}" for m in range(int(minor), 4, -1)]
-    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
-    return tags + [f"{name}_{arch}" for m, name in legacy.items() if int(minor) >= m]
-
-
-def _pip(spec: EnvSpec, command: str, dest: Path, reqs: list[str]) -> list[str]:
-    args = [sys.executable, "-m", "pip", command, "--no-deps", "--disable-pip-version-check",
-            "--progress-bar", "off", "-d" if command == "download" else "-w", str(dest)]
-    if command == "download":
-        args.append("--only-binary=:all:")
-    if spec.platform is not None:
-        args += [f"--platform={t}" for t in _platform_tags(spec.platform)]
-        nodot = spec.python_minor.replace(".", "")
-        args += ["--python-version", spec.python_minor, "--implementation", "cp", "--abi", f"cp{nodot}"]
-    return args + reqs
-
-
-def _have(dest: Path) -> set[str]:
-    names = set()
-    for p in dest.glob("*.whl"):
-        names.add(canonicalize_name(parse_wheel_filename(p.name)[0]))
-    return names
-
-
-def _missing(dest: Path, reqs: Iterable[str]) -> list[str]:
-    have = _have(dest)
-    return [r for r in reqs if canonicalize_name(Requirement(r).name) not in have]
-
-
-def build_wheelhouse(
-    spec: EnvSpec, cache_dir: Path | None = None, on_progress: ProgressFn | None = None
-) -> Path:
-    """Download every pinned wheel once, on the client, into ``cache_dir/<digest>/``.
-
-    Reused as is when its manifest is complete. One ``pip download`` for all
-    requirements (one resolver start, parallel-free but cache-friendly); only a
-    requirement without a binary wheel falls back to ``pip wheel`` (which can
-    build for this client's platform only). The uv binary goes next to the wheels.
-    """
-    root = cache_dir or default_cache_dir()
-    dest = root / spec.digest
-    if _is_complete(dest):
-        return dest
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{spec.digest}.", dir=root))
-    try:
-        reqs = list(spec.requirements)
-        _stream_pip(_pip(spec, "download", tmp, reqs), len(reqs), on_progress)
-        for req in _missing(tmp, reqs):  # one at a time, so one sdist-only package is found
-            _stream_pip(_pip(spec, "download", tmp, [req]), len(reqs), None, check=False)
-        for req in _missing(tmp, reqs):
-            if spec.platform is not None:
-                raise RuntimeError(f"no {spec.platform} wheel for {req}, and it cannot be built here")
-            _stream_pip(_pip(spec, "wheel", tmp, [req]), len(reqs), None)
-        still = _missing(tmp, reqs)
-        if still:
-            raise RuntimeError(f"wheelhouse incomplete, no wheel for: {', '.join(still)}")
-        _add_uv(spec, tmp)
-        files = sorted(p.name for p in tmp.iterdir())
-        (tmp / COMPLETE).write_text(json.dumps({"digest": spec.digest, "files": files}))
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def _is_complete(dest: Path) -> bool:
-    try:
-        files = json.loads((dest / COMPLETE).read_text())["files"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return all((dest / f).exists() for f in files)
-
-
-def _stream_pip(args: list[str], total: int, on_progress: ProgressFn | None, check: bool = True) -> None:
-    """Run pip, reporting each saved file, and keep its output for the error."""
-    out: list[str] = []
-    done = 0
-    env = {**os.environ, "PIP_NO_INPUT": "1"}
-    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            out.append(line)
-            if line.startswith(("Saved ", "File was already downloaded ")):
-                done += 1
-                if on_progress:
-                    on_progress(done, total, Path(line.split()[-1]).name)
-    if check and proc.returncode != 0:
-        tail = "".join(out[-15:]).strip()
-        raise RuntimeError(f"`{' '.join(args[:4])} ...` exited {proc.returncode}:\n{tail}")
-
-
-def _add_uv(spec: EnvSpec, dest: Path) -> None:
-    """Put a gzipped uv binary for the nodes' platform into the wheelhouse.
-
-    Wheels are zip files already; the uv binary is not, and it is a third of
-    the bytes every node receives.
-    """
-    if spec.platform is None:
-        import uv
-
-        data = Path(uv.find_uv_bin()).read_bytes()
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            version = md.version("uv")
-            args = _pip(spec, "download", Path(tmp), [f"uv=={version}"])
-            args = [a for a in args if not a.startswith(("--python-version", "--abi", "cp3"))]
-            args = [a for a in args if a not in ("--implementation", "cp", spec.python_minor)]
-            _stream_pip(args, 1, None)
-            (wheel,) = Path(tmp).glob("uv-*.whl")
-            with zipfile.ZipFile(wheel) as z:
-                member = next(n for n in z.namelist() if n.endswith("/scripts/uv"))
-                data = z.read(member)
-    (dest / UV_GZ).write_bytes(gzip.compress(data, compresslevel=1))
+    return EnvSpec(
+        python_minor=minor, requirements=reqs, remote_root=remote_root, platform=platform
+    )
 
 
 def python_minor(ep: Endpoint | fabric.Connection) -> str:
@@ -361,7 +228,9 @@ def setup_node(ep: Endpoint, spec: EnvSpec, wheelhouse: Path) -> SetupResult:
         probe = _parse(session.stage("probe", lambda c: run(c, _probe_script(spec))))
         remote = probe.get("minor", "")
         if not remote:
-            raise NodeError(f"{ep.name} ({ep.host}): no python3 on the node", node=ep.name, host=ep.host)
+            raise NodeError(
+                f"{ep.name} ({ep.host}): no python3 on the node", node=ep.name, host=ep.host
+            )
         if remote != spec.python_minor:
             raise NodeError(
                 f"{ep.name} ({ep.host}): Python {remote} on the node, {spec.python_minor} on this "
@@ -386,16 +255,21 @@ def setup_node(ep: Endpoint, spec: EnvSpec, wheelhouse: Path) -> SetupResult:
 
         wheels = f"{root}/wheels"
         reqs = " ".join(shlex.quote(r) for r in spec.requirements)
-        install = "\n".join([
-            "set -e",
-            f"rm -f {root}/.env-digest",  # a half-done install must never look complete
-            f"export UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 UV_NO_PROGRESS=1 UV_CACHE_DIR={root}/uv-cache",
-            f"{wheels}/uv venv --quiet --clear --python {shlex.quote(probe['python'])} {root}/venv",
-            f"{wheels}/uv pip install --quiet --no-index --find-links {wheels} "
-            f"--python {root}/venv/bin/python {reqs}",
-            f"printf %s {spec.digest} > {root}/.env-digest.tmp && mv {root}/.env-digest.tmp {root}/.env-digest",
-        ])
-        session.stage("install", lambda c: run(c, install, timeout=900))
+        install = "\n".join(
+            [
+                "set -e",
+                f"rm -f {root}/.env-digest",  # a half-done install must never look complete
+                "export UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 UV_NO_PROGRESS=1 "
+                f"UV_CACHE_DIR={root}/uv-cache",
+                f"{wheels}/uv venv --quiet --clear "
+                f"--python {shlex.quote(probe['python'])} {root}/venv",
+                f"{wheels}/uv pip install --quiet --no-index --find-links {wheels} "
+                f"--python {root}/venv/bin/python {reqs}",
+                f"printf %s {spec.digest} > {root}/.env-digest.tmp && "
+                f"mv {root}/.env-digest.tmp {root}/.env-digest",
+            ]
+        )
+        session.stage("install", lambda c: run(c, install, timeout=INSTALL_TIMEOUT_S))
         return SetupResult(ep.name, skipped=False, seconds=time.monotonic() - start)
     finally:
         session.close()

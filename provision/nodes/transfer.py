@@ -57,7 +57,10 @@ def push_tree(
     """
     tmp = f"{remote_dir}.tmp"
     q = shlex.quote
-    cmd = f"rm -rf {q(tmp)} && mkdir -p {q(tmp)} && tar -x -f - -C {q(tmp)} && rm -rf {q(remote_dir)} && mv {q(tmp)} {q(remote_dir)}"
+    cmd = (
+        f"rm -rf {q(tmp)} && mkdir -p {q(tmp)} && tar -x -f - -C {q(tmp)} && "
+        f"rm -rf {q(remote_dir)} && mv {q(tmp)} {q(remote_dir)}"
+    )
     skip = f"if [ -e {q(unless_exists)} ]; then echo have; exit 0; fi; " if unless_exists else ""
     script = f"{skip}echo send; {cmd}"
     with Borrowed(target) as b:
@@ -67,7 +70,9 @@ def push_tree(
                 b.conn.open()  # trust on first use records the key that ssh(1) then checks
             return _push_openssh(b.ep, argv, cmd, local_dir, timeout, on_bytes)
         b.conn.open()
-        chan = b.conn.transport.open_session(window_size=CHANNEL_WINDOW, timeout=CHANNEL_OPEN_TIMEOUT_S)
+        chan = b.conn.transport.open_session(
+            window_size=CHANNEL_WINDOW, timeout=CHANNEL_OPEN_TIMEOUT_S
+        )
         chan.settimeout(timeout)
         chan.exec_command(script)
         if chan.makefile("rb").readline().strip() == b"have":

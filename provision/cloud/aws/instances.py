@@ -21,6 +21,7 @@ from provision.cloud.common import (
     CLUSTER_TAG,
     MASTER,
     ROLE_TAG,
+    TEARDOWN_S,
     WORKER,
     CloudError,
     ClusterInfo,
@@ -189,7 +190,9 @@ def launch(region: Region, req: LaunchRequest) -> list[str]:
     current: dict[str, ZonePrice] = {}
     if req.spot:
         try:
-            current = {p.zone: p for p in prices.spot_price_history(region, req.instance_type, days=0)}
+            current = {
+                p.zone: p for p in prices.spot_price_history(region, req.instance_type, days=0)
+            }
         except CloudError as e:  # prices only order zones and warn; never block a launch
             log.debug("no spot prices: %s", e)
     root = images.root_device(region, req.image_id)
@@ -346,7 +349,7 @@ def list_clusters(region: Region) -> list[str]:
 
 @api.api_errors
 def terminate_instances(
-    region: Region, instance_ids: list[str], *, wait: bool = True, timeout: float = 600
+    region: Region, instance_ids: list[str], *, wait: bool = True, timeout: float = TEARDOWN_S
 ) -> None:
     """See the contract."""
     if not instance_ids:

@@ -3,11 +3,9 @@ contract in `provision.cloud`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from provision.cloud.aws import api, network
 from provision.cloud.aws.instances import terminate_instances
-from provision.cloud.common import CLUSTER_TAG, Region
+from provision.cloud.common import CLUSTER_TAG, TEARDOWN_S, OnStep, Region
 
 # A security group whose nodes are gone is free within seconds; give up after this.
 GROUP_DELETE_TIMEOUT_S = 300
@@ -15,11 +13,7 @@ GROUP_DELETE_TIMEOUT_S = 300
 
 @api.api_errors
 def terminate_cluster(
-    region: Region,
-    cluster: str,
-    *,
-    timeout: float = 600,
-    on_step: Callable[[str], None] | None = None,
+    region: Region, cluster: str, *, timeout: float = TEARDOWN_S, on_step: OnStep | None = None
 ) -> dict[str, int]:
     """See the contract.
 
