@@ -1,14 +1,13 @@
 """The model-selection payload against a local two-engine ipyparallel cluster.
 
-The engines get a startup script that makes ``payload`` (and ``provision``)
-unimportable, as on a cluster node where neither is installed: everything the
-engines run must arrive by value.
+The engines run from a venv holding only the node packages (``payload_fixtures``),
+as on a cluster node where neither ``payload`` nor ``provision`` is installed:
+everything the engines run must arrive by value.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import sys
@@ -33,7 +32,6 @@ from sklearn.model_selection import (
     learning_curve,
 )
 from sklearn.svm import SVC, LinearSVC
-from traitlets.config import Config
 
 from payload import (
     DistributedSearch,
@@ -51,21 +49,12 @@ from payload import (
 )
 from payload.splits import file_sha256
 
+pytest_plugins = ["payload_fixtures"]  # rc: the node-venv engines
+
 # Estimators defined here must reach engines that cannot import this module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 GRID = {"C": [1.0, 10.0], "gamma": [1e-3, 1e-4]}
-BLOCK_IMPORTS = """\
-import sys
-
-class _NotInstalled:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {"payload", "provision", "test_payload", "tests"}:
-            raise ImportError(f"{name} is not installed on this engine")
-        return None
-
-sys.meta_path.insert(0, _NotInstalled())
-"""
 LINE = re.compile(
     r"^Rank (\d+): validation: (\d\.\d{5}) \(\+/-(\d\.\d{5})\)"
     r" train: (\d\.\d{5}) \(\+/-(\d\.\d{5})\): (\{.*\})$"
@@ -96,22 +85,6 @@ class SlowClassifier(FailingClassifier):
     def fit(self, X, y):
         time.sleep(0.2)
         return super().fit(X, y)
-
-
-@pytest.fixture(scope="module")
-def rc(tmp_path_factory):
-    script = tmp_path_factory.mktemp("engine") / "block_imports.py"
-    script.write_text(BLOCK_IMPORTS)
-    config = Config()
-    config.LocalEngineSetLauncher.engine_args = [f"--IPEngine.startup_script={script}"]
-    cluster = ipp.Cluster(n=2, config=config, log_level=logging.ERROR)
-    client = cluster.start_and_connect_sync()
-    try:
-        client.wait_for_engines(2, timeout=60)
-        yield client
-    finally:
-        client.close()
-        cluster.stop_cluster_sync()
 
 
 @pytest.fixture(scope="module")
