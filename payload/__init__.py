@@ -6,14 +6,17 @@ cloudpickle and ipyparallel; task code is shipped by value.
 """
 
 from .curves import learning_curve_distributed, plot_learning_curve
+from .joblib_backend import joblib_backend
 from .journal import JournalMismatch, verify_journal
 from .report import plot_heatmap, plot_param_boxplots, report_text
-from .search import DistributedSearch, guided_batches, submission_order
+from .scheduling import guided_batches, submission_order
+from .search import DistributedSearch
 from .splits import persist_cv_splits, read_manifest, split_paths
 
 __all__ = [
     "DistributedSearch",
     "guided_batches",
+    "joblib_backend",
     "JournalMismatch",
     "learning_curve_distributed",
     "persist_cv_splits",

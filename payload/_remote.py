@@ -17,6 +17,7 @@ per engine.
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -24,12 +25,13 @@ from typing import Any
 
 import cloudpickle
 import ipyparallel as ipp
-from ipyparallel.error import TaskAborted
+from ipyparallel.error import RemoteError, TaskAborted
 from sklearn.exceptions import FitFailedWarning
 
 from . import _engine
 
 cloudpickle.register_pickle_by_value(_engine)
+log = logging.getLogger(__name__)
 
 # How many distinct task functions an engine keeps unpickled.
 _MAX_CACHED_FUNCTIONS = 16
@@ -130,7 +132,7 @@ def engine_of(ar: ipp.AsyncResult) -> int | None:
     """Engine id a finished task ran (or died) on, if ipyparallel recorded it."""
     try:
         return ar["engine_id"]
-    except Exception:
+    except (KeyError, IndexError, TimeoutError):  # no metadata: the task never reached one
         return None
 
 
@@ -164,13 +166,59 @@ def gather(
 
 def remote_error_text(exc: BaseException) -> str:
     """Traceback text of a task that raised on the engine (or never ran)."""
-    render = getattr(exc, "render_traceback", None)
-    if render is not None:
-        try:
-            return "\n".join(render())
-        except Exception:  # pragma: no cover - best effort formatting
-            pass
+    if isinstance(exc, RemoteError):
+        return "\n".join(exc.render_traceback())
     return f"{type(exc).__name__}: {exc}"
+
+
+def task_failure(
+    candidate: int, split: int, exc: BaseException, error_score: Any, train: bool
+) -> dict:
+    """The result of a pair whose task raised (retries exhausted): a failed fit,
+    with the task's error as ``fit_error`` and ``exc`` to raise under "raise"."""
+    nan = float("nan") if error_score == "raise" else float(error_score)
+    return {
+        "candidate": candidate,
+        "split": split,
+        "test_scores": nan,
+        "train_scores": nan if train else None,
+        "fit_time": 0.0,
+        "score_time": 0.0,
+        "n_test_samples": 0,
+        "fit_error": "Task failed on the cluster:\n" + remote_error_text(exc),
+        "exception": exc,
+        "hostname": None,
+        "pid": None,
+    }
+
+
+class RemoteTraceback(Exception):
+    """The engine's traceback, chained as the cause of a re-raised engine exception."""
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0]) if self.args else ""
+
+
+def raise_remote(text: str, exception: Any) -> None:
+    """Raise what a fit raised on an engine, with its type (``error_score="raise"``).
+
+    ``exception`` is the exception pickled by the engine (or an exception
+    object from this side, for a task that never ran); its engine traceback
+    is chained as the cause. A failure that cannot be rebuilt raises
+    RuntimeError with the traceback text.
+    """
+    if isinstance(exception, bytes):
+        try:
+            exception = cloudpickle.loads(exception)
+        except Exception as e:  # its class cannot be rebuilt here: keep the text
+            log.debug("engine exception not rebuilt: %r", e)
+            exception = None
+    if isinstance(exception, BaseException):
+        raise exception from RemoteTraceback(text)
+    raise RuntimeError(
+        "A fit failed and error_score='raise'; the remaining tasks were aborted. "
+        f"Traceback from the engine:\n{text}"
+    )
 
 
 def judge_fit_failures(fit_errors: list[str], n_fits: int, error_score: Any) -> None:

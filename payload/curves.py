@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import check_scoring
 
 from . import _engine
 from ._remote import TaskSender, gather, judge_fit_failures, load_balanced_view, remote_error_text
+from .scoring import build_scorer
 
 
 def train_sizes_absolute(train_sizes: Any, n_max: int) -> np.ndarray:
@@ -71,7 +71,7 @@ def learning_curve_distributed(
         raise sizes_task[0]
     sizes = train_sizes_absolute(train_sizes, sizes_task[0][0])
 
-    scorer = check_scoring(estimator, scoring)
+    scorer = build_scorer(estimator, scoring, error_score)
     sender = TaskSender(view, partial(_engine.evaluate, estimator, scorer, True, error_score))
     calls = {
         (i, s): (i, s, path, {}, int(sizes[i]))
@@ -89,8 +89,8 @@ def learning_curve_distributed(
             continue
         if result["fit_error"]:
             errors.append(result["fit_error"])
-        train_scores[i, s] = result["train_score"]
-        test_scores[i, s] = result["test_score"]
+        train_scores[i, s] = result["train_scores"]
+        test_scores[i, s] = result["test_scores"]
         fit_times[i, s] = result["fit_time"]
     judge_fit_failures(errors, len(calls), error_score)
     return {

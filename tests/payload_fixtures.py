@@ -112,3 +112,28 @@ def rc(node_cluster_info: tuple[ipp.Client, Path]) -> ipp.Client:
 def client_json(node_cluster_info: tuple[ipp.Client, Path]) -> Path:
     """The cluster's client connection file, for user scripts run as subprocesses."""
     return node_cluster_info[1]
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple:
+    from sklearn.datasets import load_digits
+
+    return load_digits(return_X_y=True)
+
+
+@pytest.fixture(scope="session")
+def cv_pairs(digits: tuple) -> list:
+    """Three shuffled (train, test) index pairs of the digits."""
+    from sklearn.model_selection import ShuffleSplit
+
+    X, y = digits
+    return list(ShuffleSplit(n_splits=3, test_size=0.25, random_state=0).split(X, y))
+
+
+@pytest.fixture(scope="session")
+def dense_paths(digits: tuple, cv_pairs: list, tmp_path_factory: pytest.TempPathFactory) -> list:
+    """The digits' splits persisted with ``persist_cv_splits``."""
+    from payload import persist_cv_splits
+
+    X, y = digits
+    return persist_cv_splits(X, y, cv_pairs, tmp_path_factory.mktemp("dense"), name="digits")

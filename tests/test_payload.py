@@ -10,19 +10,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
-import cloudpickle
 import ipyparallel as ipp
 import joblib
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from payload_estimators import FailingClassifier, SlowClassifier
 from scipy.stats import loguniform, sem
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.datasets import load_digits
 from sklearn.exceptions import FitFailedWarning
 from sklearn.model_selection import (
     GridSearchCV,
@@ -49,60 +46,14 @@ from payload import (
 )
 from payload.splits import file_sha256
 
-pytest_plugins = ["payload_fixtures"]  # rc: the node-venv engines
+pytest_plugins = ["payload_fixtures"]  # rc (node-venv engines), digits, cv_pairs, dense_paths
 
-# Estimators defined here must reach engines that cannot import this module.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 GRID = {"C": [1.0, 10.0], "gamma": [1e-3, 1e-4]}
 LINE = re.compile(
     r"^Rank (\d+): validation: (\d\.\d{5}) \(\+/-(\d\.\d{5})\)"
     r" train: (\d\.\d{5}) \(\+/-(\d\.\d{5})\): (\{.*\})$"
 )
-
-
-class FailingClassifier(ClassifierMixin, BaseEstimator):
-    """Fails to fit when ``parameter == FAILING_PARAMETER`` (as in sklearn's tests)."""
-
-    FAILING_PARAMETER = 2
-
-    def __init__(self, parameter=None):
-        self.parameter = parameter
-
-    def fit(self, X, y):
-        if self.parameter == FailingClassifier.FAILING_PARAMETER:
-            raise ValueError("Failing classifier failed as required")
-        self.classes_ = np.unique(y)
-        return self
-
-    def predict(self, X):
-        return np.full(X.shape[0], self.classes_[0])
-
-
-class SlowClassifier(FailingClassifier):
-    """Sleeps in fit, to have tasks still queued when the search is aborted."""
-
-    def fit(self, X, y):
-        time.sleep(0.2)
-        return super().fit(X, y)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    return X, y
-
-
-@pytest.fixture(scope="module")
-def cv_pairs(digits):
-    X, y = digits
-    return list(ShuffleSplit(n_splits=3, test_size=0.25, random_state=0).split(X, y))
-
-
-@pytest.fixture(scope="module")
-def dense_paths(digits, cv_pairs, tmp_path_factory):
-    X, y = digits
-    return persist_cv_splits(X, y, cv_pairs, tmp_path_factory.mktemp("dense"), name="digits")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +72,7 @@ def _engine_call(rc, func):
 
 
 def test_guided_batches_shrink_to_single_pairs_in_submission_order():
-    from payload.search import AUTO_BATCH_MAX
+    from payload.scheduling import AUTO_BATCH_MAX
 
     pairs = list(range(100))
     batches = guided_batches(pairs, n_engines=2)
@@ -268,7 +219,7 @@ def test_error_score_raise_stops_the_search(rc, dense_paths):
     search = DistributedSearch(
         rc, FailingClassifier(), {"parameter": [2]}, dense_paths, error_score="raise"
     )
-    with pytest.raises(RuntimeError, match="Failing classifier failed as required"):
+    with pytest.raises(ValueError, match="Failing classifier failed as required"):
         search.run(timeout=120)
 
 

@@ -1,0 +1,71 @@
+"""Estimators that fail or dawdle on purpose, as in scikit-learn's own tests.
+
+They are defined in this module, which engines cannot import: it is registered
+with cloudpickle to travel by value, as a notebook's classes do.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import cloudpickle
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class CustomFitError(ValueError):
+    """An exception class the engines know only by value."""
+
+
+class FailingClassifier(ClassifierMixin, BaseEstimator):
+    """Fails to fit when ``parameter == FAILING_PARAMETER`` (as in sklearn's tests)."""
+
+    FAILING_PARAMETER = 2
+
+    def __init__(self, parameter=None):
+        self.parameter = parameter
+
+    def fit(self, X, y):
+        if self.parameter == FailingClassifier.FAILING_PARAMETER:
+            raise ValueError("Failing classifier failed as required")
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, X):
+        return np.full(X.shape[0], self.classes_[0])
+
+
+class CustomFailingClassifier(FailingClassifier):
+    """Fails with an exception type of its own module."""
+
+    def fit(self, X, y):
+        if self.parameter == FailingClassifier.FAILING_PARAMETER:
+            raise CustomFitError("custom failure on the engine")
+        return super().fit(X, y)
+
+
+class SlowClassifier(FailingClassifier):
+    """Sleeps in fit, to have tasks still queued when the search is aborted."""
+
+    def fit(self, X, y):
+        time.sleep(0.2)
+        return super().fit(X, y)
+
+
+class SlowC(ClassifierMixin, BaseEstimator):
+    """A constant classifier with a ``C`` (a cost parameter for longest-first) that
+    takes 0.1 s to fit."""
+
+    def __init__(self, C=1.0):
+        self.C = C
+
+    def fit(self, X, y):
+        time.sleep(0.1)
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, X):
+        return np.full(len(X), self.classes_[0])
