@@ -28,9 +28,10 @@ import ipyparallel as ipp
 from ipyparallel.error import RemoteError, TaskAborted
 from sklearn.exceptions import FitFailedWarning
 
-from . import _engine
+from . import _engine, _engine_files
 
 cloudpickle.register_pickle_by_value(_engine)
+cloudpickle.register_pickle_by_value(_engine_files)
 log = logging.getLogger(__name__)
 
 # How many distinct task functions an engine keeps unpickled.
@@ -41,13 +42,17 @@ def _run_task_impl(
     digest: str,
     blob: bytes,
     args: bytes,
+    data: tuple = (),
     state_name: str = _engine.STATE_MODULE,
     max_cached: int = _MAX_CACHED_FUNCTIONS,
 ) -> Any:
     """Engine side: unpickle the task function once per engine, then call it.
 
     It runs with the engine's namespace as globals (``interactive``), so it
-    refers to nothing from this module; its constants come in as defaults.
+    refers to nothing from this module; its constants come in as defaults
+    (positional: ipyparallel's function canning drops keyword-only defaults).
+    ``data`` (bytes) are passed after the unpickled arguments: ipyparallel
+    sends them as zero-copy message frames instead of pickling them.
     """
     import pickle
     import sys
@@ -60,7 +65,7 @@ def _run_task_impl(
         while len(state.functions) >= max_cached:
             state.functions.pop(next(iter(state.functions)))
         state.functions[digest] = func
-    return func(*pickle.loads(args))
+    return func(*pickle.loads(args), *data)
 
 
 _run_task = ipp.interactive(_run_task_impl)
@@ -80,7 +85,8 @@ def load_balanced_view(view_or_client: Any) -> ipp.LoadBalancedView:
 
 
 class TaskSender:
-    """Submit calls of one engine-side function on a load-balanced view.
+    """Submit calls of one engine-side function (on a load-balanced view, or
+    `apply` on a direct or broadcast one).
 
     Retries are done here, by resubmitting, rather than with the view's
     ``retries`` flag: ipyparallel 9.2's scheduler treats an *aborted* task as a
@@ -90,7 +96,7 @@ class TaskSender:
     engine that failed it, as the scheduler's retry would.
     """
 
-    def __init__(self, view: ipp.LoadBalancedView, func: Callable) -> None:
+    def __init__(self, view: Any, func: Callable) -> None:
         self.view = view
         self.blob = cloudpickle.dumps((_engine.engine_state, func))
         self.digest = hashlib.sha256(self.blob).hexdigest()[:24]
@@ -109,6 +115,22 @@ class TaskSender:
             targets = others or targets
         with self.view.temp_flags(retries=0, targets=targets, block=False):
             return self.view.apply_async(_run_task, self.digest, self.blob, payload)
+
+
+    def apply(self, *args: Any, data: tuple = ()) -> ipp.AsyncResult:
+        """Run the call once on every engine of a direct or broadcast view.
+
+        ``data`` (bytes, memoryviews) go after ``args`` as message frames of
+        their own, not through pickle.
+        """
+        payload = cloudpickle.dumps(args)
+        return self.view.apply_async(_run_task, self.digest, self.blob, payload, tuple(data))
+
+
+def call_on(view: Any, func: Callable, *args: Any, data: tuple = ()) -> ipp.AsyncResult:
+    """``func(*args, *data)`` on each engine of a direct or broadcast ``view``,
+    ``func`` shipped by value."""
+    return TaskSender(view, func).apply(*args, data=data)
 
 
 def forget(ar: ipp.AsyncResult) -> None:
