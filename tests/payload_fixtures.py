@@ -6,8 +6,8 @@ closure (``client_env_spec``), a wheelhouse and ``uv``; nothing else is on it:
 no ``payload``, no ``provision``, no boto3/urllib3, no matplotlib. The engines
 here run from a venv built the same way (once, cached under the temp dir by the
 spec's digest) and start isolated (``python -I``: no ``PYTHONPATH``; and an empty
-working directory, which the kernel puts on ``sys.path``), so a test passes only if everything the engines
-need really travels with the tasks.
+working directory, which the kernel puts on ``sys.path``), so a test passes
+only if everything the engines need really travels with the tasks.
 
 Test modules import the fixtures by name (``from payload_fixtures import rc``).
 """
@@ -79,7 +79,8 @@ def _base_env() -> dict[str, str]:
 def node_cluster(n: int = 2) -> Iterator[tuple[ipp.Client, Path]]:
     """A controller plus ``n`` engines on the node venv; yields (client, client json)."""
     config = Config()
-    config.LocalEngineSetLauncher.engine_cmd = [str(node_python()), "-I", "-m", "ipyparallel.engine"]
+    engine = [str(node_python()), "-I", "-m", "ipyparallel.engine"]
+    config.LocalEngineSetLauncher.engine_cmd = engine
     # The kernel puts the working directory on sys.path: make it an empty one, as
     # on a node, not this checkout (where `payload` would import).
     work_dir = tempfile.mkdtemp(prefix="payload-engine-cwd-")
@@ -88,7 +89,8 @@ def node_cluster(n: int = 2) -> Iterator[tuple[ipp.Client, Path]]:
     client = cluster.start_and_connect_sync()
     try:
         client.wait_for_engines(n, timeout=90)
-        path = Path(cluster.profile_dir) / "security" / f"ipcontroller-{cluster.cluster_id}-client.json"
+        name = f"ipcontroller-{cluster.cluster_id}-client.json"
+        path = Path(cluster.profile_dir) / "security" / name
         yield client, path
     finally:
         client.close()

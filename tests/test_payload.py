@@ -83,7 +83,8 @@ def test_guided_batches_shrink_to_single_pairs_in_submission_order():
     assert list(map(len, guided_batches(pairs, 2, 1))) == [1] * 100
     assert list(map(len, guided_batches(pairs, 2, 30))) == [30, 30, 30, 10]
     with pytest.raises(ValueError, match="batch_size must be 'auto' or a positive integer"):
-        DistributedSearch(object.__new__(ipp.LoadBalancedView), SVC(), {"C": [1]}, ["x"], batch_size=0)
+        view = object.__new__(ipp.LoadBalancedView)
+        DistributedSearch(view, SVC(), {"C": [1]}, ["x"], batch_size=0)
 
 
 def test_pairs_batched_into_tasks_give_the_same_results(rc, dense_paths, svc_search):
@@ -321,7 +322,9 @@ def test_learning_curve_matches_sklearn(rc, digits, cv_pairs, dense_paths, tmp_p
 def test_abort_cancels_tasks_not_yet_started(rc, dense_paths):
     never_fails = [p for p in range(21) if p != FailingClassifier.FAILING_PARAMETER]
     # One pair per task, so the counts below are exact (a batch is cancelled whole).
-    search = DistributedSearch(rc, SlowClassifier(), {"parameter": never_fails}, dense_paths, batch_size=1)
+    search = DistributedSearch(
+        rc, SlowClassifier(), {"parameter": never_fails}, dense_paths, batch_size=1
+    )
     search.start()
     deadline = time.monotonic() + 30
     while search.progress[0] < 2 and time.monotonic() < deadline:

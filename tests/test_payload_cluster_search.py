@@ -110,7 +110,9 @@ def test_refit_on_the_cluster_gives_the_same_best_estimator(rc, tmp_path):
     expected = GridSearchCV(SVC(), GRID, cv=3).fit(X, Y)
     got = ClusterGridSearchCV(SVC(), GRID, cv=3, client=rc, data_dir=tmp_path, refit_on="cluster")
     assert_same_search(got.fit(X, Y), expected)
-    np.testing.assert_array_equal(got.best_estimator_.dual_coef_, expected.best_estimator_.dual_coef_)
+    np.testing.assert_array_equal(
+        got.best_estimator_.dual_coef_, expected.best_estimator_.dual_coef_
+    )
     assert (Path(got.shipment_.directory) / "full.joblib").exists()
 
 
