@@ -28,10 +28,11 @@ import ipyparallel as ipp
 from ipyparallel.error import RemoteError, TaskAborted
 from sklearn.exceptions import FitFailedWarning
 
-from . import _engine, _engine_files
+from . import _engine, _engine_files, _engine_models
 
 cloudpickle.register_pickle_by_value(_engine)
 cloudpickle.register_pickle_by_value(_engine_files)
+cloudpickle.register_pickle_by_value(_engine_models)
 log = logging.getLogger(__name__)
 
 # How many distinct task functions an engine keeps unpickled.

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import joblib
+
 from . import _engine_files
 from ._remote import call_on
 from .hosts import DEFAULT_TIMEOUT, client_of, engines_by_host, leaders
@@ -128,3 +130,28 @@ def _fan_out_view(client: Any, targets: list[int]) -> Any:
     if len(targets) > 1 and hasattr(client, "broadcast_view"):
         return client.broadcast_view(targets=targets)
     return client[targets]
+
+
+def ship_objects(
+    view_or_client: Any,
+    objects: Mapping[str, Any],
+    *,
+    data_dir: str | os.PathLike | None = None,
+    placement: Mapping[str, Sequence[str]] | None = None,
+) -> Shipment:
+    """Ship in-memory objects (``name -> obj``), each as an uncompressed,
+    memory-mappable joblib file, in a directory named by their content hash."""
+    from .splits import dump_atomic
+
+    digest = joblib.hash(sorted(objects.items()), hash_name="sha1")
+
+    def stage(needed: Sequence[str], tmp: Path) -> dict[str, Path]:
+        local = {}
+        for name in needed:
+            local[name] = tmp / name
+            dump_atomic(objects[name], local[name])
+        return local
+
+    return ship(
+        view_or_client, digest, list(objects), stage, data_dir=data_dir, placement=placement
+    )
