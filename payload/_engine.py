@@ -64,6 +64,12 @@ def _pin_threads() -> Any:
 
 
 def load_split(path: str) -> tuple:
+    """``(X_train, y_train, X_test, y_test)`` of one persisted split, memory-mapped
+    once per engine process (see `load_split_extras`)."""
+    return load_split_extras(path)[:4]
+
+
+def load_split_extras(path: str) -> tuple:
     """Memory-map one persisted split, once per engine process.
 
     Returns ``(X_train, y_train, X_test, y_test, extras)``: ``extras`` holds the
@@ -117,7 +123,7 @@ def evaluate(
     from sklearn.model_selection._validation import _score
     from sklearn.utils.validation import _num_samples
 
-    X_train, y_train, X_test, y_test, extras = load_split(path)
+    X_train, y_train, X_test, y_test, extras = load_split_extras(path)
     fit_params = extras.get("fit", {})
     score_train, score_test = extras.get("score_train", {}), extras.get("score_test", {})
     if train_size is not None:
@@ -208,7 +214,7 @@ def split_sizes(path: str) -> tuple[int, int]:
     """Number of training and test samples of one split (for learning curves)."""
     from sklearn.utils.validation import _num_samples
 
-    X_train, _, X_test, _, _ = load_split(path)
+    X_train, _, X_test, _ = load_split(path)
     return int(_num_samples(X_train)), int(_num_samples(X_test))
 
 
