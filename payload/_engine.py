@@ -112,9 +112,10 @@ def evaluate(
     returns its traceback as ``fit_error``, so one bad candidate does not stop
     the search; the client judges failures once everything is collected. With
     ``error_score="raise"`` the exception itself comes back too (pickled, so the
-    client can raise the original type). A split that cannot be loaded raises
-    instead: that is the host's fault, and raising lets the client retry the
-    task on another engine.
+    client can raise the original type), and so it does, with ``must_raise``,
+    for what sklearn never records: an exception out of scoring itself. A split
+    that cannot be loaded raises instead: that is the host's fault, and raising
+    lets the client retry the task on another engine.
 
     ``params`` are not echoed back: the client already has them, and objects
     defined in a notebook could not be pickled back by the engine.
@@ -133,6 +134,7 @@ def evaluate(
         y_train = None if y_train is None else y_train[:train_size]
 
     fit_error = exception = None
+    must_raise = False
     test_scores = train_scores = None
     fit_time = score_time = 0.0
     start = time.perf_counter()
@@ -142,18 +144,26 @@ def evaluate(
             model.fit(X_train, **fit_params)
         else:
             model.fit(X_train, y_train, **fit_params)
-        fit_time = time.perf_counter() - start
-        start_score = time.perf_counter()
-        test_scores = _score(model, X_test, y_test, scorer, score_test, error_score)
-        score_time = time.perf_counter() - start_score
-        if return_train_score:
-            train_scores = _score(model, X_train, y_train, scorer, score_train, error_score)
     except Exception as exc:  # recorded, judged on the client (sklearn's rules)
-        fit_time = fit_time or time.perf_counter() - start
+        fit_time = time.perf_counter() - start
         fit_error = traceback.format_exc()
         test_scores = train_scores = _error_scores(scorer, error_score)
         if error_score == "raise":
             exception = _portable(exc)
+    else:
+        fit_time = time.perf_counter() - start
+        try:
+            start_score = time.perf_counter()
+            test_scores = _score(model, X_test, y_test, scorer, score_test, error_score)
+            score_time = time.perf_counter() - start_score
+            if return_train_score:
+                train_scores = _score(model, X_train, y_train, scorer, score_train, error_score)
+        except Exception as exc:  # _score already turned scoring failures into
+            # error_score; what it raises (a scorer returning no number, or any
+            # failure under "raise") stops sklearn's search whatever error_score is.
+            fit_error = traceback.format_exc()
+            test_scores = train_scores = _error_scores(scorer, error_score)
+            exception, must_raise = _portable(exc), True
     return {
         "candidate": candidate,
         "split": split,
@@ -165,6 +175,7 @@ def evaluate(
         "n_train_samples": int(_num_samples(X_train)),
         "fit_error": fit_error,
         "exception": exception,
+        "must_raise": must_raise,
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
     }

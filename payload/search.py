@@ -132,7 +132,7 @@ class DistributedSearch:
         self.table = ResultTable(len(self.candidates), len(self.split_paths))
         self.engines: Counter = Counter()  # (hostname, pid) -> fits run there
         self.n_submitted = self.n_skipped = self.n_aborted = self.n_retried = 0
-        self.aborted = False
+        self.aborted = self._started = self._finished = False
 
         self._cond = threading.Condition(threading.RLock())
         self._batches: list[list[tuple[int, int]]] = []
@@ -140,7 +140,6 @@ class DistributedSearch:
         self._journal: Journal | None = None
         self._callback_error: BaseException | None = None
         self._raise_error: tuple[str, Any] | None = None  # (traceback text, exception)
-        self._started = self._finished = False
 
     @property
     def fit_errors(self) -> dict[tuple[int, int], str]:
@@ -162,8 +161,8 @@ class DistributedSearch:
             )
             self._journal, records = Journal.open(self.journal, header)
             for record in records:
-                if not (self.error_score == "raise" and record.get("fit_error")):
-                    self._store(record)  # a failure under "raise" runs (and raises) again
+                if not self._raises(record):
+                    self._store(record)  # a failure that raised runs (and raises) again
             self.n_skipped = int(done.sum())
         n_splits = len(self.split_paths)
         todo = [(c, s) for c in self.order for s in range(n_splits) if not done[c, s]]
@@ -309,8 +308,7 @@ class DistributedSearch:
             return format_cv_results(self.table, self.candidates, rows, self.return_train_score)
 
     def __repr__(self) -> str:
-        done, total = self.progress
-        return f"<DistributedSearch {type(self.estimator).__name__}: {done}/{total} fits>"
+        return f"<DistributedSearch {type(self.estimator).__name__}: %d/%d fits>" % self.progress
 
     # -- results -------------------------------------------------------------
 
@@ -357,12 +355,17 @@ class DistributedSearch:
                 self._store(record)
                 if journaled and self._journal is not None and not self._finished:
                     self._journal.append(record)
-                if self.error_score == "raise" and record["fit_error"] and not self._raise_error:
+                if self._raises(record) and not self._raise_error:
                     self._raise_error = (record["fit_error"], exception)
                     abort = True
             self._cond.notify_all()
         if abort:
             self.abort(block=False)
+
+    def _raises(self, record: Mapping[str, Any]) -> bool:
+        """Whether this result stops the search, as it would stop sklearn's."""
+        failed = bool(record.get("fit_error"))
+        return failed and (self.error_score == "raise" or bool(record.get("must_raise")))
 
     def _store(self, record: Mapping[str, Any]) -> None:
         self.table.store(record)

@@ -331,3 +331,10 @@ def test_unsupervised_grid_search(SearchCV):
         assert search.fit(X_, y_).best_params_["n_clusters"] == 3
     search = SearchCV(km, param_grid={"n_clusters": [2, 3, 4]}).fit(X_)
     assert search.best_params_["n_clusters"] == 4
+
+
+def test_a_scorer_returning_no_number_stops_the_search(SearchCV):
+    X_, y_ = make_classification(n_samples=40, n_features=4, random_state=0)
+    search = SearchCV(LinearSVC(), {"C": [0.1, 1]}, scoring=lambda est, X, y: "good", cv=2)
+    with pytest.raises(ValueError, match="scoring must return a number"):
+        search.fit(X_, y_)
