@@ -17,6 +17,7 @@ per engine.
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -24,12 +25,15 @@ from typing import Any
 
 import cloudpickle
 import ipyparallel as ipp
-from ipyparallel.error import TaskAborted
+from ipyparallel.error import RemoteError, TaskAborted
 from sklearn.exceptions import FitFailedWarning
 
-from . import _engine
+from . import _engine, _engine_files, _engine_models
 
 cloudpickle.register_pickle_by_value(_engine)
+cloudpickle.register_pickle_by_value(_engine_files)
+cloudpickle.register_pickle_by_value(_engine_models)
+log = logging.getLogger(__name__)
 
 # How many distinct task functions an engine keeps unpickled.
 _MAX_CACHED_FUNCTIONS = 16
@@ -39,13 +43,17 @@ def _run_task_impl(
     digest: str,
     blob: bytes,
     args: bytes,
+    data: tuple = (),
     state_name: str = _engine.STATE_MODULE,
     max_cached: int = _MAX_CACHED_FUNCTIONS,
 ) -> Any:
     """Engine side: unpickle the task function once per engine, then call it.
 
     It runs with the engine's namespace as globals (``interactive``), so it
-    refers to nothing from this module; its constants come in as defaults.
+    refers to nothing from this module; its constants come in as defaults
+    (positional: ipyparallel's function canning drops keyword-only defaults).
+    ``data`` (bytes) are passed after the unpickled arguments: ipyparallel
+    sends them as zero-copy message frames instead of pickling them.
     """
     import pickle
     import sys
@@ -58,7 +66,7 @@ def _run_task_impl(
         while len(state.functions) >= max_cached:
             state.functions.pop(next(iter(state.functions)))
         state.functions[digest] = func
-    return func(*pickle.loads(args))
+    return func(*pickle.loads(args), *data)
 
 
 _run_task = ipp.interactive(_run_task_impl)
@@ -78,7 +86,8 @@ def load_balanced_view(view_or_client: Any) -> ipp.LoadBalancedView:
 
 
 class TaskSender:
-    """Submit calls of one engine-side function on a load-balanced view.
+    """Submit calls of one engine-side function (on a load-balanced view, or
+    `apply` on a direct or broadcast one).
 
     Retries are done here, by resubmitting, rather than with the view's
     ``retries`` flag: ipyparallel 9.2's scheduler treats an *aborted* task as a
@@ -88,7 +97,7 @@ class TaskSender:
     engine that failed it, as the scheduler's retry would.
     """
 
-    def __init__(self, view: ipp.LoadBalancedView, func: Callable) -> None:
+    def __init__(self, view: Any, func: Callable) -> None:
         self.view = view
         self.blob = cloudpickle.dumps((_engine.engine_state, func))
         self.digest = hashlib.sha256(self.blob).hexdigest()[:24]
@@ -107,6 +116,22 @@ class TaskSender:
             targets = others or targets
         with self.view.temp_flags(retries=0, targets=targets, block=False):
             return self.view.apply_async(_run_task, self.digest, self.blob, payload)
+
+
+    def apply(self, *args: Any, data: tuple = ()) -> ipp.AsyncResult:
+        """Run the call once on every engine of a direct or broadcast view.
+
+        ``data`` (bytes, memoryviews) go after ``args`` as message frames of
+        their own, not through pickle.
+        """
+        payload = cloudpickle.dumps(args)
+        return self.view.apply_async(_run_task, self.digest, self.blob, payload, tuple(data))
+
+
+def call_on(view: Any, func: Callable, *args: Any, data: tuple = ()) -> ipp.AsyncResult:
+    """``func(*args, *data)`` on each engine of a direct or broadcast ``view``,
+    ``func`` shipped by value."""
+    return TaskSender(view, func).apply(*args, data=data)
 
 
 def forget(ar: ipp.AsyncResult) -> None:
@@ -130,7 +155,7 @@ def engine_of(ar: ipp.AsyncResult) -> int | None:
     """Engine id a finished task ran (or died) on, if ipyparallel recorded it."""
     try:
         return ar["engine_id"]
-    except Exception:
+    except (KeyError, IndexError, TimeoutError):  # no metadata: the task never reached one
         return None
 
 
@@ -164,13 +189,59 @@ def gather(
 
 def remote_error_text(exc: BaseException) -> str:
     """Traceback text of a task that raised on the engine (or never ran)."""
-    render = getattr(exc, "render_traceback", None)
-    if render is not None:
-        try:
-            return "\n".join(render())
-        except Exception:  # pragma: no cover - best effort formatting
-            pass
+    if isinstance(exc, RemoteError):
+        return "\n".join(exc.render_traceback())
     return f"{type(exc).__name__}: {exc}"
+
+
+def task_failure(
+    candidate: int, split: int, exc: BaseException, error_score: Any, train: bool
+) -> dict:
+    """The result of a pair whose task raised (retries exhausted): a failed fit,
+    with the task's error as ``fit_error`` and ``exc`` to raise under "raise"."""
+    nan = float("nan") if error_score == "raise" else float(error_score)
+    return {
+        "candidate": candidate,
+        "split": split,
+        "test_scores": nan,
+        "train_scores": nan if train else None,
+        "fit_time": 0.0,
+        "score_time": 0.0,
+        "n_test_samples": 0,
+        "fit_error": "Task failed on the cluster:\n" + remote_error_text(exc),
+        "exception": exc,
+        "hostname": None,
+        "pid": None,
+    }
+
+
+class RemoteTraceback(Exception):
+    """The engine's traceback, chained as the cause of a re-raised engine exception."""
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0]) if self.args else ""
+
+
+def raise_remote(text: str, exception: Any) -> None:
+    """Raise what a fit raised on an engine, with its type (``error_score="raise"``).
+
+    ``exception`` is the exception pickled by the engine (or an exception
+    object from this side, for a task that never ran); its engine traceback
+    is chained as the cause. A failure that cannot be rebuilt raises
+    RuntimeError with the traceback text.
+    """
+    if isinstance(exception, bytes):
+        try:
+            exception = cloudpickle.loads(exception)
+        except Exception as e:  # its class cannot be rebuilt here: keep the text
+            log.debug("engine exception not rebuilt: %r", e)
+            exception = None
+    if isinstance(exception, BaseException):
+        raise exception from RemoteTraceback(text)
+    raise RuntimeError(
+        "A fit failed and error_score='raise'; the remaining tasks were aborted. "
+        f"Traceback from the engine:\n{text}"
+    )
 
 
 def judge_fit_failures(fit_errors: list[str], n_fits: int, error_score: Any) -> None:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import check_scoring
 
 from . import _engine
 from ._remote import TaskSender, gather, judge_fit_failures, load_balanced_view, remote_error_text
+from .registry import payload_kind
+from .scoring import build_scorer
+from .search import DistributedSearch
 
 
 def train_sizes_absolute(train_sizes: Any, n_max: int) -> np.ndarray:
@@ -44,6 +46,7 @@ def train_sizes_absolute(train_sizes: Any, n_max: int) -> np.ndarray:
     return sizes
 
 
+@payload_kind("learning-curve", "train and validation scores against training-set size")
 def learning_curve_distributed(
     view_or_client: Any,
     estimator: Any,
@@ -71,7 +74,7 @@ def learning_curve_distributed(
         raise sizes_task[0]
     sizes = train_sizes_absolute(train_sizes, sizes_task[0][0])
 
-    scorer = check_scoring(estimator, scoring)
+    scorer = build_scorer(estimator, scoring, error_score)
     sender = TaskSender(view, partial(_engine.evaluate, estimator, scorer, True, error_score))
     calls = {
         (i, s): (i, s, path, {}, int(sizes[i]))
@@ -89,8 +92,8 @@ def learning_curve_distributed(
             continue
         if result["fit_error"]:
             errors.append(result["fit_error"])
-        train_scores[i, s] = result["train_score"]
-        test_scores[i, s] = result["test_score"]
+        train_scores[i, s] = result["train_scores"]
+        test_scores[i, s] = result["test_scores"]
         fit_times[i, s] = result["fit_time"]
     judge_fit_failures(errors, len(calls), error_score)
     return {
@@ -126,3 +129,40 @@ def plot_learning_curve(result: dict, path: str | os.PathLike, title: str | None
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return save_png(fig, path)
+
+
+@payload_kind("validation-curve", "train and validation scores against one parameter's values")
+def validation_curve_distributed(
+    view_or_client: Any,
+    estimator: Any,
+    split_paths: Iterable[str | os.PathLike],
+    param_name: str,
+    param_range: Iterable[Any],
+    *,
+    scoring: str | Callable | None = None,
+    error_score: float = np.nan,
+    retries: int = 2,
+    timeout: float | None = None,
+) -> dict:
+    """Train and validation scores per value of one parameter and split, as
+    ``sklearn.model_selection.validation_curve`` on the same splits.
+
+    One (value, split) pair per fit, run by `DistributedSearch` (so failed fits
+    are judged the same way). Returns ``param_name``, ``param_range``, and
+    ``train_scores``, ``test_scores`` and ``fit_times`` of shape
+    (n_values, n_splits).
+    """
+    values = list(param_range)
+    search = DistributedSearch(
+        view_or_client, estimator, None, split_paths,
+        candidates=[{param_name: value} for value in values], scoring=scoring,
+        error_score=error_score, retries=retries, order="given", return_train_score=True,
+    ).run(timeout=timeout)
+    metric = search.table.metrics()[0]
+    return {
+        "param_name": param_name,
+        "param_range": values,
+        "train_scores": search.table.scores("train", metric).copy(),
+        "test_scores": search.table.scores("test", metric).copy(),
+        "fit_times": search.table.fit_time.copy(),
+    }

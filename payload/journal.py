@@ -28,13 +28,17 @@ that were in flight.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .splits import split_identities
 
 try:  # POSIX only; elsewhere concurrent appends are simply not guarded
     import fcntl
@@ -177,6 +181,46 @@ def verify_journal(path: str | os.PathLike) -> JournalCheck:
         missing = set(pairs) - by_session.get(session, set())
         check.lost_in_flight.extend(divmod(p, n_splits) for p in sorted(missing))
     return check
+
+
+def search_header(
+    estimator: Any,
+    candidates: list[dict],
+    split_paths: list[str],
+    scoring: str,
+    return_train_score: bool,
+    error_score: Any,
+) -> dict:
+    """What identifies a search in its journal: everything that shapes its results.
+
+    ``scoring`` is its stable text (``payload.scoring.scoring_identity``).
+    """
+    identity = {
+        "estimator": _full_repr(estimator),
+        "candidates": [repr(sorted(p.items())) for p in candidates],
+        "splits": split_identities(split_paths),
+        "scoring": scoring,
+        "return_train_score": return_train_score,
+        "error_score": repr(error_score),
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return {
+        "key": key,
+        "n_candidates": len(candidates),
+        "n_splits": len(split_paths),
+        "estimator": identity["estimator"],
+        "scoring": scoring,
+        "splits": split_paths,
+        "split_identities": identity["splits"],
+    }
+
+
+def _full_repr(estimator: Any) -> str:
+    """The estimator's repr without sklearn's 700-character ellipsis."""
+    try:
+        return estimator.__repr__(N_CHAR_MAX=sys.maxsize)
+    except TypeError:
+        return repr(estimator)
 
 
 def _dumps(obj: dict) -> bytes:

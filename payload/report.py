@@ -19,11 +19,13 @@ import numpy as np
 from scipy.stats import sem
 
 
-def _split_scores(cv_results: Mapping[str, Any], kind: str) -> np.ndarray | None:
-    """(n_candidates, n_splits) array of ``split{i}_{kind}_score`` columns."""
+def _split_scores(
+    cv_results: Mapping[str, Any], kind: str, metric: str = "score"
+) -> np.ndarray | None:
+    """(n_candidates, n_splits) array of ``split{i}_{kind}_{metric}`` columns."""
     columns = []
-    while f"split{len(columns)}_{kind}_score" in cv_results:
-        columns.append(np.asarray(cv_results[f"split{len(columns)}_{kind}_score"], dtype=float))
+    while (key := f"split{len(columns)}_{kind}_{metric}") in cv_results:
+        columns.append(np.asarray(cv_results[key], dtype=float))
     if not columns:
         return None
     return np.column_stack(columns)
@@ -40,16 +42,16 @@ def _plain(params: Mapping[str, Any]) -> dict:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()}
 
 
-def report_text(cv_results: Mapping[str, Any], top: int = 5) -> str:
-    """Top candidates, one line each, best first (NaN last).
+def report_text(cv_results: Mapping[str, Any], top: int = 5, metric: str = "score") -> str:
+    """Top candidates by ``metric``, one line each, best first (NaN last).
 
     ``Rank 1: validation: 0.99022 (+/-0.00151) train: 0.99896 (+/-0.00038): {'C': 10.0}``
     """
-    test = _split_scores(cv_results, "test")
+    test = _split_scores(cv_results, "test", metric)
     if test is None or test.shape[0] == 0:
         return ""
     test_mean, test_sem = _mean_sem(test)
-    train = _split_scores(cv_results, "train")
+    train = _split_scores(cv_results, "train", metric)
     if train is not None:
         train_mean, train_sem = _mean_sem(train)
     order = sorted(range(len(test_mean)), key=lambda i: (np.isnan(test_mean[i]), -test_mean[i]))
@@ -79,9 +81,10 @@ def _distinct(values: list) -> list:
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Equality for parameter values of any type; arrays (ambiguous truth) differ."""
     try:
         return bool(a == b)
-    except Exception:
+    except (TypeError, ValueError):
         return False
 
 
@@ -106,7 +109,10 @@ def save_png(fig: Any, path: str | os.PathLike) -> Path:
 
 
 def plot_param_boxplots(
-    cv_results: Mapping[str, Any], path: str | os.PathLike, train: bool = False
+    cv_results: Mapping[str, Any],
+    path: str | os.PathLike,
+    train: bool = False,
+    metric: str = "score",
 ) -> Path:
     """One panel per parameter: per-split validation scores for each of its values.
 
@@ -117,8 +123,8 @@ def plot_param_boxplots(
     from matplotlib.figure import Figure
 
     names = _param_names(cv_results)
-    test = _split_scores(cv_results, "test")
-    train_scores = _split_scores(cv_results, "train") if train else None
+    test = _split_scores(cv_results, "test", metric)
+    train_scores = _split_scores(cv_results, "train", metric) if train else None
     if test is None or not names:
         raise ValueError("cv_results has no split scores or no param_ columns")
     fig = Figure(figsize=(7, 2.8 * len(names)))
@@ -162,6 +168,7 @@ def plot_heatmap(
     path: str | os.PathLike,
     x: str = "gamma",
     y: str = "C",
+    metric: str = "score",
 ) -> Path:
     """Mean validation score over a two-parameter grid (e.g. C x gamma).
 
@@ -173,7 +180,7 @@ def plot_heatmap(
 
     xs_col = np.ma.asarray(cv_results[f"param_{x}"])
     ys_col = np.ma.asarray(cv_results[f"param_{y}"])
-    means = np.asarray(cv_results["mean_test_score"], dtype=float)
+    means = np.asarray(cv_results[f"mean_test_{metric}"], dtype=float)
     rows = [
         i
         for i in range(len(means))

@@ -3,38 +3,30 @@
 Each (candidate, split) pair is one fit on a ``LoadBalancedView``; only the
 split's *path* and the candidate's parameters travel with it (the estimator and
 scorer are pickled once per search, see ``payload._remote``). Engines memory-map
-each split once and keep it cached, and pin BLAS to one thread.
-
-Pairs go out in batches sized by guided self-scheduling (`guided_batches`):
-each batch takes a share of what is left, so the first, expensive pairs travel
-several to a message and the last go one by one. An ipyparallel task costs the
-engine a few milliseconds beyond the fit (measured in ``bench/overhead.py``), which
-is most of a sub-10 ms fit; the single pairs at the end keep the finish even.
+each split once and keep it cached, and pin BLAS to one thread. Pairs go out in
+batches and in an order chosen by ``payload.scheduling``.
 
 Results arrive through done-callbacks on ipyparallel's IO thread: each is stored
-in compact ``(n_candidates, n_splits)`` arrays and appended to the journal right
-away, so progress, partial reports and the journal stay current whether or not
-anyone is blocked in :meth:`DistributedSearch.wait`.
+in a `ResultTable` and appended to the journal right away, so progress, partial
+reports and the journal stay current whether or not anyone is blocked in
+:meth:`DistributedSearch.wait`.
 
-``cv_results_`` follows ``GridSearchCV.cv_results_`` (``params``,
-``param_<name>`` masked arrays, ``split{i}_test_score``, ``mean/std/rank``,
-train scores, fit and score times), and failures follow sklearn's rules:
-recorded with ``error_score``, then a ``FitFailedWarning`` if some fits failed
-or a ``ValueError`` grouping the errors if all did. There is no refit: the data
-lives on the engines.
+``cv_results_`` follows ``GridSearchCV.cv_results_`` (see ``payload.results``),
+for one metric or several, and failures follow sklearn's rules: recorded with
+``error_score``, then a ``FitFailedWarning`` if some fits failed or a
+``ValueError`` grouping the errors if all did; ``error_score="raise"`` stops the
+search and raises the engine's exception, of its original type. There is no
+refit here (the data lives on the engines): ``payload.ClusterGridSearchCV`` adds
+it, with the rest of scikit-learn's estimator API.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import math
+import logging
 import numbers
-import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -42,10 +34,6 @@ from typing import Any
 
 import numpy as np
 from ipyparallel.error import TaskAborted
-from numpy.ma import MaskedArray
-from scipy.stats import rankdata
-from sklearn.metrics import check_scoring
-from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from . import _engine
 from ._remote import (
@@ -54,117 +42,22 @@ from ._remote import (
     forget,
     judge_fit_failures,
     load_balanced_view,
-    remote_error_text,
+    raise_remote,
+    task_failure,
 )
-from .journal import Journal
+from .journal import Journal, search_header
 from .report import report_text
-from .splits import split_identities
+from .results import ResultTable, format_cv_results
+from .scheduling import (
+    Order,
+    check_batch_size,
+    expand_candidates,
+    guided_batches,
+    submission_order,
+)
+from .scoring import build_scorer, scoring_identity
 
-# Parameters whose larger (+1) or smaller (-1) values usually make a fit slower.
-_COST_DIRECTION = {
-    "C": 1,
-    "n_estimators": 1,
-    "max_iter": 1,
-    "max_depth": 1,
-    "max_leaf_nodes": 1,
-    "degree": 1,
-    "n_components": 1,
-    "alpha": -1,
-    "tol": -1,
-    "min_samples_split": -1,
-    "min_samples_leaf": -1,
-}
-# None means "unbounded" for these, the most expensive setting.
-_NONE_IS_MAX = {"max_depth", "max_leaf_nodes"}
-
-
-AUTO_BATCH_SHARE = 4  # a batch takes 1/(share x engines) of the pairs left
-AUTO_BATCH_MAX = 16  # and never more pairs: a lost engine costs at most this many fits
-
-
-def guided_batches(
-    pairs: Sequence[Any], n_engines: int, size: int | str = "auto"
-) -> list[list[Any]]:
-    """Split ``pairs`` (in submission order) into consecutive batches.
-
-    ``size="auto"``: guided self-scheduling, ``len(left) // (AUTO_BATCH_SHARE *
-    n_engines)`` pairs per batch, between 1 and ``AUTO_BATCH_MAX``; an int: that
-    many pairs per batch (1 = one task per pair).
-    """
-    _check_batch_size(size)
-    batches, i, n = [], 0, len(pairs)
-    while i < n:
-        if size == "auto":
-            step = min(AUTO_BATCH_MAX, max(1, (n - i) // (AUTO_BATCH_SHARE * max(1, n_engines))))
-        else:
-            step = int(size)
-        batches.append(list(pairs[i : i + step]))
-        i += step
-    return batches
-
-
-def _check_batch_size(size: Any) -> None:
-    if size != "auto" and not (isinstance(size, numbers.Integral) and size >= 1):
-        raise ValueError(f"batch_size must be 'auto' or a positive integer, got {size!r}")
-
-
-def submission_order(
-    candidates: Sequence[Mapping[str, Any]],
-    order: str | Callable[[Mapping[str, Any]], float] = "longest-first",
-) -> list[int]:
-    """Candidate indices in the order their tasks are submitted.
-
-    Submitting the slowest fits first keeps engines from idling at the end
-    behind one long straggler. ``"longest-first"`` estimates the cost from the
-    parameters known to drive fit time (``C``, ``n_estimators``, ``alpha``...,
-    also as ``step__C`` in pipelines): each contributes the normalized rank of
-    its value, signed by direction. Candidates without known parameters, and
-    ties, keep the given order. A callable maps params to an estimated cost;
-    ``"given"`` keeps the order as is.
-    """
-    indices = list(range(len(candidates)))
-    if order == "given":
-        return indices
-    if callable(order):
-        costs = [float(order(params)) for params in candidates]
-    elif order == "longest-first":
-        costs = _heuristic_costs(candidates)
-    else:
-        raise ValueError(f"order must be 'longest-first', 'given' or a callable, got {order!r}")
-    return sorted(indices, key=lambda i: -costs[i])
-
-
-def _heuristic_costs(candidates: Sequence[Mapping[str, Any]]) -> list[float]:
-    values: dict[str, set] = defaultdict(set)
-    for params in candidates:
-        for name, value in params.items():
-            short = name.rsplit("__", 1)[-1]
-            if short in _COST_DIRECTION and _is_number(value):
-                values[name].add(float(value))
-    ranks = {
-        name: {v: i / max(len(vs) - 1, 1) for i, v in enumerate(sorted(vs))}
-        for name, vs in values.items()
-    }
-    costs = []
-    for params in candidates:
-        cost = 0.0
-        for name, value in params.items():
-            short = name.rsplit("__", 1)[-1]
-            if short not in _COST_DIRECTION:
-                continue
-            if value is None and short in _NONE_IS_MAX:
-                rank = 1.0
-            elif _is_number(value) and name in ranks:
-                rank = ranks[name][float(value)]
-            else:
-                continue
-            cost += rank if _COST_DIRECTION[short] > 0 else 1.0 - rank
-        costs.append(cost)
-    return costs
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+log = logging.getLogger(__name__)
 
 
 class DistributedSearch:
@@ -179,79 +72,79 @@ class DistributedSearch:
     ``param_grid_or_distributions`` is a grid (``ParameterGrid``) unless
     ``n_iter`` is given, then it is sampled with ``ParameterSampler``; pass
     ``random_state`` for a randomized search to be resumable, since the
-    journal is keyed by the candidates. ``scoring`` is a single metric (None
-    uses ``estimator.score``). ``retries`` re-runs, on another engine, tasks
-    that *raised* (a lost engine, a missing split file); a failing fit does not
-    raise, it is recorded with ``error_score``.
-    ``batch_size`` ("auto", or pairs per task) groups pairs into tasks, see
-    `guided_batches`; a retry or an abort applies to a whole batch.
+    journal is keyed by the candidates. ``candidates`` (a list of param dicts)
+    replaces both. ``scoring`` is anything GridSearchCV takes (None, a name, a
+    callable, a list or dict for several metrics); ``best_metric`` names the one
+    that ranks ``best_*`` (default: the first). ``retries`` re-runs, on another
+    engine, tasks that *raised* (a lost engine, a missing split file); a
+    failing fit does not raise, it is recorded with ``error_score``.
+    ``order`` (see `submission_order`): ``"auto"`` is ``"shuffled"`` (seeded by
+    ``random_state``) for a sampled search, so an aborted one leaves an
+    unbiased sample, and ``"longest-first"`` for a grid. ``batch_size``
+    ("auto", or pairs per task) groups pairs into tasks, see `guided_batches`;
+    a retry or an abort applies to a whole batch.
     """
 
     def __init__(
         self,
         view_or_client: Any,
         estimator: Any,
-        param_grid_or_distributions: Mapping | Sequence[Mapping],
+        param_grid_or_distributions: Mapping | Sequence[Mapping] | None,
         split_paths: Iterable[str | Path],
         *,
-        scoring: str | Callable | None = None,
+        scoring: Any = None,
         n_iter: int | None = None,
         random_state: int | np.random.RandomState | None = None,
         journal: str | Path | None = None,
         retries: int = 2,
         return_train_score: bool = True,
         error_score: float | str = np.nan,
-        order: str | Callable[[Mapping[str, Any]], float] = "longest-first",
+        order: Order = "auto",
         batch_size: int | str = "auto",
+        candidates: Sequence[Mapping[str, Any]] | None = None,
+        best_metric: str | None = None,
     ) -> None:
         self.view = load_balanced_view(view_or_client)
         self.estimator = estimator
         self.split_paths = [str(p) for p in split_paths]
         if not self.split_paths:
             raise ValueError("split_paths is empty")
-        if n_iter is None:
-            self.candidates = list(ParameterGrid(param_grid_or_distributions))
-        else:
-            sampler = ParameterSampler(
-                param_grid_or_distributions, n_iter, random_state=random_state
-            )
-            self.candidates = list(sampler)
+        if candidates is None:
+            candidates = expand_candidates(param_grid_or_distributions, n_iter, random_state)
+        self.candidates = [dict(c) for c in candidates]
         if not self.candidates:
             raise ValueError("no candidate parameters to evaluate")
         if not (error_score == "raise" or isinstance(error_score, numbers.Number)):
             raise ValueError("error_score must be 'raise' or a number")
         self.scoring = scoring
+        self.scorer = build_scorer(estimator, scoring, error_score)
+        self.best_metric = best_metric
         self.journal = Path(journal) if journal is not None else None
         self.retries = retries
         self.return_train_score = return_train_score
         self.error_score = error_score
-        self.order = submission_order(self.candidates, order)
-        _check_batch_size(batch_size)  # now, not at start()
+        if order == "auto":
+            order = "longest-first" if n_iter is None else "shuffled"
+        self.order = submission_order(self.candidates, order, random_state)
+        check_batch_size(batch_size)  # now, not at start()
         self.batch_size = batch_size
 
-        shape = (len(self.candidates), len(self.split_paths))
-        self._test = np.full(shape, np.nan)
-        self._train = np.full(shape, np.nan)
-        self._fit_time = np.full(shape, np.nan)
-        self._score_time = np.full(shape, np.nan)
-        self._n_test = np.zeros(shape, dtype=np.int64)
-        self._done = np.zeros(shape, dtype=bool)
-        self.fit_errors: dict[tuple[int, int], str] = {}
+        self.table = ResultTable(len(self.candidates), len(self.split_paths))
         self.engines: Counter = Counter()  # (hostname, pid) -> fits run there
-        self.n_submitted = 0
-        self.n_skipped = 0
-        self.n_aborted = 0
-        self.n_retried = 0
-        self.aborted = False
+        self.n_submitted = self.n_skipped = self.n_aborted = self.n_retried = 0
+        self.aborted = self._started = self._finished = False
 
         self._cond = threading.Condition(threading.RLock())
         self._batches: list[list[tuple[int, int]]] = []
         self._pending: dict[int, Any] = {}  # batch index -> AsyncResult
         self._journal: Journal | None = None
         self._callback_error: BaseException | None = None
-        self._raise_error: str | None = None
-        self._started = False
-        self._finished = False
+        self._raise_error: tuple[str, Any] | None = None  # (traceback text, exception)
+
+    @property
+    def fit_errors(self) -> dict[tuple[int, int], str]:
+        """(candidate, split) -> traceback text of the fits that failed."""
+        return self.table.fit_errors
 
     # -- running -------------------------------------------------------------
 
@@ -260,18 +153,24 @@ class DistributedSearch:
         if self._started:
             raise RuntimeError("this search was already started; build a new one to run again")
         self._started = True
-        scorer = check_scoring(self.estimator, self.scoring)
+        done = self.table.done
         if self.journal is not None:
-            self._journal, records = Journal.open(self.journal, self._header())
+            header = search_header(
+                self.estimator, self.candidates, self.split_paths, scoring_identity(self.scoring),
+                self.return_train_score, self.error_score,
+            )
+            self._journal, records = Journal.open(self.journal, header)
             for record in records:
-                self._store(record)
-            self.n_skipped = int(self._done.sum())
+                if not self._raises(record):
+                    self._store(record)  # a failure that raised runs (and raises) again
+            self.n_skipped = int(done.sum())
         n_splits = len(self.split_paths)
-        todo = [(c, s) for c in self.order for s in range(n_splits) if not self._done[c, s]]
+        todo = [(c, s) for c in self.order for s in range(n_splits) if not done[c, s]]
         if self._journal is not None:
             self._journal.start_session([c * n_splits + s for c, s in todo], self.n_skipped)
         task = partial(
-            _engine.evaluate_many, self.estimator, scorer, self.return_train_score, self.error_score
+            _engine.evaluate_many,
+            self.estimator, self.scorer, self.return_train_score, self.error_score,
         )
         self._sender = TaskSender(self.view, task)
         targets = self.view.targets
@@ -291,8 +190,7 @@ class DistributedSearch:
             self._pending[b] = ar
             late = self.aborted  # a retry racing with abort(): cancel it too
         if late:
-            with contextlib.suppress(Exception):
-                self.view.abort(jobs=[ar], block=False)
+            self._abort_tasks([ar], block=False)
         ar.add_done_callback(partial(self._on_done, b, attempt))
 
     def wait(
@@ -352,23 +250,36 @@ class DistributedSearch:
             self.aborted = True
             pending = list(self._pending.values())
         if pending:
-            # Some may have finished in between: nothing left to cancel there.
-            with contextlib.suppress(Exception):
-                self.view.abort(jobs=pending, block=block)
+            self._abort_tasks(pending, block)
+
+    def _abort_tasks(self, tasks: list, block: bool) -> None:
+        """Ask the hub to cancel ``tasks`` (finished ones are simply not cancelled).
+
+        May run on the IO thread, where an exception would be lost: a failure
+        (the client closing, say) is logged, and the tasks then just run.
+        """
+        try:
+            self.view.abort(jobs=tasks, block=block)
+        except Exception as e:
+            log.warning("could not abort %d tasks: %r", len(tasks), e)
 
     @property
     def progress(self) -> tuple[int, int]:
         """(pairs done, total pairs), counting pairs loaded from the journal."""
         with self._cond:
-            return int(self._done.sum()), self._done.size
+            return int(self.table.done.sum()), self.table.done.size
+
+    def _ranking_metric(self) -> str:
+        metrics = self.table.metrics()
+        return self.best_metric if self.best_metric in metrics else metrics[0]
 
     def best_so_far(self) -> dict | None:
         """Best candidate among those with every split done, or None yet."""
         with self._cond:
-            complete = self._done.all(axis=1)
+            metric = self._ranking_metric()
+            complete, means = self.table.complete_means(metric)
             if not complete.any():
                 return None
-            means = np.where(complete, self._test.mean(axis=1), np.nan)
             if np.isnan(means).all():
                 index = int(np.flatnonzero(complete)[0])
             else:
@@ -376,6 +287,7 @@ class DistributedSearch:
             return {
                 "candidate": index,
                 "params": self.candidates[index],
+                "metric": metric,
                 "mean_test_score": float(means[index]),
                 "n_complete": int(complete.sum()),
             }
@@ -386,18 +298,17 @@ class DistributedSearch:
         text = f"Progress: {int(100 * done / total):02d}% ({done:03d}/{total:03d})"
         results = self.partial_cv_results()
         if results["params"]:
-            text += "\n\n" + report_text(results, top=top)
+            text += "\n\n" + report_text(results, top=top, metric=self._ranking_metric())
         return text
 
     def partial_cv_results(self) -> dict:
         """``cv_results_`` restricted to the candidates whose splits are all done."""
         with self._cond:
-            rows = np.flatnonzero(self._done.all(axis=1))
-            return self._cv_results(rows)
+            rows = np.flatnonzero(self.table.done.all(axis=1))
+            return format_cv_results(self.table, self.candidates, rows, self.return_train_score)
 
     def __repr__(self) -> str:
-        done, total = self.progress
-        return f"<DistributedSearch {type(self.estimator).__name__}: {done}/{total} fits>"
+        return f"<DistributedSearch {type(self.estimator).__name__}: %d/%d fits>" % self.progress
 
     # -- results -------------------------------------------------------------
 
@@ -422,55 +333,42 @@ class DistributedSearch:
                 # The task itself raised, retries exhausted: not a result of
                 # the fits, so it is not journaled and a resume runs them again.
                 journaled = False
-                results = [self._task_failure(c, s, exc) for c, s in batch]
+                results = [
+                    task_failure(c, s, exc, self.error_score, self.return_train_score)
+                    for c, s in batch
+                ]
             forget(ar)
-            records = [{**r, "params": self.candidates[r["candidate"]]} for r in results]
-            with self._cond:
-                self._pending.pop(b, None)
-                abort = False
-                for record in records:
-                    self._store(record)
-                    if journaled and self._journal is not None and not self._finished:
-                        self._journal.append(record)
-                    if self.error_score == "raise" and record["fit_error"] and not self._raise_error:
-                        self._raise_error = record["fit_error"]
-                        abort = True
-                self._cond.notify_all()
-            if abort:
-                self.abort(block=False)
+            self._keep(b, results, journaled)
         except BaseException as exc:  # surfaced by wait(), never lost in the IO thread
             with self._cond:
                 self._callback_error = exc
                 self._pending.pop(b, None)
                 self._cond.notify_all()
 
-    def _task_failure(self, candidate: int, split: int, exc: BaseException) -> dict:
-        nan = float("nan") if self.error_score == "raise" else float(self.error_score)
-        return {
-            "candidate": candidate,
-            "split": split,
-            "test_score": nan,
-            "train_score": nan if self.return_train_score else None,
-            "fit_time": 0.0,
-            "score_time": 0.0,
-            "n_test_samples": 0,
-            "fit_error": "Task failed on the cluster:\n" + remote_error_text(exc),
-            "hostname": None,
-            "pid": None,
-        }
+    def _keep(self, b: int, results: list[dict], journaled: bool) -> None:
+        abort = False
+        with self._cond:
+            self._pending.pop(b, None)
+            for result in results:
+                exception = result.pop("exception", None)
+                record = {**result, "params": self.candidates[result["candidate"]]}
+                self._store(record)
+                if journaled and self._journal is not None and not self._finished:
+                    self._journal.append(record)
+                if self._raises(record) and not self._raise_error:
+                    self._raise_error = (record["fit_error"], exception)
+                    abort = True
+            self._cond.notify_all()
+        if abort:
+            self.abort(block=False)
+
+    def _raises(self, record: Mapping[str, Any]) -> bool:
+        """Whether this result stops the search, as it would stop sklearn's."""
+        failed = bool(record.get("fit_error"))
+        return failed and (self.error_score == "raise" or bool(record.get("must_raise")))
 
     def _store(self, record: Mapping[str, Any]) -> None:
-        c, s = record["candidate"], record["split"]
-        self._test[c, s] = _float(record["test_score"])
-        self._train[c, s] = _float(record.get("train_score"))
-        self._fit_time[c, s] = record["fit_time"]
-        self._score_time[c, s] = record["score_time"]
-        self._n_test[c, s] = record["n_test_samples"]
-        self._done[c, s] = True
-        if record.get("fit_error"):
-            self.fit_errors[(c, s)] = record["fit_error"]
-        else:
-            self.fit_errors.pop((c, s), None)
+        self.table.store(record)
         if record.get("hostname") is not None:
             self.engines[(record["hostname"], record["pid"])] += 1
 
@@ -482,115 +380,21 @@ class DistributedSearch:
             if self._journal is not None:
                 self._journal.close()
             if self._raise_error is not None:
-                raise RuntimeError(
-                    "A fit failed and error_score='raise'; the remaining tasks were "
-                    f"aborted. Traceback from the engine:\n{self._raise_error}"
-                )
-            # Missing pairs of an aborted search are not failures: no warning then.
-            results = self._cv_results(np.arange(len(self.candidates)), warn=not self.aborted)
-            self.cv_results_ = results
-            self.best_index_ = int(np.argmin(results["rank_test_score"]))
-            self.best_params_ = self.candidates[self.best_index_]
-            self.best_score_ = float(results["mean_test_score"][self.best_index_])
-            self.n_splits_ = len(self.split_paths)
-            done = self._done
-            errors = [self.fit_errors[k] for k in sorted(self.fit_errors) if done[k]]
-            n_fits = int(done.sum())
+                raise_remote(*self._raise_error)
+            errors = self.table.errors_done()
+            n_fits = int(self.table.done.sum())
         if n_fits:
             judge_fit_failures(errors, n_fits, self.error_score)
-
-    def _cv_results(self, rows: np.ndarray, warn: bool = False) -> dict:
-        """Format the rows of the result arrays like ``GridSearchCV._format_results``."""
-        params = [self.candidates[i] for i in rows]
-        results: dict[str, Any] = {}
-
-        def store(key: str, array: np.ndarray, splits: bool = False, rank: bool = False) -> None:
-            array = array[rows]
-            if splits:
-                for s in range(array.shape[1]):
-                    results[f"split{s}_{key}"] = array[:, s].copy()
-            means = array.mean(axis=1)
-            results[f"mean_{key}"] = means
-            if warn and key.endswith("_score") and not np.isfinite(means).all():
-                import warnings
-
-                warnings.warn(
-                    f"One or more of the {key.split('_')[0]} scores are non-finite: {means}",
-                    UserWarning,
-                    stacklevel=4,
-                )
-            results[f"std_{key}"] = array.std(axis=1)
-            if rank:
-                results[f"rank_{key}"] = _rank(means)
-
-        store("fit_time", self._fit_time)
-        store("score_time", self._score_time)
-        results.update(_param_columns(params))
-        results["params"] = params
-        store("test_score", self._test, splits=True, rank=True)
-        if self.return_train_score:
-            store("train_score", self._train, splits=True)
-        return results
-
-    def _header(self) -> dict:
-        """What identifies this search in a journal: everything that shapes results."""
-        identity = {
-            "estimator": _full_repr(self.estimator),
-            "candidates": [repr(sorted(p.items())) for p in self.candidates],
-            "splits": split_identities(self.split_paths),
-            "scoring": repr(self.scoring),
-            "return_train_score": self.return_train_score,
-            "error_score": repr(self.error_score),
-        }
-        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        return {
-            "key": key,
-            "n_candidates": len(self.candidates),
-            "n_splits": len(self.split_paths),
-            "estimator": identity["estimator"],
-            "scoring": identity["scoring"],
-            "splits": self.split_paths,
-            "split_identities": identity["splits"],
-        }
-
-
-def _rank(means: np.ndarray) -> np.ndarray:
-    """Rank descending with NaN tied last, as ``GridSearchCV`` does."""
-    if means.size == 0:
-        return np.zeros(0, dtype=np.int32)
-    if np.isnan(means).all():
-        return np.ones_like(means, dtype=np.int32)
-    filled = np.where(np.isnan(means), np.nanmin(means) - 1, means)
-    return rankdata(-filled, method="min").astype(np.int32)
-
-
-def _param_columns(params: Sequence[Mapping[str, Any]]) -> dict[str, MaskedArray]:
-    """One masked array per parameter, masked where a candidate lacks it (as sklearn)."""
-    by_name: dict[str, dict[int, Any]] = defaultdict(dict)
-    for i, p in enumerate(params):
-        for name, value in p.items():
-            by_name[f"param_{name}"][i] = value
-    columns = {}
-    for key, values in by_name.items():
-        try:
-            arr = np.array(list(values.values()))
-            dtype = arr.dtype if arr.dtype.kind != "U" and arr.ndim == 1 else object
-        except ValueError:
-            dtype = np.dtype(object)
-        column = MaskedArray(np.empty(len(params), dtype=dtype), mask=True)
-        for i, value in values.items():
-            column[i] = value
-        columns[key] = column
-    return columns
-
-
-def _full_repr(estimator: Any) -> str:
-    """The estimator's repr without sklearn's 700-character ellipsis."""
-    try:
-        return estimator.__repr__(N_CHAR_MAX=sys.maxsize)
-    except TypeError:
-        return repr(estimator)
-
-
-def _float(value: Any) -> float:
-    return math.nan if value is None else float(value)
+        with self._cond:
+            # Missing pairs of an aborted search are not failures: no warning then.
+            rows = np.arange(len(self.candidates))
+            results = format_cv_results(
+                self.table, self.candidates, rows, self.return_train_score, warn=not self.aborted
+            )
+            self.cv_results_ = results
+            self.multimetric_ = self.table.multimetric
+            metric = self._ranking_metric()
+            self.best_index_ = int(np.argmin(results[f"rank_test_{metric}"]))
+            self.best_params_ = self.candidates[self.best_index_]
+            self.best_score_ = float(results[f"mean_test_{metric}"][self.best_index_])
+            self.n_splits_ = len(self.split_paths)

@@ -71,7 +71,7 @@ def persist_cv_splits(
     for index, (train, test) in enumerate(splitter.split(X, y, groups)):
         path = directory / split_filename(name, index)
         split = (X[train], y[train], X[test], y[test])
-        _dump_atomic(split, path)
+        dump_atomic(split, path)
         files[path.name] = {
             "dataset": name,
             "split": index,
@@ -158,7 +158,8 @@ def split_identities(paths: Iterable[str | os.PathLike]) -> list[str]:
     return identities
 
 
-def _dump_atomic(obj: Any, path: Path) -> None:
+def dump_atomic(obj: Any, path: Path) -> None:
+    """joblib-dump ``obj`` uncompressed (memory-mappable) under a temporary name, then rename."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         joblib.dump(obj, tmp, compress=0)

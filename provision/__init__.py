@@ -12,10 +12,7 @@ The notebook API; the `provision` command is a thin layer over it::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
+from payload.joblib_backend import joblib_backend  # the cluster as scikit-learn's joblib backend
 from provision.config import load_config
 from provision.lifecycle import addnode, connect, down, removenode, restart_engines, up
 from provision.schema import ClusterConfig
@@ -25,21 +22,3 @@ __all__ = [
     "ClusterConfig", "load_config", "up", "down", "connect", "addnode", "removenode",
     "restart_engines", "joblib_backend",
 ]
-
-
-@contextmanager
-def joblib_backend(client: Any, name: str = "provision") -> Iterator[str]:
-    """Run joblib-parallel scikit-learn code (GridSearchCV, cross_validate, ...) on the cluster.
-
-    Registers the client's load-balanced view as a joblib backend (ipyparallel's
-    `register_joblib_backend`) and makes it the active one inside the block, so
-    scikit-learn's own searches run unchanged with ``n_jobs=-1``. Unlike the
-    bundled payload, joblib ships the data with every task: fine for small
-    data, while `payload.DistributedSearch` memory-maps splits once per host.
-    """
-    import joblib
-
-    view = client.load_balanced_view()
-    view.register_joblib_backend(name=name)
-    with joblib.parallel_backend(name):
-        yield name
