@@ -9,13 +9,12 @@ from typing import Any
 
 import click
 
-from provision import configure, inventory, lifecycle, query
+from provision import configure, inventory, lifecycle, progress, query
 from provision.cli import tables
 from provision.cli.common import config_options, err, json_option, out, settings
 from provision.config import load_config, write_starter
 from provision.context import resolve_region
 from provision.errors import BadInput
-from provision.progress import RichReporter
 
 MAX_HISTORY_DAYS = 90  # what DescribeSpotPriceHistory keeps
 
@@ -76,7 +75,7 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, con
     without launching duplicates.
     """
     cfg = load_config(config_path, template, {k: v for k, v in flags.items() if v is not None})
-    with RichReporter(err) as reporter:
+    with progress.for_console(err) as reporter:
         result = lifecycle.up(cfg, reporter, replace_failed=replace_failed,
                               configure_with=configure_with)
     info = result.cluster

@@ -2,8 +2,10 @@
 command works from, and errors as one line with an exit status.
 
 Errors: a `ProvisionError` prints its message and exits with its own status
-(`BadInput` 2: nothing was created; anything else 1); Ctrl-C exits 130; any
-other exception gets its class name and a pointer to ``--debug``.
+(`BadInput` 2: nothing was created; anything else 1); any other exception gets
+its class name and a pointer to ``--debug``. Ctrl-C is not handled here: a
+KeyboardInterrupt goes through Click to the console script (`entry.run`), which
+exits 130 with the hint whenever the signal comes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from provision.schema import ClusterConfig
 
 # Wide enough for the node table when output goes to a file or a pipe.
 PIPE_WIDTH = 160
-INTERRUPTED = 130  # the shell's status for a command ended by SIGINT
 
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 err = Console(stderr=True)
@@ -59,10 +60,6 @@ class Main(click.Group):
             sys.exit(e.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except KeyboardInterrupt:
-            err.print("[red]interrupted[/]: run the same command again to finish, "
-                      "or `provision down NAME --yes` to remove everything")
-            sys.exit(INTERRUPTED)
         except Exception as e:  # noqa: BLE001 - every error becomes one line
             if debugging():
                 traceback.print_exc()

@@ -11,11 +11,10 @@ from typing import Any
 import click
 import numpy as np
 
-from provision import context, data, lifecycle
+from provision import context, data, lifecycle, progress
 from provision.cli.common import config_options, err, out, settings
 from provision.errors import BadInput, ProvisionError
 from provision.params import load_estimator, parse_params, parse_value
-from provision.progress import RichReporter
 
 
 @click.command(name="put-data")
@@ -54,7 +53,7 @@ def put_data(
     cfg = settings(config_path, template, name)
     data.make_cv(cv, n_splits, test_size, seed)  # bad flags fail before any work
     data.load_dataset(dataset, target)
-    with RichReporter(err) as reporter:
+    with progress.for_console(err) as reporter:
         ctx = context.prepare(cfg, reporter)
         result = data.put_data(
             ctx, dataset, cv=cv, n_splits=n_splits, test_size=test_size, seed=seed, target=target
@@ -200,7 +199,7 @@ def _gridsearch(
         random_state=seed, journal=target / "journal.jsonl",
     )
     started = time.perf_counter()
-    with RichReporter(err) as reporter:
+    with progress.for_console(err) as reporter:
         search.start()
         done, total = search.progress
         with reporter.wait(

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import click
 
-from provision import files, lifecycle
+from provision import files, lifecycle, progress
 from provision.cli.common import config_options, err, out, settings
-from provision.progress import RichReporter
 
 WATCH_INTERVAL_S = 15
 
@@ -27,7 +26,7 @@ def addnode(name: str, count: int, spot_bid: float | None, config_path: Path | N
             template: str | None) -> None:
     """Add workers whose engines join the running controller (and running searches)."""
     cfg = settings(config_path, template, name)
-    with RichReporter(err) as reporter:
+    with progress.for_console(err) as reporter:
         result = lifecycle.addnode(name, count, bid=spot_bid, config=cfg, reporter=reporter)
     out.print(f"{name}: {len(result.cluster.nodes)} nodes, {result.engines} engines registered")
 
@@ -60,7 +59,7 @@ def watch(name: str, interval: float, once: bool, timeout: float | None, config_
     cfg = settings(config_path, template, name)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        with RichReporter(err) as reporter:
+        with progress.for_console(err) as reporter:
             launched = lifecycle.keep_size(name, config=cfg, reporter=reporter)
         if launched:
             out.print(f"{name}: replaced {launched} worker(s)")
