@@ -4,15 +4,22 @@ seconds (moto's server, the bridge), while each test only launches instances."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import gzip
+import json
 import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from provision.cloud.common import Region
+# The tests' helper modules: their asserts say what differed, as the tests' own do.
+pytest.register_assert_rewrite("faultkit", "interrupts", "oracle", "waits")
+
+from provision.cloud.common import Region  # noqa: E402 - after the rewrite hook
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,21 +72,41 @@ def sim_key(sim_region: Region, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         ec2.delete_key_pair(KeyName=name)
 
 
-@pytest.fixture(scope="session")
-def moto_default_amis(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """moto's own default image list as a file, for MOTO_AMIS_PATH.
-
-    A copy of test_ec2.py's `default_amis` for other modules: with it moto skips
-    its ~1,300 "latest" and ECS images on each reset, about halving a reset.
-    """
-    import gzip
-
+@functools.cache
+def _moto_images() -> list[dict[str, Any]]:
+    """moto's default images plus us-east-1's "latest" ones, which SSM's public
+    parameters (the default image lookup) name."""
     import moto
 
-    src = Path(moto.__file__).parent / "ec2" / "resources" / "amis.json.gz"
+    resources = Path(moto.__file__).parent / "ec2" / "resources"
+    default = json.loads(gzip.decompress((resources / "amis.json.gz").read_bytes()))
+    latest = json.loads(gzip.decompress(
+        (resources / "latest_amis" / "us-east-1.json.gz").read_bytes()))
+    return default + latest
+
+
+@pytest.fixture(scope="session")
+def moto_default_amis(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The images of `_moto_images` as a file, for MOTO_AMIS_PATH (see `moto_amis`)."""
     path = tmp_path_factory.mktemp("moto-amis") / "amis.json"
-    path.write_bytes(gzip.decompress(src.read_bytes()))
+    path.write_text(json.dumps(_moto_images()))
     return str(path)
+
+
+@pytest.fixture
+def moto_amis(monkeypatch: pytest.MonkeyPatch, moto_default_amis: str) -> None:
+    """The same images in every in-process moto test, whatever ran before.
+
+    With MOTO_AMIS_PATH set, moto skips its ~1,300 "latest" and ECS images on each
+    reset (about halving a reset). But moto reads the file only at its first import
+    and keeps backends across `mock_aws` contexts (getmoto/moto#6592), so a test
+    that set the variable and one that did not saw each other's images: the image
+    list is pinned here, in the variable and in the loaded module alike.
+    """
+    from moto.ec2.models import amis
+
+    monkeypatch.setenv("MOTO_AMIS_PATH", moto_default_amis)
+    monkeypatch.setattr(amis, "AMIS", _moto_images())
 
 
 def offline_aws_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import offline_aws_env
 from moto import mock_aws
+from oracle import anything, assert_nothing_left, files_under
 
 from provision import cloud, context, lifecycle, state
 from provision.cli import main
-from provision.cloud.common import Region
 from provision.config import load_config
 
 CONFIG = """\
@@ -33,7 +33,7 @@ clusters:
 
 
 @pytest.fixture
-def aws(monkeypatch, tmp_path):
+def aws(monkeypatch, tmp_path, moto_amis):
     offline_aws_env(monkeypatch, tmp_path)
     with mock_aws():
         yield boto3.client("ec2", region_name="us-east-1")
@@ -49,11 +49,12 @@ def cfg_file(tmp_path) -> Path:
 
 
 def nothing_created(client) -> None:
-    assert [i for r in client.describe_instances()["Reservations"] for i in r["Instances"]] == []
-    assert [g["GroupName"] for g in client.describe_security_groups()["SecurityGroups"]] == [
-        "default"
-    ]
-    assert client.describe_key_pairs()["KeyPairs"] == []
+    """Nothing in the region, tagged or not (instances, spot requests, volumes,
+    groups, key pairs; provision makes no images or snapshots, and moto starts with
+    its own), and no local state or data cache: asked with the tests' own oracle."""
+    found = {k: v for k, v in anything(client).items() if v and k not in ("images", "snapshots")}
+    assert found == {}, f"created: {found}"
+    assert files_under(Path(os.environ["PROVISION_STATE_DIR"])) == []
 
 
 def invoke(*args: str):
@@ -184,7 +185,7 @@ def test_down_leaves_nothing_tagged_and_twice_is_a_no_op(aws, cfg_file):
     first = invoke("down", "unit", "--yes")
     assert first.exit_code == 0, first.output
     assert "nothing tagged with it is left" in first.output
-    assert not any(cloud.leftovers(Region("us-east-1"), "unit").values())
+    assert_nothing_left(aws, "unit")
     assert state.load("unit") == {}
     second = invoke("down", "unit", "--yes", "--config", str(cfg_file))
     assert second.exit_code == 0 and "already gone" in second.output

@@ -9,12 +9,9 @@ request parameters.
 
 from __future__ import annotations
 
-import gzip
 import logging
-from pathlib import Path
 
 import boto3
-import moto
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
@@ -40,22 +37,8 @@ IMAGE = "ami-760aaa0f"  # in moto's default images: Amazon Linux, x86_64, root /
 ARM_IMAGE = "ami-0e9271c829888680e"  # in moto's default images: arm64
 
 
-@pytest.fixture(scope="session")
-def default_amis(tmp_path_factory) -> str:
-    """moto's own default image list as a file for MOTO_AMIS_PATH.
-
-    With it moto skips its ~1,300 "latest" and ECS images on each reset, which
-    halves this module's run time; the list is the one moto loads anyway, so it
-    does not matter whether moto read the variable at import or not.
-    """
-    src = Path(moto.__file__).parent / "ec2" / "resources" / "amis.json.gz"
-    path = tmp_path_factory.mktemp("moto") / "amis.json"
-    path.write_bytes(gzip.decompress(src.read_bytes()))
-    return str(path)
-
-
 @pytest.fixture
-def region(monkeypatch, tmp_path, default_amis):
+def region(monkeypatch, tmp_path, moto_amis):
     for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_SSM", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -63,7 +46,6 @@ def region(monkeypatch, tmp_path, default_amis):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("MOTO_AMIS_PATH", default_amis)
     with mock_aws():
         yield Region("us-east-1")
 
@@ -333,8 +315,7 @@ def test_resolve_image_prefers_ubuntu_lts_from_ssm(region, monkeypatch):
         assert cloud.resolve_image(region, None, arch="arm64") == "ami-ubuntu"
 
 
-def test_resolve_image_falls_back_to_amazon_linux(region, client, monkeypatch):
-    monkeypatch.delenv("MOTO_AMIS_PATH")  # before EC2's first call: load moto's latest images
+def test_resolve_image_falls_back_to_amazon_linux(region, client):
     image = cloud.resolve_image(region, None, arch="arm64")
 
     assert client.describe_images(ImageIds=[image])["Images"][0]["Architecture"] == "arm64"

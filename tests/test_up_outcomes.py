@@ -1,0 +1,161 @@
+"""What `up` does with its nodes' outcomes, and what it leaves open, against moto
+with a configure strategy that stops where SSH would start (see `faultkit`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from click.testing import CliRunner
+from faultkit import (
+    CIDR,
+    REGION,
+    WORKERS,
+    StopAtSSH,
+    StopBeforeSSH,
+    assert_converged,
+    cluster_file,
+    down_leaves_nothing,
+    run_up,
+)
+
+from provision import cloud, configure, lifecycle, state
+from provision.cli import main
+from provision.cloud.common import MASTER
+from provision.config import load_config
+from provision.errors import ProvisionError
+from provision.nodes.remote import NodeError
+
+pytest_plugins = ["faultkit"]  # region, faults, name, key, cfg
+
+SECRET = "SECRETVALUE123"
+
+
+class FailingMaster(StopAtSSH):
+    """The master fails configuration; the workers would have been fine."""
+
+    def configure(self, ctx: Any, nodes: Any) -> configure.Results:
+        return {n.label: NodeError("no python3") if n.role == MASTER else None for n in nodes}
+
+
+class Node001FailsOnce(StopAtSSH):
+    """node001 fails configuration; the strategy then stops where SSH to its
+    replacement would start."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def configure(self, ctx: Any, nodes: Any) -> configure.Results:
+        self.calls.append([n.label for n in nodes])
+        if len(self.calls) > 1:
+            raise StopBeforeSSH
+        return {n.label: NodeError("no python3") if n.name == "node001" else None for n in nodes}
+
+
+def test_a_master_that_fails_configuration_fails_up_saying_how_to_retry(faults, region, cfg, name):
+    with pytest.raises(ProvisionError) as err:
+        lifecycle.up(load_config(cfg), configure_with=FailingMaster())
+
+    assert str(err.value).startswith(
+        "master i-"
+    ) and "failed: no python3. Run `provision up`" in str(err.value)
+    assert len(cloud.describe_cluster(REGION, name).alive) == 1 + WORKERS  # nothing torn down
+    down_leaves_nothing(region, name)
+
+
+def test_a_failed_worker_is_terminated_and_with_replace_failed_replaced(faults, region, cfg, name):
+    strategy = Node001FailsOnce()
+
+    with pytest.raises(StopBeforeSSH):
+        lifecycle.up(load_config(cfg), replace_failed=True, configure_with=strategy)
+
+    first, again = strategy.calls
+    assert first == ["master", "node001", "node002"] and len(again) == 1
+    gone = [i for i in cloud.describe_cluster(REGION, name).instances if i.state == "terminated"]
+    assert [i.name for i in gone] == ["node001"]
+    assert_converged(region, name)  # the replacement took the free name
+    down_leaves_nothing(region, name)
+
+
+# --- what `up` leaves open ------------------------------------------------------
+
+
+def launch_with_a_key_up_makes(tmp_path: Path, name: str) -> Path:
+    """`up` until SSH from a cluster file without key_path (`up` creates the key) or
+    ssh_cidr (`up` asks checkip, which answers CIDR's address)."""
+    path = cluster_file(tmp_path / "cluster.yaml", name)
+    assert run_up(path, StopAtSSH()) is None
+    return path
+
+
+@pytest.fixture
+def secured(faults: Any, name: str, tmp_path: Path) -> Path:
+    return launch_with_a_key_up_makes(tmp_path, name)
+
+
+def test_up_opens_ssh_to_the_configured_cidr_only_and_everything_else_to_the_group(
+    region, name, secured
+):
+    group_id = cloud.describe_cluster(REGION, name).security_group_id
+    group = region.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+    rules = {
+        (p["IpProtocol"], p.get("FromPort"), p.get("ToPort"), source)
+        for p in group["IpPermissions"]
+        for source in [r["CidrIp"] for r in p.get("IpRanges", [])]
+        + [r["CidrIpv6"] for r in p.get("Ipv6Ranges", [])]
+        + [r["PrefixListId"] for r in p.get("PrefixListIds", [])]
+        + [g["GroupId"] for g in p.get("UserIdGroupPairs", [])]
+    }
+    assert rules == {("tcp", 22, 22, CIDR), ("-1", None, None, group_id)}
+
+
+def test_up_requires_imdsv2_and_encrypts_root_volumes(region, name, secured):
+    ids = [i.instance_id for i in cloud.describe_cluster(REGION, name).alive]
+    found = [
+        i
+        for r in region.describe_instances(InstanceIds=ids)["Reservations"]
+        for i in r["Instances"]
+    ]
+    assert len(found) == 1 + WORKERS
+    assert {i["MetadataOptions"]["HttpTokens"] for i in found} == {"required"}
+    attached = [{"Name": "attachment.instance-id", "Values": ids}]
+    volumes = region.describe_volumes(Filters=attached)["Volumes"]
+    assert len(volumes) == len(ids)
+    assert all(v["Encrypted"] for v in volumes), volumes
+
+
+def test_up_writes_the_key_and_local_state_private(name, secured):
+    key = load_config(secured).key_path
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert oct(key.parent.stat().st_mode & 0o777) == "0o700"
+    d = state.cluster_dir(name, create=False)
+    for directory in (state.root(), d.parent, d):
+        assert oct(directory.stat().st_mode & 0o777) == "0o700", directory
+    files = [p for p in d.rglob("*") if p.is_file()]
+    assert files, "up wrote no local state"
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
+
+
+def test_no_aws_secret_or_private_key_reaches_logs_or_status_json(
+    region, name, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a session that reads SECRET
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="provision")  # the CLI sets its own level
+    cfg = launch_with_a_key_up_makes(tmp_path, name)
+    assert boto3.DEFAULT_SESSION.get_credentials().secret_key == SECRET  # up really signed with it
+    result = CliRunner().invoke(main, ["status", name, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)["nodes"]) == 1 + WORKERS
+    lines = load_config(cfg).key_path.read_text().splitlines()
+    private = [line for line in lines if line and not line.startswith("-----")]
+    assert private
+    seen = caplog.text + result.output
+    assert "botocore" in caplog.text  # DEBUG logs were captured, requests included
+    assert SECRET not in seen
+    assert not [line for line in private if line in seen]
