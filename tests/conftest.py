@@ -7,6 +7,7 @@ import contextlib
 import functools
 import gzip
 import json
+import os
 import signal
 import subprocess
 import uuid
@@ -30,6 +31,24 @@ def pytest_configure(config: pytest.Config) -> None:
     # ignored, and so would every `provision` it spawns: the Ctrl-C tests need it back.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def in_ci() -> bool:
+    """Whether this run is CI's (``CI=true``, as CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI=true a skip is a failure: a missing requirement (root, iproute2,
+    sshd, ansible's tools...) means CI did not test what it claims to. Locally a
+    test may still skip, saying why."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run: {reason}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -330,18 +330,20 @@ def test_a_second_playbook_run_through_the_dynamic_inventory_changes_nothing(ans
 
 @pytest.mark.e2e
 def test_the_inventory_script_without_provision_importable_asks_the_provision_command(
-    ansible_cluster,
+    ansible_cluster, tmp_path
 ):
     python = shutil.which("python3", path="/usr/bin")
-    if (
-        python is None
-        or subprocess.run([python, "-c", "import provision"], capture_output=True).returncode == 0
-    ):
-        pytest.skip("needs a python3 that cannot import provision")
     env = _ansible_env(PROVISION_CLUSTER=NAME)
+    env.pop("PYTHONPATH", None)
+    # Run away from the checkout: from its root, any python3 imports provision from ''.
+    probe = subprocess.run([python or "python3", "-c", "import provision"], cwd=tmp_path,
+                           env=env, capture_output=True)
+    if python is None or probe.returncode == 0:
+        pytest.skip("needs a python3 that cannot import provision")
     listed = subprocess.run(
         [python, str(ANSIBLE / "inventory.py"), "--list"],
         env=env,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
@@ -349,7 +351,7 @@ def test_the_inventory_script_without_provision_importable_asks_the_provision_co
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout) == inventory.inventory(NAME)
     one = subprocess.run([python, str(ANSIBLE / "inventory.py"), "--host", "node001"], env=env,
-                         capture_output=True, text=True, timeout=120)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert json.loads(one.stdout)["engines"] == 1
 
 
