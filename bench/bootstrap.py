@@ -31,6 +31,11 @@ concurrency shows the latter. Two modes, reported apart:
 kept, as on a laptop that has installed these packages: ``--cold-pip`` empties
 it too). ``wheelhouse s`` is the client-side build, overlapped with the launch.
 
+Every failure met is reported, never only a retry's success: an ``up`` (or a
+teardown) that failed is printed and recorded in the JSON's ``failures``; a point
+that never came up is listed in ``failed_points`` and the command exits 1.
+``--attempts N`` tries each point up to N times (default 1).
+
 Needs root (network namespaces); the region is started if not running (and left
 running). If others share it, serialize with them, e.g. ``flock
 /tmp/provision-e2e.lock python -m bench.bootstrap``.
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -55,7 +61,6 @@ import psutil
 
 from bench.common import (
     base_parser,
-    down_quietly,
     machine_info,
     machine_line,
     sim_config,
@@ -196,26 +201,40 @@ def tempfile_dir(parent: Path, prefix: str) -> str:
     return tempfile.mkdtemp(prefix=f"{prefix}-", dir=parent)
 
 
-def bring_up(n: int, mode: str, tmp: Path, cold_pip: bool, attempts: int = 2) -> dict[str, Any]:
-    """One cluster of n nodes: up, connect, down; the timings.
+def bring_up(
+    n: int, mode: str, tmp: Path, cold_pip: bool, failures: list[dict[str, Any]], attempts: int = 1
+) -> dict[str, Any] | None:
+    """One cluster of n nodes: up, connect, down; the timings, or None if no attempt
+    succeeded.
 
-    A failed ``up`` is taken down and tried afresh (``attempts`` in all); the
-    errors are kept in the result, so a flaky step shows in the figures.
+    Every failure met is printed and appended to `failures` (``mode``, ``nodes``,
+    ``attempt``, ``step``: up or down, ``error``), the attempts that succeeded later
+    included: a flaky step shows in the results, never only its retry's success.
     """
-    errors = []
-    for _ in range(attempts):
+    for attempt in range(1, attempts + 1):
         try:
-            run = _bring_up_once(n, mode, tmp, cold_pip)
-        except Exception as err:  # noqa: BLE001 - recorded, then retried
-            errors.append(f"{type(err).__name__}: {err}")
-            print(f"  N={n} failed, trying again: {errors[-1][:300]}", flush=True)
+            run = _bring_up_once(n, mode, tmp, cold_pip, failures, attempt)
+        except Exception as err:  # noqa: BLE001 - recorded and printed, then the next attempt
+            _failed(failures, mode, n, attempt, "up", err)
             continue
-        run["failed_attempts"] = errors
+        run["attempt"] = attempt
         return run
-    raise RuntimeError(f"N={n}: up failed {attempts} times: {errors}")
+    return None
 
 
-def _bring_up_once(n: int, mode: str, tmp: Path, cold_pip: bool) -> dict[str, Any]:
+def _failed(
+    failures: list[dict[str, Any]], mode: str, n: int, attempt: int, step: str, err: BaseException
+) -> None:
+    failure = {"mode": mode, "nodes": n, "attempt": attempt, "step": step,
+               "error": f"{type(err).__name__}: {err}"}
+    failures.append(failure)
+    print(f"  FAILED: {mode} N={n} attempt {attempt}, {step}: {failure['error'][:300]}",
+          flush=True)
+
+
+def _bring_up_once(
+    n: int, mode: str, tmp: Path, cold_pip: bool, failures: list[dict[str, Any]], attempt: int
+) -> dict[str, Any]:
     from provision import lifecycle
 
     name = unique_name(f"boot{mode[0]}{n}")
@@ -233,7 +252,10 @@ def _bring_up_once(n: int, mode: str, tmp: Path, cold_pip: bool) -> dict[str, An
             rc.close()
             busy = _busy(cpu0, psutil.cpu_times())
         finally:
-            down_quietly(name)
+            try:
+                lifecycle.down(name)
+            except Exception as err:  # noqa: BLE001 - recorded; never hides the run's own error
+                _failed(failures, mode, n, attempt, "down", err)
     if result.failed or engines != n:
         raise RuntimeError(f"N={n}: {engines} engines, failed nodes {result.failed}")
     return {
@@ -275,13 +297,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--cold-pip", action="store_true", help="cold runs also empty pip's HTTP cache"
     )
+    parser.add_argument("--attempts", type=int, default=1,
+                        help="tries per point; every failed try is reported (default 1)")
     args = parser.parse_args(argv)
     nodes = args.nodes or ([1, 2] if args.quick else [1, 2, 4, 8])
     cold_nodes = args.cold_nodes or ([1] if args.quick and not args.nodes else nodes)
 
     machine = machine_info()
     print(machine_line(machine), flush=True)
-    results: dict[str, Any] = {"quick": args.quick, "modes": {}}
+    failures: list[dict[str, Any]] = []
+    results: dict[str, Any] = {"quick": args.quick, "modes": {}, "failures": failures,
+                               "failed_points": []}
     with sim_session("bench-bootstrap") as (st, tmp):
         results["sim_boot_delay_s"] = st.boot_delay
         if "warm" in args.modes:
@@ -290,10 +316,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs = []
             for n in nodes if mode == "warm" else cold_nodes:
                 print(f"{mode}: N={n} ...", flush=True)
-                runs.append(bring_up(n, mode, tmp, args.cold_pip))
+                run = bring_up(n, mode, tmp, args.cold_pip, failures, args.attempts)
+                if run is None:
+                    results["failed_points"].append({"mode": mode, "nodes": n})
+                else:
+                    runs.append(run)
             base = next((r["total_s"] for r in runs if r["nodes"] == 1), None)
             for r in runs:
                 r["ratio_to_1"] = None if base is None else r["total_s"] / base
+                r["failed_attempts"] = sum(
+                    f["mode"] == mode and f["nodes"] == r["nodes"] and f["step"] == "up"
+                    for f in failures
+                )
             results["modes"][mode] = runs
             print(render(mode, runs), flush=True)
     warm = {r["nodes"]: r for r in results["modes"].get("warm", [])}
@@ -301,6 +335,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["ratio_max_to_1"] = {"n": max(warm), "warm": warm[max(warm)]["ratio_to_1"]}
     path = write_json("bootstrap", results, machine, args.json)
     print(f"\nwrote {path}")
+    if failures:
+        print(f"{len(failures)} failure(s) met (in the JSON's `failures`):")
+        for f in failures:
+            print(f"  {f['mode']} N={f['nodes']} attempt {f['attempt']}, {f['step']}: "
+                  f"{f['error'][:300]}")
+    for point in results["failed_points"]:
+        print(f"no measurement: {point['mode']} N={point['nodes']} never came up")
     return results
 
 
@@ -317,6 +358,7 @@ def render(mode: str, runs: list[dict[str, Any]]) -> str:
                 r["wheelhouse_s"],
                 ph["concurrency"],
                 r["machine_cpu_busy"],
+                r["failed_attempts"],
             ]
         )
     header = [
@@ -327,6 +369,7 @@ def render(mode: str, runs: list[dict[str, Any]]) -> str:
         "wheelhouse s",
         "concurrency",
         "CPU busy",
+        "failed tries",
     ]
     title = (
         f"\n{mode} wheelhouse cache: up + connect on N fresh simulated nodes, one engine each "
@@ -336,4 +379,4 @@ def render(mode: str, runs: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main()["failed_points"] else 0)  # a point that never came up fails the run

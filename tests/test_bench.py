@@ -93,3 +93,20 @@ def test_bootstrap_quick(sim_region, tmp_path):
         assert r["engines"] == r["nodes"] and _positive(r["total_s"])
         assert all(_positive(r["phases_s"][p]) for p in ("launch", "ssh", "packages", "engines"))
     assert _positive(data["ratio_max_to_1"]["warm"])
+    assert data["failures"] == [] and data["failed_points"] == []
+
+
+def test_bootstrap_reports_every_failed_attempt_not_only_the_success(monkeypatch, tmp_path):
+    def once(n, mode, tmp, cold_pip, failures, attempt):
+        if attempt == 1:
+            raise RuntimeError("ssh refused")
+        return {"nodes": n}
+
+    monkeypatch.setattr(bootstrap, "_bring_up_once", once)
+    failures: list = []
+    assert bootstrap.bring_up(2, "warm", tmp_path, False, failures, attempts=2) == {
+        "nodes": 2, "attempt": 2}
+    assert failures == [{"mode": "warm", "nodes": 2, "attempt": 1, "step": "up",
+                         "error": "RuntimeError: ssh refused"}]
+    assert bootstrap.bring_up(4, "cold", tmp_path, False, failures) is None  # one try: no point
+    assert [f["nodes"] for f in failures] == [2, 4]

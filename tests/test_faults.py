@@ -221,6 +221,6 @@ def test_provision_up_exits_1_with_one_line_when_an_ec2_call_fails(
 def test_the_readme_says_what_the_fault_matrix_covers():
     text = " ".join(README.read_text().split())
     ec2 = {op for op in OPS if service(op) == "ec2"}
-    said = re.search(r"each of the (\d+) requests .*?: (\d+) operations \((\d+) of EC2", text)
+    said = re.search(r"each of the (\d+) requests .*? of (\d+) operations \((\d+) of EC2", text)
     assert said, "README: the fault-injection guarantee no longer says what it covers"
     assert tuple(map(int, said.groups())) == (len(OPS), len(set(OPS)), len(ec2))
