@@ -20,12 +20,12 @@ from conftest import sim_cluster_env
 from test_cli import _launch_unit_cluster, invoke, nothing_created
 
 from provision import cloud, context, inventory, lifecycle
+from provision.assets import ansible_dir
 from provision.configure import playbook
 from provision.nodes import engines
 from provision.sim.state import GATEWAY
 
-ROOT = Path(__file__).resolve().parents[1]
-ANSIBLE = ROOT / "ansible"
+ANSIBLE = ansible_dir()
 BIN = Path(sys.executable).parent
 aws, cfg_file = test_cli.aws, test_cli.cfg_file  # the CLI tests' moto fixtures
 # Engines cannot import this test module: send its functions by value.
