@@ -173,14 +173,6 @@ def test_a_stage_is_retried_once_when_ssh_drops() -> None:
         session.stage("install", lambda conn: (_ for _ in ()).throw(EOFError("gone")))
 
 
-def test_nodes_of_another_platform_get_manylinux_wheels() -> None:
-    assert setup.platform_for("x86_64") is None  # this client: Linux x86_64
-    assert setup.platform_for("arm64") == "manylinux_2_28_aarch64"
-    tags = wheelhouses._platform_tags("manylinux_2_28_aarch64")
-    assert tags[0] == "manylinux_2_28_aarch64" and "manylinux2014_aarch64" in tags
-    assert setup._marker_env("3.11", "manylinux2014_x86_64")["platform_machine"] == "x86_64"
-
-
 # --- on namespace hosts ----------------------------------------------------------
 
 
