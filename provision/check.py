@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision import cloud
-from provision.cloud.common import FAIL, OK, Finding, LaunchPlan, PriceSheet
+from provision.cloud.common import FAIL, OK, CloudAPIError, Finding, LaunchPlan, PriceSheet
 from provision.context import Context, prepare, resolve_region
 from provision.costs import node_hourly
 from provision.errors import BadInput, ProvisionError
@@ -61,14 +61,13 @@ class CheckReport:
             total += line.count * (line.hourly_each or 0.0)
         return total
 
-    def raise_for_failures(self) -> None:
+    def raise_for_failures(self, outcome: str = "nothing was launched") -> None:
         """The first failure as one line: `BadInput` (2) or `ProvisionError` (1)."""
         if not self.failures:
             return
-        first = self.failures[0]
-        more = f" (and {len(self.failures) - 1} more: `provision check`)" if len(
-            self.failures) > 1 else ""
-        message = f"{first.check}: {first.detail}{more}; nothing was launched"
+        first, others = self.failures[0], len(self.failures) - 1
+        more = f" (and {others} more: see `provision check`)" if others else ""
+        message = f"{first.check}: {first.detail}{more}; {outcome}"
         raise (BadInput if first.input else ProvisionError)(message)
 
 
@@ -134,7 +133,7 @@ def check(config: ClusterConfig) -> CheckReport:
     report = CheckReport()
     try:
         who = cloud.caller_identity(region)
-    except cloud.CloudAPIError as err:
+    except CloudAPIError as err:
         report.findings.append(Finding("credentials", FAIL, str(err), input=False))
         return report
     report.findings.append(Finding("credentials", OK, who))

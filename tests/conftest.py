@@ -32,25 +32,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # EC2's vCPU quotas as a modest account has them (moto's Service Quotas knows only
-# VPC's): tests that need a small one set it with monkeypatch.setitem.
+# VPC's): a test that needs a small one changes the `ec2_vcpu_quotas` fixture's dict.
 EC2_VCPU_QUOTAS = {"L-1216C47A": 64.0, "L-34B43A08": 64.0}
 
 
 @pytest.fixture(autouse=True)
 def ec2_vcpu_quotas(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
-    """moto's in-process Service Quotas answering EC2's vCPU quotas (`EC2_VCPU_QUOTAS`)."""
+    """moto's in-process Service Quotas answering EC2's vCPU quotas (`EC2_VCPU_QUOTAS`);
+    a test changes its own copy, which this returns."""
     from moto.servicequotas import models
 
+    values = dict(EC2_VCPU_QUOTAS)
     original = models.ServiceQuotasBackend.get_service_quota
 
     def get(self: models.ServiceQuotasBackend, service_code: str, quota_code: str) -> dict:
-        if service_code == "ec2" and quota_code in EC2_VCPU_QUOTAS:
+        if service_code == "ec2" and quota_code in values:
             return {"ServiceCode": "ec2", "QuotaCode": quota_code, "Unit": "None",
-                    "QuotaName": quota_code, "Value": EC2_VCPU_QUOTAS[quota_code]}
+                    "QuotaName": quota_code, "Value": values[quota_code]}
         return original(self, service_code, quota_code)
 
     monkeypatch.setattr(models.ServiceQuotasBackend, "get_service_quota", get)
-    return EC2_VCPU_QUOTAS
+    return values
 
 
 @pytest.fixture(scope="session")

@@ -229,7 +229,7 @@ def price_integral(
     (as EC2's spot price history reports it); spans are clipped to the window.
     """
     total = 0.0
-    ends = [t for t, _ in samples[1:]] + [end]
+    ends = [t for t, _ in samples[1:]] + [end] if samples else []
     for (t, price), until in zip(samples, ends, strict=True):
         hours = (min(until, end) - max(t, start)).total_seconds() / 3600
         if hours > 0:
