@@ -142,3 +142,41 @@ def sim_cluster_env(root: Path, name: str, cluster_size: int) -> Iterator[dict[s
         finally:
             with contextlib.suppress(Exception):  # already down if a test took it down
                 lifecycle.down(name)
+
+
+@contextlib.contextmanager
+def namespace_hosts(
+    tmp: Path, tag: str, bridge_cidr: str, names: dict[str, str]
+) -> Iterator[Path]:
+    """Namespace hosts (address -> hostname) with their own sshd, made directly with
+    `provision.sim.hosts` (no EC2 API), on a bridge of their own: bridge, namespace
+    and veth names carry `tag`, so a simulated region running at the same time
+    neither reaps nor routes them. Yields the private key they accept; skips
+    where hosts cannot be made."""
+    from provision.sim import hosts
+
+    try:
+        hosts.check_requirements()
+    except hosts.SimError as e:
+        pytest.skip(f"namespace hosts unavailable: {e}")
+    key = tmp / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    prefixlen = int(bridge_cidr.split("/")[1])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hosts, "BRIDGE", f"{tag}br{hosts.SIM_ID}")
+        mp.setattr(hosts, "NETNS_PREFIX", f"{tag}{hosts.SIM_ID}-")
+        mp.setattr(hosts, "VETH_PREFIX", f"{tag}v{hosts.SIM_ID}")
+        mp.setattr(hosts, "STATE_ROOT", tmp / "sim")
+        try:
+            for ip in names:
+                hosts.stop_host(hosts.netns_name(ip))  # leftovers of a killed run
+            hosts.ensure_bridge(bridge_cidr)
+            pub = key.with_suffix(".pub").read_text()
+            for ip, hostname in names.items():
+                hosts.start_host(ip, prefixlen, pub, hostname, tmpfs_size="1g")
+            yield key
+        finally:
+            for ip in names:
+                hosts.stop_host(hosts.netns_name(ip))
+            hosts.remove_bridge()
+

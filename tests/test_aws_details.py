@@ -12,6 +12,7 @@ import pytest
 import test_cli
 from botocore.httpsession import where
 from botocore.stub import Stubber
+from test_iam_policy import Ready, _Client
 
 import provision.cloud.aws
 from provision import cloud, configure, context, lifecycle
@@ -80,23 +81,6 @@ def test_connecting_or_reading_never_asks_for_the_callers_address(aws, cfg_file,
     assert checkip == []  # a context, as connect() and status build it, asks nothing
     assert ctx.ssh_cidr == "198.51.100.4/32" and len(checkip) == 1
     assert ctx.ssh_cidr == "198.51.100.4/32" and len(checkip) == 1  # asked once
-
-
-class Ready(configure.Strategy):
-    name = "ready"
-
-    def start(self, ctx: Any) -> None:
-        pass
-
-    def configure(self, ctx: Any, nodes: Any) -> configure.Results:
-        return {n.label: None for n in nodes}
-
-
-class _Client:
-    ids = [0]
-
-    def close(self) -> None:
-        pass
 
 
 def ssh_sources(name: str) -> set[str]:

@@ -13,7 +13,6 @@ import importlib.metadata as md
 import json
 import re
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from conftest import namespace_hosts
 
 from provision.client import connect_client
 from provision.nodes import engines, remote, setup, transfer
@@ -50,35 +50,13 @@ class Nodes:
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
-    from provision.sim import hosts
-
-    try:
-        hosts.check_requirements()
-    except hosts.SimError as e:
-        pytest.skip(f"namespace hosts unavailable: {e}")
     tmp = tmp_path_factory.mktemp("nodes")
-    key = tmp / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hosts, "BRIDGE", f"pntbr{hosts.SIM_ID}")
-        mp.setattr(hosts, "NETNS_PREFIX", f"pnt{hosts.SIM_ID}-")
-        mp.setattr(hosts, "VETH_PREFIX", f"pntv{hosts.SIM_ID}")
-        mp.setattr(hosts, "STATE_ROOT", tmp / "sim")
-        try:
-            for ip in IPS:
-                hosts.stop_host(hosts.netns_name(ip))  # leftovers of a killed run
-            hosts.ensure_bridge(BRIDGE_CIDR)
-            pub = key.with_suffix(".pub").read_text()
-            for ip in IPS:
-                hosts.start_host(ip, 27, pub, f"node-{ip.rsplit('.', 1)[1]}", tmpfs_size="1g")
-            kh = tmp / "known_hosts"
-            eps = [Endpoint(f"node{i}", ip, "root", key, kh) for i, ip in enumerate(IPS)]
-            dead = Endpoint("ghost", DEAD_IP, "root", key, kh)
-            yield Nodes(eps, dead, key, kh)
-        finally:
-            for ip in IPS:
-                hosts.stop_host(hosts.netns_name(ip))
-            hosts.remove_bridge()
+    names = {ip: f"node-{ip.rsplit('.', 1)[1]}" for ip in IPS}
+    with namespace_hosts(tmp, "pnt", BRIDGE_CIDR, names) as key:
+        kh = tmp / "known_hosts"
+        eps = [Endpoint(f"node{i}", ip, "root", key, kh) for i, ip in enumerate(IPS)]
+        dead = Endpoint("ghost", DEAD_IP, "root", key, kh)
+        yield Nodes(eps, dead, key, kh)
 
 
 @pytest.fixture(scope="module")

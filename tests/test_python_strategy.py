@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import namespace_hosts
 
 from provision.nodes import python, remote, setup
 from provision.nodes import wheelhouse as wheelhouses
@@ -140,32 +141,12 @@ def _serve(directory: str) -> str:
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     """One namespace host whose python3 is hidden, on a bridge of its own."""
-    from provision.sim import hosts
-
-    try:
-        hosts.check_requirements()
-    except hosts.SimError as e:
-        pytest.skip(f"namespace hosts unavailable: {e}")
     tmp = tmp_path_factory.mktemp("nopython")
-    key = tmp / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hosts, "BRIDGE", f"ppy{hosts.SIM_ID}")
-        mp.setattr(hosts, "NETNS_PREFIX", f"ppy{hosts.SIM_ID}-")
-        mp.setattr(hosts, "VETH_PREFIX", f"ppyv{hosts.SIM_ID}")
-        mp.setattr(hosts, "STATE_ROOT", tmp / "sim")
-        try:
-            hosts.stop_host(hosts.netns_name(HOST_IP))
-            hosts.ensure_bridge(f"{BRIDGE_IP}/{PREFIX}")
-            hosts.start_host(HOST_IP, PREFIX, key.with_suffix(".pub").read_text(), "nopython",
-                             tmpfs_size="1g")
-            ep = Endpoint("nopython", HOST_IP, "root", key, tmp / "known_hosts")
-            remote.wait_for_ssh(ep, 30)
-            remote.run(ep, HIDE_PYTHON)
-            yield ep
-        finally:
-            hosts.stop_host(hosts.netns_name(HOST_IP))
-            hosts.remove_bridge()
+    with namespace_hosts(tmp, "ppy", f"{BRIDGE_IP}/{PREFIX}", {HOST_IP: "nopython"}) as key:
+        ep = Endpoint("nopython", HOST_IP, "root", key, tmp / "known_hosts")
+        remote.wait_for_ssh(ep, 30)
+        remote.run(ep, HIDE_PYTHON)
+        yield ep
 
 
 @pytest.fixture(scope="module")

@@ -19,23 +19,25 @@ from provision.cloud.common import Region, ZonePrice, price_integral
 PRODUCT = "Linux/UNIX"  # what the nodes run; spot prices differ per product
 
 
+def _history(
+    region: Region, instance_type: str, start: dt.datetime, end: dt.datetime, **zone: str
+) -> list[dict[str, Any]]:
+    """DescribeSpotPriceHistory records of the Linux product, across pages."""
+    pages = (
+        api.ec2_client(region)
+        .get_paginator("describe_spot_price_history")
+        .paginate(InstanceTypes=[instance_type], ProductDescriptions=[PRODUCT],
+                  StartTime=start, EndTime=end, **zone)
+    )
+    return [rec for page in pages for rec in page["SpotPriceHistory"]]
+
+
 @api.api_errors
 def spot_price_history(region: Region, instance_type: str, *, days: float = 1.0) -> list[ZonePrice]:
     """See the contract."""
     now = dt.datetime.now(dt.timezone.utc)
     start = now - dt.timedelta(days=days)
-    pages = (
-        api.ec2_client(region)
-        .get_paginator("describe_spot_price_history")
-        .paginate(
-            InstanceTypes=[instance_type],
-            ProductDescriptions=[PRODUCT],
-            StartTime=start,
-            EndTime=now,
-        )
-    )
-    records = [rec for page in pages for rec in page["SpotPriceHistory"]]
-    return summarize(records, start=start, now=now)
+    return summarize(_history(region, instance_type, start, now), start=start, now=now)
 
 
 def summarize(
@@ -81,24 +83,9 @@ def spot_price_series(
     region: Region, instance_type: str, zone: str, start: dt.datetime, end: dt.datetime
 ) -> list[tuple[dt.datetime, float]]:
     """See the contract."""
-    pages = (
-        api.ec2_client(region)
-        .get_paginator("describe_spot_price_history")
-        .paginate(
-            InstanceTypes=[instance_type],
-            ProductDescriptions=[PRODUCT],
-            AvailabilityZone=zone,
-            StartTime=start,
-            EndTime=end,
-        )
-    )
-    found = {
-        (rec["Timestamp"], float(rec["SpotPrice"]))
-        for page in pages
-        for rec in page["SpotPriceHistory"]
-        if rec["AvailabilityZone"] == zone
-    }
-    return sorted(found)
+    records = _history(region, instance_type, start, end, AvailabilityZone=zone)
+    return sorted({(r["Timestamp"], float(r["SpotPrice"])) for r in records
+                   if r["AvailabilityZone"] == zone})
 
 
 # Approximate us-east-1 Linux on-demand list prices of the `.large` size (2 vCPUs),
