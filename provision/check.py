@@ -19,7 +19,6 @@ refused, the spot role that only an administrator can create) exits 1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from provision import cloud
 from provision.cloud.common import FAIL, OK, CloudAPIError, Finding, LaunchPlan, PriceSheet
@@ -73,7 +72,7 @@ class CheckReport:
 
 def _public_key(config: ClusterConfig) -> str:
     """The public key `up` would register, or "" when `up` has yet to create it."""
-    pub = Path(str(Path(config.key_path).expanduser()) + ".pub")
+    pub = config.public_key_path
     return pub.read_text().strip() if pub.exists() else ""
 
 

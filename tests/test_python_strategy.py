@@ -13,21 +13,14 @@ versions.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.server
-import json
-import os
-import shutil
-import subprocess
 import sys
-import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import namespace_hosts
+from python_mirror import build_mirror
 
 from provision.nodes import python, remote, setup
 from provision.nodes import wheelhouse as wheelhouses
@@ -106,38 +99,6 @@ def test_the_install_command_carries_the_configured_source():
 # --- on a namespace host without python3 ---------------------------------------------
 
 
-def pack_cpython(dest: Path) -> tuple[str, str]:
-    """This machine's python3.11 laid out as a python-build-standalone install_only
-    tarball, in `dest`; (tarball name, version)."""
-    version = subprocess.run(["/usr/bin/python3.11", "-c", "import platform; "
-                              "print(platform.python_version())"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    name = f"cpython-{version}-x86_64-unknown-linux-gnu-install_only.tar.gz"
-    skip = shutil.ignore_patterns("test", "__pycache__", "idle_test", "site-packages",
-                                  "dist-packages")
-    tree = dest / "tree" / "python"
-    (tree / "bin").mkdir(parents=True)
-    shutil.copy2("/usr/bin/python3.11", tree / "bin/python3.11")
-    os.symlink("python3.11", tree / "bin/python3")
-    # Copies, not symlinks: uv refuses absolute links in an archive.
-    shutil.copytree("/usr/lib/python3.11", tree / "lib/python3.11", symlinks=False, ignore=skip)
-    (tree / "lib/python3.11/site-packages").mkdir()
-    with tarfile.open(dest / name, "w:gz", compresslevel=1) as tar:
-        tar.add(tree, arcname="python")
-    shutil.rmtree(dest / "tree")
-    return name, version
-
-
-@functools.cache
-def _serve(directory: str) -> str:
-    """An HTTP server for `directory` on the bridge (reached by the host only); its URL."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
-    handler.log_message = lambda *a, **kw: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer((BRIDGE_IP, 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://{BRIDGE_IP}:{server.server_address[1]}"
-
-
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     """One namespace host whose python3 is hidden, on a bridge of its own."""
@@ -151,21 +112,8 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
 
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory: pytest.TempPathFactory, host: Endpoint) -> str:
-    """A downloads list in uv's format, served to the host; its URL."""
-    root = tmp_path_factory.mktemp("mirror")
-    tarball, version = pack_cpython(root)
-    url = _serve(str(root))
-    major, minor, patch = version.split(".")
-    entry = {
-        "name": "cpython", "arch": {"family": "x86_64", "variant": None}, "os": "linux",
-        "libc": "gnu", "major": int(major), "minor": int(minor), "patch": int(patch),
-        "prerelease": "", "url": f"{url}/{tarball}", "variant": None,
-        "sha256": hashlib.sha256((root / tarball).read_bytes()).hexdigest(),
-    }
-    (root / "downloads.json").write_text(
-        json.dumps({f"cpython-{version}-linux-x86_64-gnu": entry})
-    )
-    return f"{url}/downloads.json"
+    """The downloads list of a CPython of the client's minor, served to the host."""
+    return build_mirror(tmp_path_factory.mktemp("mirror"), BRIDGE_IP)
 
 
 def spec_for(source: PythonSource) -> setup.EnvSpec:
