@@ -73,8 +73,9 @@ def check(region: Region, plan: LaunchPlan) -> list[Finding]:
         needed = nodes * plan.vcpus
         try:
             value = quota_value(region, quota)
-        except (ClientError, BotoCoreError) as e:
-            findings.append(Finding(name, WARN, f"could not read {quota.code} ({e}); "
+        except (ClientError, BotoCoreError) as e:  # one line, not an HTML error page
+            why = f"{api.code(e)} from {e.operation_name}" if isinstance(e, ClientError) else e
+            findings.append(Finding(name, WARN, f"could not read {quota.code} ({why}); "
                                     f"this up needs {needed} vCPUs"))
             continue
         running = running if running is not None else vcpus_running(region)
