@@ -131,14 +131,14 @@ def ensure_instances(ctx: Context) -> ClusterInfo:
 
 
 def _add_workers(
-    ctx: Context, strategy: Strategy, count: int, sg: str | None, keep_failed: bool = False
+    ctx: Context, strategy: Strategy, info: ClusterInfo, count: int, sg: str | None,
+    keep_failed: bool = False,
 ) -> list[str]:
-    """Launch `count` workers and configure them; the labels of those that failed
-    (already terminated). Without `sg` the SSH rule is checked first: the caller
-    may be on another network than when the cluster came up."""
+    """Launch `count` workers beside `info`'s master and configure them; the labels
+    of those that failed (already terminated). Without `sg` the SSH rule is checked
+    first: the caller may be on another network than when the cluster came up."""
     sg = sg or cloud.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
-    fresh = cloud.describe_cluster(ctx.region, ctx.name)
-    new_ids = set(_launch(ctx, WORKER, count, sg, _worker_zone(ctx, fresh)))
+    new_ids = set(_launch(ctx, WORKER, count, sg, _worker_zone(ctx, info)))
     fresh = cloud.describe_cluster(ctx.region, ctx.name)
     new = [i for i in fresh.alive if i.instance_id in new_ids]
     return rollback.fail_workers(ctx, fresh, strategy.configure(ctx, new), keep_failed)
@@ -160,7 +160,9 @@ def _settle(
         )
     if failed and replace_failed:
         ctx.reporter.note(f"replacing {len(failed)} failed node(s)")
-        failed = _add_workers(ctx, strategy, len(failed), info.security_group_id, keep_failed)
+        failed = _add_workers(
+            ctx, strategy, info, len(failed), info.security_group_id, keep_failed
+        )
     return failed
 
 
@@ -272,7 +274,7 @@ def addnode(
     _connection_files(ctx, master, ctx.connection_files[1])
     strategy = configure.strategy()
     strategy.start(ctx)
-    failed = _add_workers(ctx, strategy, count, None)  # None: check the SSH rule first
+    failed = _add_workers(ctx, strategy, info, count, None)  # None: check the SSH rule first
     return _finish(ctx, failed)
 
 
