@@ -373,7 +373,7 @@ def test_the_fabric_path_takes_over_the_playbooks_nodes_as_its_own(ansible_clust
 
     ctx = context.context_for(NAME)
     info = cloud.describe_cluster(ctx.region, NAME)
-    spec = setup.client_env_spec(list(ctx.config.packages), ctx.config.remote_root)
+    spec = ctx.env_spec()  # what `up` gives both strategies
     wheelhouse = wheelhouses.build_wheelhouse(spec)
     for inst in info.nodes:
         assert setup.setup_node(

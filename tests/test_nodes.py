@@ -26,6 +26,7 @@ from provision.client import connect_client
 from provision.nodes import engines, remote, setup, transfer
 from provision.nodes import wheelhouse as wheelhouses
 from provision.nodes.fanout import GroupError, GroupResult, on_hosts
+from provision.nodes.python import PythonUnavailable
 from provision.nodes.remote import Endpoint, NodeError
 from provision.sim.state import GATEWAY
 
@@ -258,12 +259,16 @@ def test_setup_installs_the_clients_versions_and_a_second_run_is_skipped(
 def test_python_minor_mismatch_says_what_to_use(
     nodes: Nodes, spec: setup.EnvSpec, wheelhouse: Path
 ) -> None:
-    wrong = dataclasses.replace(spec, python_minor="3.99")
-    with pytest.raises(NodeError) as info:
+    wrong = dataclasses.replace(spec, python_minor="3.99")  # no CPython 3.99 anywhere
+    with pytest.raises(PythonUnavailable) as info:
         setup.setup_node(nodes.master, wrong, wheelhouse)
-    assert str(info.value) == (
-        f"node0 ({IPS[0]}): Python 3.11 on the node, 3.99 on this client: "
-        "use an image with Python 3.99 (or set image_id to one that has it)"
+    assert str(info.value).startswith(
+        f"node0 ({IPS[0]}): the image has Python 3.11, this client runs 3.99, and "
+        "`uv python install 3.99` from uv's default source"
+    )
+    assert str(info.value).endswith(
+        "Set python_install_mirror or python_downloads_json_url in the cluster file (a mirror "
+        "the nodes reach), or use an image with Python 3.99"
     )
 
 
