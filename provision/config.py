@@ -24,6 +24,7 @@ import platformdirs
 import pydantic
 import yaml
 
+from provision.assets import templates_dir
 from provision.errors import BadInput
 from provision.schema import SIM_REGION, ClusterConfig
 
@@ -43,11 +44,6 @@ class ConfigError(BadInput):
 
 FIELDS = tuple(ClusterConfig.model_fields)
 TEMPLATE_KEYS = ("extends", *FIELDS)
-
-
-def templates_dir() -> Path:
-    """The repository's ``templates/`` folder (starter file, engine configs, user data)."""
-    return Path(__file__).resolve().parent.parent / "templates"
 
 
 def default_config_path() -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 from provision import cloud, state
 from provision.cloud.common import MASTER, CloudAPIError, InstanceInfo, Region
 from provision.errors import BadInput, ProvisionError
-from provision.nodes import remote
+from provision.nodes import remote, setup
 from provision.progress import Reporter
 from provision.schema import SIM_REGION, ClusterConfig
 
@@ -43,8 +43,22 @@ class Context:
     image_id: str
     user: str
     public_key: str  # "" when built without the key (read-only commands)
-    ssh_cidr: str
     reporter: Reporter = field(default_factory=Reporter)
+    # Instance ids this invocation launched: what a failed `up` terminates.
+    launched: list[str] = field(default_factory=list)
+    _ssh_cidr: str | None = field(default=None, repr=False)
+
+    @property
+    def ssh_cidr(self) -> str:
+        """Who may SSH in: the configured CIDR, else this machine's public address.
+
+        Looked up on first use only, i.e. where an SSH rule is created or checked
+        (`up`, `addnode`), never by commands that merely connect or read.
+        """
+        if self._ssh_cidr is None:
+            cfg, region = self.config, self.region
+            self._ssh_cidr = cfg.ssh_cidr or region.ssh_cidr or cloud.caller_cidr(region)
+        return self._ssh_cidr
 
     @property
     def name(self) -> str:
@@ -69,6 +83,15 @@ class Context:
             user=self.user,
             key_path=Path(self.config.key_path).expanduser(),
             known_hosts=state.cluster_dir(self.name) / "known_hosts",
+        )
+
+    def env_spec(self) -> setup.EnvSpec:
+        """The environment every node gets: this client's Python minor and package
+        versions, wheels and uv for the nodes' architecture, the configured Python source."""
+        cfg = self.config
+        source = setup.PythonSource(cfg.python_install_mirror, cfg.python_downloads_json_url)
+        return setup.client_env_spec(
+            list(cfg.packages), cfg.remote_root, setup.platform_for(self.type_info.arch), source
         )
 
     @property
@@ -121,7 +144,6 @@ def prepare(
         image_id=image_id,
         user=config.user or region.default_user,
         public_key=ensure_key(config) if need_key else "",
-        ssh_cidr=config.ssh_cidr or region.ssh_cidr or cloud.caller_cidr(region),
         reporter=reporter or Reporter(),
     )
 

@@ -61,7 +61,7 @@ def build(
     """
     cfg = ctx.config
     root = cfg.remote_root
-    spec = spec or setup.client_env_spec(list(cfg.packages), root)
+    spec = spec or ctx.env_spec()
     wheelhouse = wheelhouse or wheelhouses.default_cache_dir() / spec.digest
     cdir = state.cluster_dir(ctx.name)
     security = f"{root}/ipython/security"
@@ -90,6 +90,9 @@ def build(
         "engine_env": engines.THREAD_ENV,
         "engine_flags": engines.ENGINE_FLAGS,
         "python_minor": spec.python_minor,
+        # Where a node without that minor gets one ("" = uv's default source).
+        "python_install_mirror": spec.python_source.install_mirror or "",
+        "python_downloads_json_url": spec.python_source.downloads_json_url or "",
         "env_digest": spec.digest,
         "env_requirements": " ".join(spec.requirements),
         "wheelhouse": str(wheelhouse),

@@ -14,9 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provision import cloud, configure, query, state
+from provision import check as checks
+from provision import cloud, configure, query, rollback, state
 from provision.client import CONNECT_TIMEOUT_S, connect_client
-from provision.cloud.common import MASTER, WORKER, ClusterInfo, InstanceInfo, LaunchRequest, Region
+from provision.cloud.common import (
+    MASTER,
+    WARN,
+    WORKER,
+    ClusterInfo,
+    InstanceInfo,
+    LaunchRequest,
+    Region,
+)
 from provision.configure import Results, Step, Strategy
 from provision.configure.base import stage
 from provision.context import Context, context_for, prepare, resolve_region
@@ -53,10 +62,12 @@ def _context(name: str, config: ClusterConfig | None, reporter: Reporter | None)
     return context_for(config if config is not None else name, reporter=reporter)
 
 
-def _launch(ctx: Context, role: str, count: int, sg: str) -> list[str]:
+def _launch(ctx: Context, role: str, count: int, sg: str, zone: str | None = None) -> list[str]:
     """Launch `count` nodes of `role`: spot workers when there is a bid, and a spot
-    master only when asked for. No zone unless configured: the cloud tries every
-    zone offering the type, cheapest spot price first."""
+    master only when asked for. In the configured zone, else `zone` first (the
+    master's), then every zone offering the type, cheapest spot price first
+    (capacity runs out per zone). The ids join `ctx.launched`: what a failed `up`
+    terminates."""
     cfg = ctx.config
     spot = cfg.spot_bid is not None and (role == WORKER or cfg.spot_master)
     req = LaunchRequest(
@@ -71,9 +82,21 @@ def _launch(ctx: Context, role: str, count: int, sg: str) -> list[str]:
         max_price=cfg.spot_bid,
         volume_size=cfg.volume_size,
         zone=cfg.zone,
+        prefer_zone=zone,
         subnet_id=ctx.region.subnet_id,
     )
-    return cloud.launch(ctx.region, req)
+    ids = cloud.launch(ctx.region, req)
+    ctx.launched.extend(ids)
+    return ids
+
+
+def _worker_zone(ctx: Context, info: ClusterInfo) -> str | None:
+    """Where workers go first: the master's zone, unless configured otherwise
+    (traffic between zones bills both ways and adds latency to every task)."""
+    master = info.master
+    if ctx.config.zone or ctx.config.worker_zone != "master" or master is None:
+        return None
+    return master.zone or None
 
 
 def reconcile(ctx: Context, sg: str, workers_wanted: int) -> ClusterInfo:
@@ -81,12 +104,15 @@ def reconcile(ctx: Context, sg: str, workers_wanted: int) -> ClusterInfo:
     info = cloud.describe_cluster(ctx.region, ctx.name)
     if any(not i.name for i in info.alive):  # an earlier launch failed before naming them
         cloud.name_unnamed(ctx.region, ctx.name)
+    shortfall = workers_wanted - len(info.workers)
     if info.master is None:
         stage(ctx, MASTER, "launching", Step.LAUNCHING)
         _launch(ctx, MASTER, 1, sg)
-    shortfall = workers_wanted - len(info.workers)
+        cfg = ctx.config
+        if shortfall > 0 and cfg.worker_zone == "master" and not (cfg.zone or ctx.region.subnet_id):
+            info = cloud.describe_cluster(ctx.region, ctx.name)  # where the master went
     if shortfall > 0:
-        _launch(ctx, WORKER, shortfall, sg)
+        _launch(ctx, WORKER, shortfall, sg, _worker_zone(ctx, info))
     elif shortfall < 0:
         ctx.reporter.warn(
             f"{len(info.workers)} workers run but {workers_wanted} were asked for: "
@@ -104,49 +130,39 @@ def ensure_instances(ctx: Context) -> ClusterInfo:
     return reconcile(ctx, sg, ctx.config.cluster_size - 1)
 
 
-def _fail_nodes(ctx: Context, info: ClusterInfo, results: Results) -> list[str]:
-    """Terminate failed workers, never half-configured ones left billing."""
-    failed = [label for label, err in results.items() if err is not None]
-    doomed = []
-    for label in failed:
-        inst = info.find(label)
-        if inst is not None and inst.role == WORKER:
-            ctx.reporter.warn(
-                f"{label} ({inst.instance_id}, {inst.private_ip}) failed: {results[label]}; "
-                "terminating it"
-            )
-            doomed.append(inst.instance_id)
-    if doomed:
-        cloud.terminate_instances(ctx.region, doomed, wait=False)
-    return failed
-
-
-def _add_workers(ctx: Context, strategy: Strategy, count: int, sg: str | None) -> list[str]:
-    """Launch `count` workers and configure them; the labels of those that failed
-    (already terminated)."""
+def _add_workers(
+    ctx: Context, strategy: Strategy, info: ClusterInfo, count: int, sg: str | None,
+    keep_failed: bool = False,
+) -> list[str]:
+    """Launch `count` workers beside `info`'s master and configure them; the labels
+    of those that failed (already terminated). Without `sg` the SSH rule is checked
+    first: the caller may be on another network than when the cluster came up."""
     sg = sg or cloud.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
-    new_ids = set(_launch(ctx, WORKER, count, sg))
+    new_ids = set(_launch(ctx, WORKER, count, sg, _worker_zone(ctx, info)))
     fresh = cloud.describe_cluster(ctx.region, ctx.name)
     new = [i for i in fresh.alive if i.instance_id in new_ids]
-    return _fail_nodes(ctx, fresh, strategy.configure(ctx, new))
+    return rollback.fail_workers(ctx, fresh, strategy.configure(ctx, new), keep_failed)
 
 
 def _settle(
-    ctx: Context, strategy: Strategy, info: ClusterInfo, results: Results, replace_failed: bool
+    ctx: Context, strategy: Strategy, info: ClusterInfo, results: Results, replace_failed: bool,
+    keep_failed: bool,
 ) -> list[str]:
-    """Judge the nodes' outcomes: a failed master fails `up`; failed workers go
-    (replaced once with `replace_failed`)."""
-    master = info.master
-    if master is not None and results.get(master.label) is not None:
+    """Judge the nodes' outcomes: failed workers go first (replaced once with
+    `replace_failed`); then a fatal failure fails `up`, whose caller terminates
+    what it launched."""
+    failed = rollback.fail_workers(ctx, info, results, keep_failed)
+    fatal = rollback.fatal(info, results)
+    if fatal is not None:
         raise ProvisionError(
-            f"master {master.instance_id} ({master.private_ip}) failed: {results[master.label]}. "
-            f"Run `provision up` again to retry, or `provision down {ctx.name}` to remove "
-            "everything."
+            f"{fatal}. Run `provision up` again to retry, or `provision down {ctx.name}` to "
+            "remove everything"
         )
-    failed = _fail_nodes(ctx, info, results)
     if failed and replace_failed:
         ctx.reporter.note(f"replacing {len(failed)} failed node(s)")
-        failed = _add_workers(ctx, strategy, len(failed), info.security_group_id)
+        failed = _add_workers(
+            ctx, strategy, info, len(failed), info.security_group_id, keep_failed
+        )
     return failed
 
 
@@ -155,9 +171,15 @@ def up(
     reporter: Reporter | None = None,
     *,
     replace_failed: bool = False,
+    keep_failed: bool = False,
     configure_with: str | Strategy = configure.DEFAULT,
 ) -> UpResult:
     """Bring the cluster to the configured size with engines running (idempotent).
+
+    The checks of `provision check` run first, and nothing launches when one
+    fails. When `up` then fails (the master, or an image that cannot get the
+    client's Python), the instances it launched are terminated, unless
+    `keep_failed` (to look at them; they bill until `down`).
 
     `configure_with`: "fabric" (built in), "ansible" (``ansible/site.yml``, same
     result), or a `configure.Strategy` of your own.
@@ -165,10 +187,18 @@ def up(
     strategy = configure.strategy(configure_with)
     strategy.check()
     ctx = prepare(config, reporter)
+    report = checks.preflight(ctx, fix=True)
+    for finding in report.findings:
+        if finding.status == WARN:
+            ctx.reporter.warn(f"{finding.check}: {finding.detail}")
+    report.raise_for_failures()
     strategy.start(ctx)  # the wheelhouse builds while the cloud launches
-    info = ensure_instances(ctx)
-    results = strategy.configure(ctx, info.nodes)
-    failed = _settle(ctx, strategy, info, results, replace_failed)
+    try:
+        info = ensure_instances(ctx)
+        results = strategy.configure(ctx, info.nodes)
+        failed = _settle(ctx, strategy, info, results, replace_failed, keep_failed)
+    except ProvisionError as err:  # what can go wrong; a bug keeps its traceback
+        raise rollback.roll_back(ctx, err, keep_failed) from err
     return _finish(ctx, failed)
 
 
@@ -177,17 +207,12 @@ def expected_engines(ctx: Context, info: ClusterInfo) -> int:
 
 
 def hourly_cost(ctx: Context, info: ClusterInfo) -> float | None:
-    """Current spot price for spot nodes, the bid as an upper bound when unknown."""
-    prices = query.current_spot_prices(ctx.region, ctx.config.instance_type)
-    total = 0.0
-    for inst in info.nodes:
-        if inst.lifecycle == "spot":
-            total += prices.get(inst.zone, ctx.config.spot_bid or 0.0)
-        elif ctx.type_info.on_demand_price is not None:
-            total += ctx.type_info.on_demand_price
-        else:
-            return None
-    return total
+    """USD/hour of the running nodes: compute, root volumes, public addresses."""
+    costs = query.cluster_costs(ctx.region, info, ctx.config)
+    rates = [costs[i.instance_id].hourly if i.instance_id in costs else None for i in info.nodes]
+    if not rates or any(r is None for r in rates):
+        return None
+    return sum(r for r in rates if r is not None)
 
 
 def _finish(ctx: Context, failed: list[str]) -> UpResult:
@@ -249,7 +274,7 @@ def addnode(
     _connection_files(ctx, master, ctx.connection_files[1])
     strategy = configure.strategy()
     strategy.start(ctx)
-    failed = _add_workers(ctx, strategy, count, info.security_group_id)
+    failed = _add_workers(ctx, strategy, info, count, None)  # None: check the SSH rule first
     return _finish(ctx, failed)
 
 

@@ -15,13 +15,11 @@ from typing import Any
 from provision import cloud, state
 from provision.cloud.common import MASTER, ClusterInfo, Region, ZonePrice
 from provision.context import resolve_region
+from provision.costs import NodeCost, node_costs
 from provision.errors import BadInput
 from provision.schema import ClusterConfig
 
 log = logging.getLogger(__name__)
-
-RECENT_DAYS = 0.1  # a spot price window short enough to be "now", long enough to hold one
-ON_DEMAND = "on-demand"  # the key of the on-demand estimate among the prices per zone
 
 
 def spot_prices(
@@ -37,46 +35,31 @@ def spot_prices(
     return region, cloud.spot_price_history(region, instance_type, days=days)
 
 
-def current_spot_prices(region: Region, instance_type: str) -> dict[str, float]:
-    """Zone -> current spot price; empty when the prices cannot be had (they only
-    feed estimates, which then say "unknown" or fall back to the bid)."""
+def cluster_costs(region: Region, info: ClusterInfo, config: ClusterConfig) -> dict[str, NodeCost]:
+    """Instance id -> what it costs per hour and has cost so far; empty when the
+    prices cannot be had (the table then shows no cost)."""
     try:
-        history = cloud.spot_price_history(region, instance_type, days=RECENT_DAYS)
+        sheet = cloud.price_sheet(region, config.instance_type)
     except cloud.CloudError as err:
-        log.info("no spot prices of %s in %s: %s", instance_type, region.name, err)
+        log.info("no prices of %s in %s: %s", config.instance_type, region.name, err)
         return {}
-    return {p.zone: p.current for p in history}
+    return node_costs(region, info.instances, sheet, config.volume_size)
 
 
-def node_prices(region: Region, instance_type: str) -> dict[str, float]:
-    """Current spot price per zone, plus `ON_DEMAND`: the approximate list price.
-    Empty when the prices cannot be had: the table then shows no cost."""
-    try:
-        history = cloud.spot_price_history(region, instance_type, days=RECENT_DAYS)
-        on_demand = cloud.describe_instance_type(region, instance_type).on_demand_price
-    except cloud.CloudError as err:
-        log.info("no prices of %s in %s: %s", instance_type, region.name, err)
-        return {}
-    prices = {p.zone: p.current for p in history}
-    if on_demand is not None:
-        prices[ON_DEMAND] = on_demand
-    return prices
-
-
-def node_rows(info: ClusterInfo, prices: dict[str, float]) -> list[dict[str, Any]]:
+def node_rows(info: ClusterInfo, costs: dict[str, NodeCost]) -> list[dict[str, Any]]:
     """One flat dict per instance (terminated ones too): role, place, state, uptime, cost."""
     now = dt.datetime.now(dt.timezone.utc)
     rows = []
     for i in sorted(info.instances, key=lambda i: (i.role != MASTER, i.name, i.instance_id)):
         up = i.launch_time and i.state != "terminated"
         hours = (now - i.launch_time).total_seconds() / 3600 if up else 0.0
-        price = prices.get(i.zone) if i.lifecycle == "spot" else prices.get(ON_DEMAND)
+        cost = costs.get(i.instance_id, NodeCost(None, None))
         rows.append({
             "id": i.instance_id, "name": i.name, "role": i.role, "type": i.instance_type,
             "zone": i.zone, "lifecycle": i.lifecycle, "state": i.state,
             "private_ip": i.private_ip, "public_ip": i.public_ip,
-            "uptime_hours": round(hours, 3), "price_per_hour": price,
-            "cost_so_far": None if price is None else round(price * hours, 6),
+            "uptime_hours": round(hours, 3), "price_per_hour": cost.hourly,
+            "cost_so_far": None if cost.so_far is None else round(cost.so_far, 6),
         })
     return rows
 
@@ -86,13 +69,13 @@ class ClusterStatus:
     """A cluster as the cloud's tags describe it now, with prices and the local record."""
 
     info: ClusterInfo
-    prices: dict[str, float]
+    costs: dict[str, NodeCost]  # instance id -> per hour (compute, volume, address) and so far
     expected_engines: int | None
     datasets: list[str]
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        return node_rows(self.info, self.prices)
+        return node_rows(self.info, self.costs)
 
 
 def cluster_status(config: ClusterConfig) -> ClusterStatus:
@@ -102,7 +85,7 @@ def cluster_status(config: ClusterConfig) -> ClusterStatus:
     record = state.load(config.name)
     return ClusterStatus(
         info=info,
-        prices=node_prices(region, config.instance_type),
+        costs=cluster_costs(region, info, config),
         expected_engines=record.get("expected_engines"),
         datasets=sorted(record.get("datasets", {})),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
+from typing import Literal
 
 import pydantic
 from pydantic import ConfigDict, Field, field_validator
@@ -19,7 +20,7 @@ from provision.cloud import PROVIDERS
 
 # Compute-optimised (c-family) types only: model selection is CPU-bound, so the m,
 # r and t families pay for memory or burst credits a search does not use.
-INSTANCE_TYPE_RE = re.compile(r"^c\d+[a-z]*\.[0-9a-z]+$")
+INSTANCE_TYPE_RE = re.compile(r"^c\d+[a-z]*(-flex)?\.[0-9a-z]+$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 MAX_SPOT_BID_USD = 100  # per node-hour: anything above is a typo, not a bid
@@ -41,6 +42,9 @@ class ClusterConfig(pydantic.BaseModel):
     provider: str = "aws"  # cloud provider: a module of provision.cloud
     region: str = "sim"  # "sim" = the embedded simulated region; else an AWS region
     zone: str | None = None  # availability zone; None = cheapest for the type
+    # Where workers go: "master" = the master's zone (no cross-zone traffic, which
+    # AWS bills both ways), "cheapest" = any zone, cheapest spot price first.
+    worker_zone: Literal["master", "cheapest"] = "master"
     instance_type: str = "c5.large"  # compute-optimised (c-family) only
     image_id: str | None = None  # None = latest Ubuntu LTS via public SSM parameter
     user: str | None = None  # SSH user; None = the image's default
@@ -56,6 +60,10 @@ class ClusterConfig(pydantic.BaseModel):
     master_engines: bool = True  # the master runs engines too
     remote_root: str = "/srv/provision"  # working directory on the nodes
     ssh_timeout: float = Field(300, gt=0)  # seconds to wait for SSH, per node
+    # Where nodes whose image lacks the client's Python minor download one (uv's
+    # managed Python); both None = uv's default source, which needs outbound internet.
+    python_install_mirror: str | None = None  # UV_PYTHON_INSTALL_MIRROR
+    python_downloads_json_url: str | None = None  # uv's --python-downloads-json-url
     launch_timeout: float = Field(600, gt=0)  # seconds to wait for "running"
 
     @field_validator("name")
@@ -119,6 +127,13 @@ class ClusterConfig(pydantic.BaseModel):
             return str(ipaddress.ip_network(v, strict=False))
         except ValueError:
             raise ValueError(f"must be a CIDR like 203.0.113.7/32 (got {v!r})") from None
+
+    @field_validator("python_install_mirror", "python_downloads_json_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(https?|file)://\S+$", v):
+            raise ValueError(f"must be an http(s):// or file:// URL (got {v!r})")
+        return v
 
     @field_validator("remote_root")
     @classmethod

@@ -57,6 +57,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("run_last") is not None)
 
 
+# EC2's vCPU quotas as a modest account has them (moto's Service Quotas knows only
+# VPC's): a test that needs a small one changes the `ec2_vcpu_quotas` fixture's dict.
+EC2_VCPU_QUOTAS = {"L-1216C47A": 64.0, "L-34B43A08": 64.0}
+
+
+@pytest.fixture(autouse=True)
+def ec2_vcpu_quotas(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
+    """moto's in-process Service Quotas answering EC2's vCPU quotas (`EC2_VCPU_QUOTAS`);
+    a test changes its own copy, which this returns."""
+    from moto.servicequotas import models
+
+    values = dict(EC2_VCPU_QUOTAS)
+    original = models.ServiceQuotasBackend.get_service_quota
+
+    def get(self: models.ServiceQuotasBackend, service_code: str, quota_code: str) -> dict:
+        if service_code == "ec2" and quota_code in values:
+            return {"ServiceCode": "ec2", "QuotaCode": quota_code, "Unit": "None",
+                    "QuotaName": quota_code, "Value": values[quota_code]}
+        return original(self, service_code, quota_code)
+
+    monkeypatch.setattr(models.ServiceQuotasBackend, "get_service_quota", get)
+    return values
+
+
 @pytest.fixture(scope="session")
 def sim_region() -> Iterator[Region]:
     """The simulated region, up for the whole session; down (and verified empty) at the end."""
@@ -164,3 +188,41 @@ def sim_cluster_env(root: Path, name: str, cluster_size: int) -> Iterator[dict[s
         finally:
             with contextlib.suppress(Exception):  # already down if a test took it down
                 lifecycle.down(name)
+
+
+@contextlib.contextmanager
+def namespace_hosts(
+    tmp: Path, tag: str, bridge_cidr: str, names: dict[str, str]
+) -> Iterator[Path]:
+    """Namespace hosts (address -> hostname) with their own sshd, made directly with
+    `provision.sim.hosts` (no EC2 API), on a bridge of their own: bridge, namespace
+    and veth names carry `tag`, so a simulated region running at the same time
+    neither reaps nor routes them. Yields the private key they accept; skips
+    where hosts cannot be made."""
+    from provision.sim import hosts
+
+    try:
+        hosts.check_requirements()
+    except hosts.SimError as e:
+        pytest.skip(f"namespace hosts unavailable: {e}")
+    key = tmp / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    prefixlen = int(bridge_cidr.split("/")[1])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hosts, "BRIDGE", f"{tag}br{hosts.SIM_ID}")
+        mp.setattr(hosts, "NETNS_PREFIX", f"{tag}{hosts.SIM_ID}-")
+        mp.setattr(hosts, "VETH_PREFIX", f"{tag}v{hosts.SIM_ID}")
+        mp.setattr(hosts, "STATE_ROOT", tmp / "sim")
+        try:
+            for ip in names:
+                hosts.stop_host(hosts.netns_name(ip))  # leftovers of a killed run
+            hosts.ensure_bridge(bridge_cidr)
+            pub = key.with_suffix(".pub").read_text()
+            for ip, hostname in names.items():
+                hosts.start_host(ip, prefixlen, pub, hostname, tmpfs_size="1g")
+            yield key
+        finally:
+            for ip in names:
+                hosts.stop_host(hosts.netns_name(ip))
+            hosts.remove_bridge()
+

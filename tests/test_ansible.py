@@ -21,12 +21,12 @@ from oracle import assert_nothing_left, ec2_client
 from test_cli import _launch_unit_cluster, invoke, nothing_created
 
 from provision import cloud, context, inventory, lifecycle
+from provision.assets import ansible_dir
 from provision.configure import playbook
 from provision.nodes import engines
 from provision.sim.state import GATEWAY
 
-ROOT = Path(__file__).resolve().parents[1]
-ANSIBLE = ROOT / "ansible"
+ANSIBLE = ansible_dir()
 BIN = Path(sys.executable).parent
 aws, cfg_file = test_cli.aws, test_cli.cfg_file  # the CLI tests' moto fixtures
 # Engines cannot import this test module: send its functions by value.
@@ -378,7 +378,7 @@ def test_the_fabric_path_takes_over_the_playbooks_nodes_as_its_own(ansible_clust
 
     ctx = context.context_for(NAME)
     info = cloud.describe_cluster(ctx.region, NAME)
-    spec = setup.client_env_spec(list(ctx.config.packages), ctx.config.remote_root)
+    spec = ctx.env_spec()  # what `up` gives both strategies
     wheelhouse = wheelhouses.build_wheelhouse(spec)
     for inst in info.nodes:
         assert setup.setup_node(

@@ -366,7 +366,7 @@ def test_wait_running_fails_at_once_when_an_instance_is_terminated(region, base,
     ids = cloud.launch(region, request(base, count=2))
     client.terminate_instances(InstanceIds=ids[:1])
 
-    with pytest.raises(CloudError, match=rf"ended before running: {ids[0]} \(terminated\)"):
+    with pytest.raises(CloudError, match=rf"ended before running: {ids[0]} \(terminated: "):
         cloud.wait_running(region, ids, timeout=60)
 
 
@@ -508,14 +508,14 @@ class _Reply:
 
 def test_caller_cidr_is_the_public_ip_as_a_single_host(monkeypatch):
     monkeypatch.setattr(
-        network.urllib.request, "urlopen", lambda url, timeout: _Reply(b"198.51.100.4\n")
+        network.urllib.request, "urlopen", lambda url, timeout, context: _Reply(b"198.51.100.4\n")
     )
 
     assert cloud.caller_cidr(Region("us-east-1")) == "198.51.100.4/32"
 
 
 def test_caller_cidr_failure_suggests_setting_ssh_cidr(monkeypatch):
-    def offline(url, timeout):
+    def offline(url, timeout, context):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(network.urllib.request, "urlopen", offline)

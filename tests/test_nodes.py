@@ -14,7 +14,6 @@ import importlib.metadata as md
 import json
 import re
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +21,14 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from conftest import namespace_hosts
 from waits import wait_for
 
 from provision.client import connect_client
 from provision.nodes import engines, remote, setup, transfer
 from provision.nodes import wheelhouse as wheelhouses
 from provision.nodes.fanout import GroupError, GroupResult, on_hosts
+from provision.nodes.python import PythonUnavailable
 from provision.nodes.remote import Endpoint, NodeError
 from provision.sim.state import GATEWAY
 
@@ -52,35 +53,13 @@ class Nodes:
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
-    from provision.sim import hosts
-
-    try:
-        hosts.check_requirements()
-    except hosts.SimError as e:
-        pytest.skip(f"namespace hosts unavailable: {e}")
     tmp = tmp_path_factory.mktemp("nodes")
-    key = tmp / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hosts, "BRIDGE", f"pntbr{hosts.SIM_ID}")
-        mp.setattr(hosts, "NETNS_PREFIX", f"pnt{hosts.SIM_ID}-")
-        mp.setattr(hosts, "VETH_PREFIX", f"pntv{hosts.SIM_ID}")
-        mp.setattr(hosts, "STATE_ROOT", tmp / "sim")
-        try:
-            for ip in IPS:
-                hosts.stop_host(hosts.netns_name(ip))  # leftovers of a killed run
-            hosts.ensure_bridge(BRIDGE_CIDR)
-            pub = key.with_suffix(".pub").read_text()
-            for ip in IPS:
-                hosts.start_host(ip, 27, pub, f"node-{ip.rsplit('.', 1)[1]}", tmpfs_size="1g")
-            kh = tmp / "known_hosts"
-            eps = [Endpoint(f"node{i}", ip, "root", key, kh) for i, ip in enumerate(IPS)]
-            dead = Endpoint("ghost", DEAD_IP, "root", key, kh)
-            yield Nodes(eps, dead, key, kh)
-        finally:
-            for ip in IPS:
-                hosts.stop_host(hosts.netns_name(ip))
-            hosts.remove_bridge()
+    names = {ip: f"node-{ip.rsplit('.', 1)[1]}" for ip in IPS}
+    with namespace_hosts(tmp, "pnt", BRIDGE_CIDR, names) as key:
+        kh = tmp / "known_hosts"
+        eps = [Endpoint(f"node{i}", ip, "root", key, kh) for i, ip in enumerate(IPS)]
+        dead = Endpoint("ghost", DEAD_IP, "root", key, kh)
+        yield Nodes(eps, dead, key, kh)
 
 
 @pytest.fixture(scope="module")
@@ -173,14 +152,6 @@ def test_a_stage_is_retried_once_when_ssh_drops() -> None:
     assert calls[0] is not calls[1]  # a fresh connection for the retry
     with pytest.raises(NodeError, match=r"n \(192.0.2.9\): SSH failed twice during install"):
         session.stage("install", lambda conn: (_ for _ in ()).throw(EOFError("gone")))
-
-
-def test_nodes_of_another_platform_get_manylinux_wheels() -> None:
-    assert setup.platform_for("x86_64") is None  # this client: Linux x86_64
-    assert setup.platform_for("arm64") == "manylinux_2_28_aarch64"
-    tags = wheelhouses._platform_tags("manylinux_2_28_aarch64")
-    assert tags[0] == "manylinux_2_28_aarch64" and "manylinux2014_aarch64" in tags
-    assert setup._marker_env("3.11", "manylinux2014_x86_64")["platform_machine"] == "x86_64"
 
 
 # --- on namespace hosts ----------------------------------------------------------
@@ -290,12 +261,16 @@ def test_setup_installs_the_clients_versions_and_a_second_run_is_skipped(
 def test_python_minor_mismatch_says_what_to_use(
     nodes: Nodes, spec: setup.EnvSpec, wheelhouse: Path
 ) -> None:
-    wrong = dataclasses.replace(spec, python_minor="3.99")
-    with pytest.raises(NodeError) as info:
+    wrong = dataclasses.replace(spec, python_minor="3.99")  # no CPython 3.99 anywhere
+    with pytest.raises(PythonUnavailable) as info:
         setup.setup_node(nodes.master, wrong, wheelhouse)
-    assert str(info.value) == (
-        f"node0 ({IPS[0]}): Python 3.11 on the node, 3.99 on this client: "
-        "use an image with Python 3.99 (or set image_id to one that has it)"
+    assert str(info.value).startswith(
+        f"node0 ({IPS[0]}): the image has Python 3.11, this client runs 3.99, and "
+        "`uv python install 3.99` from uv's default source"
+    )
+    assert str(info.value).endswith(
+        "Set python_install_mirror or python_downloads_json_url in the cluster file (a mirror "
+        "the nodes reach), or use an image with Python 3.99"
     )
 
 

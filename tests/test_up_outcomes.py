@@ -28,6 +28,7 @@ from provision.cli import main
 from provision.cloud.common import MASTER
 from provision.config import load_config
 from provision.errors import ProvisionError
+from provision.nodes.python import PythonUnavailable
 from provision.nodes.remote import NodeError
 
 pytest_plugins = ["faultkit"]  # region, faults, name, key, cfg
@@ -56,14 +57,47 @@ class Node001FailsOnce(StopAtSSH):
         return {n.label: NodeError("no python3") if n.name == "node001" else None for n in nodes}
 
 
-def test_a_master_that_fails_configuration_fails_up_saying_how_to_retry(faults, region, cfg, name):
+def test_a_master_that_fails_configuration_fails_up_and_terminates_what_it_launched(
+    faults, region, cfg, name
+):
     with pytest.raises(ProvisionError) as err:
         lifecycle.up(load_config(cfg), configure_with=FailingMaster())
 
-    assert str(err.value).startswith(
-        "master i-"
-    ) and "failed: no python3. Run `provision up`" in str(err.value)
-    assert len(cloud.describe_cluster(REGION, name).alive) == 1 + WORKERS  # nothing torn down
+    text = str(err.value)
+    assert text.startswith("master i-") and "failed: no python3. Run `provision up`" in text
+    assert f"terminated the {1 + WORKERS} instance(s) this up launched" in text
+    assert cloud.describe_cluster(REGION, name).alive == []  # nothing left billing
+    down_leaves_nothing(region, name)
+
+
+def test_keep_failed_keeps_what_a_failed_up_launched_and_says_it_bills(faults, region, cfg, name):
+    with pytest.raises(ProvisionError) as err:
+        lifecycle.up(load_config(cfg), keep_failed=True, configure_with=FailingMaster())
+
+    assert f"kept {1 + WORKERS} instance(s) this up launched (--keep-failed)" in str(err.value)
+    assert f"bill until `provision down {name}`" in str(err.value)
+    assert len(cloud.describe_cluster(REGION, name).alive) == 1 + WORKERS
+    down_leaves_nothing(region, name)
+
+
+class NoPythonForTheImage(StopAtSSH):
+    """The first node finds the image cannot get the client's Python; the gate fails
+    the others with it (as `nodes.python.PythonGate` does)."""
+
+    def configure(self, ctx: Any, nodes: Any) -> configure.Results:
+        first = nodes[0].label
+        err = PythonUnavailable(f"{first} (10.0.0.9): the image has no python3 ...", node=first)
+        return {n.label: err for n in nodes}
+
+
+def test_a_python_the_nodes_cannot_get_leaves_no_instance_running(faults, region, cfg, name):
+    with pytest.raises(ProvisionError) as err:
+        lifecycle.up(load_config(cfg), configure_with=NoPythonForTheImage())
+
+    assert "the image has no python3" in str(err.value)
+    assert f"terminated the {1 + WORKERS} instance(s) this up launched" in str(err.value)
+    alive = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    assert [r for r in region.describe_instances(Filters=alive)["Reservations"]] == []
     down_leaves_nothing(region, name)
 
 

@@ -1,4 +1,5 @@
-"""Commands on a cluster as a whole: init, spothistory, up, status, list, down, inventory."""
+"""Commands on a cluster as a whole: init, check, spothistory, up, status, list, down,
+inventory."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import click
 
+from provision import check as checks
 from provision import configure, inventory, lifecycle, progress, query
 from provision.cli import tables
 from provision.cli.common import config_options, err, json_option, out, settings
@@ -50,6 +52,26 @@ def spothistory(instance_type: str, region: str | None, days: float, config_path
         out.print(f"cheapest zone: {prices[0].zone}")
 
 
+def _print_check(report: checks.CheckReport, name: str, region: str) -> None:
+    out.print(tables.findings(f"checks for cluster {name} ({region})", report.findings))
+    if report.plan:
+        out.print(tables.plan("what `up` would launch", report.plan, report.hourly,
+                              report.price_source))
+        out.print("plus data transfer out of AWS (results, `get`), if any")
+
+
+@click.command()
+@config_options
+def check(config_path: Path | None, template: str | None) -> None:
+    """Check everything `up` needs, creating nothing: credentials, region, network,
+    instance type, image and its user, spot prices against the bid, vCPU quotas,
+    key pair; then the plan and its hourly cost. Exit 2 when a check fails."""
+    cfg = load_config(config_path, template)
+    report = checks.check(cfg)
+    _print_check(report, cfg.name, cfg.region)
+    report.raise_for_failures("fix it, then run `provision check` again")
+
+
 @click.command()
 @click.option("-n", "--cluster-size", type=int, help="Total nodes, master included.")
 @click.option("--spot-bid", type=float, metavar="PRICE",
@@ -62,24 +84,35 @@ def spothistory(instance_type: str, region: str | None, days: float, config_path
 @click.option("--engines-per-node", type=int, help="Engines per node (default: vCPUs).")
 @click.option("--replace-failed", is_flag=True,
               help="Replace workers that fail setup instead of just removing them.")
+@click.option("--keep-failed", is_flag=True,
+              help="Keep what a failed up launched, to look at it (it bills until `down`).")
+@click.option("--dry-run", is_flag=True,
+              help="Run the checks of `provision check` and show the plan; launch nothing.")
 @click.option("--configure-with", type=click.Choice(list(configure.STRATEGIES)),
               default=configure.DEFAULT, show_default=True,
               help="Configure nodes over Fabric, or with ansible/site.yml (needs ansible-core); "
                    "same result.")
 @config_options
-def up(config_path: Path | None, template: str | None, replace_failed: bool, configure_with: str,
-       **flags: Any) -> None:
+def up(config_path: Path | None, template: str | None, replace_failed: bool, keep_failed: bool,
+       dry_run: bool, configure_with: str, **flags: Any) -> None:
     """Launch the cluster, configure every node, start the controller and engines.
 
-    Idempotent: run it again after a crash or Ctrl-C and it finishes the job
-    without launching duplicates.
+    Checks first (as `provision check`) and launches nothing when one fails. A
+    failed up terminates what it launched (unless --keep-failed). Idempotent:
+    run it again after a crash or Ctrl-C and it finishes the job without
+    launching duplicates.
     """
     cfg = load_config(config_path, template, {k: v for k, v in flags.items() if v is not None})
+    if dry_run:
+        report = checks.check(cfg)
+        _print_check(report, cfg.name, cfg.region)
+        report.raise_for_failures("nothing was launched (--dry-run launches nothing anyway)")
+        return
     with progress.for_console(err) as reporter:
         result = lifecycle.up(cfg, reporter, replace_failed=replace_failed,
-                              configure_with=configure_with)
+                              keep_failed=keep_failed, configure_with=configure_with)
     info = result.cluster
-    rows = query.node_rows(info, query.node_prices(info.region, cfg.instance_type))
+    rows = query.node_rows(info, query.cluster_costs(info.region, info, cfg))
     out.print(tables.nodes(f"cluster {info.name} ({info.region.name})", rows))
     cost = "unknown" if result.hourly_cost is None else f"${result.hourly_cost:.4f}/hour"
     out.print(f"[bold]{cfg.name}[/]: {len(info.nodes)} nodes, {result.engines} engines "
@@ -161,4 +194,4 @@ def inventory_(name: str, fmt: str, as_list: bool, host: str | None, config_path
         click.echo(inventory.render(doc, "json" if as_list else fmt), nl=False)
 
 
-COMMANDS = (init, spothistory, up, status, list_, down, inventory_)
+COMMANDS = (init, check, spothistory, up, status, list_, down, inventory_)

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from provision.cloud.common import ZonePrice
+from provision.cloud.common import FAIL, OK, Finding, ZonePrice
 
 NODE_COLUMNS = ("id", "name", "role", "type", "zone", "market", "state", "private ip",
                 "public ip", "uptime", "$/hour", "cost so far")
@@ -50,3 +50,33 @@ def clusters(title: str, rows: list[dict[str, Any]]) -> Table:
     for r in rows:
         table.add_row(r["name"], "yes" if r["live"] else "no", "yes" if r["local_record"] else "no")
     return table
+
+
+STATUS_STYLE = {OK: "green", FAIL: "red"}  # anything else (a warning) is yellow
+
+
+def findings(title: str, found: list[Finding]) -> Table:
+    """What `provision check` found, one check per row."""
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for col in ("check", "", "detail"):
+        table.add_column(col, overflow="fold")
+    for f in found:
+        style = STATUS_STYLE.get(f.status, "yellow")
+        table.add_row(f.check, f"[{style}]{f.status}[/]", f.detail)
+    return table
+
+
+def plan(title: str, lines: list[Any], hourly: float | None, source: str) -> Table:
+    """What `up` would launch (`check.PlannedNodes`) and what it costs per hour."""
+    table = Table(title=title, title_justify="left", caption=f"prices: {source}",
+                  caption_justify="left")
+    for col in ("nodes", "market", "$/hour each", "$/hour"):
+        table.add_column(col, justify="left" if col in ("nodes", "market") else "right")
+    for line in lines:
+        if line.count:
+            each = line.hourly_each
+            table.add_row(f"{line.count} {line.role}", line.market, _money(each, "{:.4f}"),
+                          _money(None if each is None else each * line.count, "{:.4f}"))
+    table.add_row("total", "", "", _money(hourly, "[bold]{:.4f}[/]"))
+    return table
+

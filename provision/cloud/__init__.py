@@ -27,6 +27,7 @@ package changes.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import importlib
 from collections.abc import Callable
@@ -37,9 +38,12 @@ from provision.cloud.common import (
     TEARDOWN_S,
     CloudError,
     ClusterInfo,
+    Finding,
     InstanceTypeInfo,
+    LaunchPlan,
     LaunchRequest,
     OnStep,
+    PriceSheet,
     Progress,
     Region,
     ZonePrice,
@@ -106,6 +110,45 @@ def spot_price_history(region: Region, instance_type: str, *, days: float = 1.0)
 def resolve_image(region: Region, image_id: str | None, arch: str = "x86_64") -> str:
     """The configured image, checked to exist for `arch`, or else the provider's
     current default Linux image for `arch`. `CloudError` if there is none."""
+    raise NotImplementedError
+
+
+@_route
+def spot_price_series(
+    region: Region, instance_type: str, zone: str, start: dt.datetime, end: dt.datetime
+) -> list[tuple[dt.datetime, float]]:
+    """Spot price changes of `instance_type` in `zone` that matter for [start, end],
+    oldest first: the price in effect at `start` (with its older timestamp), then
+    every change until `end`. Empty when there is no spot market there."""
+    raise NotImplementedError
+
+
+@_route
+def price_sheet(region: Region, instance_type: str) -> PriceSheet:
+    """What a node of `instance_type` costs per hour in `region`, part by part
+    (compute on demand and on spot per zone, root storage, a public address).
+    Never fails for want of a price list: unknown parts fall back to published
+    list prices and `source` says so."""
+    raise NotImplementedError
+
+
+# --- before a launch -------------------------------------------------------------------
+
+
+@_route
+def caller_identity(region: Region) -> str:
+    """Who the credentials are, in one line (account and principal).
+    `CloudAPIError` when there are none or they are refused."""
+    raise NotImplementedError
+
+
+@_route
+def preflight(region: Region, plan: LaunchPlan, *, fix: bool = False) -> list[Finding]:
+    """Check that `plan` can launch, creating nothing: region, network, the type
+    offered in the zone, spot prices against the bid, vCPU quotas against what
+    runs already, the key pair, account prerequisites of spot (on AWS, the EC2
+    Spot service-linked role). `fix` lets it create such a prerequisite (never a
+    billable resource). One `Finding` per check, in that order."""
     raise NotImplementedError
 
 

@@ -80,6 +80,7 @@ class LaunchRequest:
     max_price: float | None = None  # USD per hour; None = on-demand price cap
     volume_size: int = 30  # GiB, root volume, always encrypted
     zone: str | None = None  # None: every zone offering the type, cheapest first
+    prefer_zone: str | None = None  # without `zone`: tried first (the master's), then the rest
     subnet_id: str | None = None
     user_data: str = ""
     # Extra tags to put on instances and volumes, beyond cluster and role.
@@ -175,3 +176,63 @@ class ClusterInfo:
             if ref in (i.instance_id, i.name, i.private_ip, i.public_ip):
                 return i
         return None
+
+
+# --- before a launch: what it needs, what it finds, what it costs ------------------
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What `up` would launch now (the shortfall), for `preflight` to check."""
+
+    cluster: str
+    instance_type: str
+    vcpus: int  # per node
+    on_demand: int  # nodes to launch on demand
+    spot: int  # nodes to launch on spot
+    spot_bid: float | None
+    zone: str | None  # configured zone, or None for the cheapest
+    key_name: str
+    public_key: str  # "" when the local key does not exist yet: `up` creates it
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of `provision check`: what was checked, how it went, and why."""
+
+    check: str  # e.g. "credentials", "vCPU quota (spot)"
+    status: str  # OK | WARN | FAIL
+    detail: str
+    input: bool = True  # a FAIL the user fixes in the cluster file or the account (exit 2)
+
+
+@dataclass(frozen=True)
+class PriceSheet:
+    """What one node of a type costs per hour in a region, by part."""
+
+    on_demand: float | None  # USD/hour, None = unknown
+    spot: dict[str, float]  # zone -> current spot price, USD/hour
+    storage_gb_month: float  # root volume (gp3), USD per GB-month
+    public_ip_hour: float  # one public IPv4 address, USD/hour
+    source: str  # where the on-demand and storage prices came from
+
+
+def price_integral(
+    samples: list[tuple[dt.datetime, float]], start: dt.datetime, end: dt.datetime
+) -> float:
+    """USD over [start, end] of a price per hour that changes at `samples`
+    ((time, price), oldest first), each price holding until the next change.
+
+    A price with a timestamp before `start` is the one in effect at `start`
+    (as EC2's spot price history reports it); spans are clipped to the window.
+    """
+    total = 0.0
+    ends = [t for t, _ in samples[1:]] + [end] if samples else []
+    for (t, price), until in zip(samples, ends, strict=True):
+        hours = (min(until, end) - max(t, start)).total_seconds() / 3600
+        if hours > 0:
+            total += hours * price
+    return total
+

@@ -64,7 +64,7 @@ class Strategy(ABC):
 
     def start(self, ctx: Context) -> None:
         """Start building the wheelhouse of the client's package versions."""
-        self.spec = setup.client_env_spec(list(ctx.config.packages), ctx.config.remote_root)
+        self.spec = ctx.env_spec()
         self._wheelhouse = fanout.in_background(
             lambda: wheels.build_wheelhouse(self.spec), name="wheelhouse"
         )

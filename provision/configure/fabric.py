@@ -44,6 +44,7 @@ class _Run:
         self.strategy = strategy
         self.claim = threading.Lock()
         self.controller: Future[None] = Future()
+        self.python = setup.PythonGate()  # one verdict on getting the client's Python
         if not has_master:
             self.controller.set_result(None)
 
@@ -54,7 +55,7 @@ class _Run:
         try:
             inst, ep = reach(ctx, inst, self.claim)
             stage(ctx, label, "installing packages", Step.PACKAGES)
-            setup.setup_node(ep, self.strategy.spec, self.strategy.wheelhouse())
+            setup.setup_node(ep, self.strategy.spec, self.strategy.wheelhouse(), self.python)
             if is_master:
                 stage(ctx, label, "starting controller", Step.ENGINES)
                 engines.start_controller(ep, cfg.remote_root, inst.private_ip or ep.host)

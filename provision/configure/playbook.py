@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provision.assets import ansible_dir
 from provision.errors import ProvisionError, one_line_tail
 from provision.inventory import render
 from provision.nodes.remote import NodeError
@@ -108,12 +109,6 @@ class PlaybookResult:
         return NodeError(
             f"{where}: ansible: {self.errors.get(host, 'failed')}", node=host, host=address
         )
-
-
-def ansible_dir() -> Path:
-    """The repository's ``ansible/`` folder (``PROVISION_ANSIBLE_DIR`` overrides it)."""
-    env = os.environ.get("PROVISION_ANSIBLE_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "ansible"
 
 
 def find_playbook_command() -> str:

@@ -8,6 +8,12 @@ once per node as one tar stream, and installed with ``uv`` offline: nodes never
 need a route to an index (the simulated hosts have none), and a node takes
 seconds instead of pip's minutes.
 
+Wheels and uv are always for the nodes' platform (manylinux, the architecture
+of the instance type), never the client's: a macOS laptop or an x86_64 one
+driving Graviton nodes ships what the nodes run. The interpreter is the
+image's ``python3`` when it is the client's minor, else a standalone CPython
+the node installs (`provision.nodes.python`).
+
 Re-running is cheap: the install digest is written last on the node, and a node
 whose digest matches and whose venv starts is skipped after one SSH round trip.
 """
@@ -31,6 +37,9 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from provision.errors import one_line_tail
+from provision.nodes import python
+from provision.nodes.python import PythonGate, PythonSource
 from provision.nodes.remote import TRANSIENT_ERRORS, Endpoint, NodeError, connection, run
 from provision.nodes.transfer import push_tree
 
@@ -60,9 +69,12 @@ class EnvSpec:
     python_minor: str  # "3.11"
     requirements: tuple[str, ...]  # "name==version", sorted, transitive closure
     remote_root: str = "/srv/provision"
-    # Wheel platform tag such as "manylinux_2_28_x86_64"; None = this client's own
-    # platform, right when the client runs the nodes' OS and architecture.
+    # Wheel platform tag of the nodes such as "manylinux_2_28_aarch64" (see
+    # `platform_for`); None = this client's own platform (tests on this machine).
     platform: str | None = None
+    # Where a node without the client's minor gets one: not part of the digest,
+    # since the environment it makes is the same.
+    python_source: PythonSource = PythonSource()
 
     @property
     def digest(self) -> str:
@@ -84,19 +96,32 @@ class SetupResult:
 
 
 _ARCHES = ("x86_64", "aarch64", "i686", "ppc64le", "s390x", "armv7l")
+# glibc of the oldest image nodes boot (Amazon Linux 2023 has 2.34, Ubuntu 22.04
+# 2.35, Debian 12 2.36): wheels up to manylinux_2_28 run on every one of them.
+MANYLINUX = "manylinux_2_28"
 
 
-def platform_for(arch: str) -> str | None:
-    """The `EnvSpec.platform` for nodes of EC2 architecture `arch` ("x86_64", "arm64").
+def machine_of(arch: str) -> str:
+    """The wheel-tag machine of an EC2 architecture ("arm64" -> "aarch64")."""
+    return {"arm64": "aarch64", "amd64": "x86_64"}.get(arch, arch)
 
-    None when this client is Linux on the same architecture (its own wheels and
-    uv fit the nodes); otherwise a manylinux tag, e.g. for a macOS laptop or for
-    Graviton nodes. glibc 2.28 covers every current EC2 Linux image.
+
+def platform_for(arch: str) -> str:
+    """The `EnvSpec.platform` of nodes of EC2 architecture `arch` ("x86_64", "arm64").
+
+    Always a manylinux tag of the nodes' machine, whatever this client runs
+    (macOS, another architecture, a Linux with a newer glibc than the image):
+    what a node installs must run on the node.
     """
-    machine = {"arm64": "aarch64", "amd64": "x86_64"}.get(arch, arch)
-    if sys.platform == "linux" and machine == _platform.machine():
-        return None
-    return f"manylinux_2_28_{machine}"
+    return f"{MANYLINUX}_{machine_of(arch)}"
+
+
+def builds_here(platform: str | None) -> bool:
+    """Whether a wheel built on this client runs on nodes of `platform` (a package
+    with no binary wheel can then be built here)."""
+    if platform is None:
+        return True
+    return sys.platform == "linux" and platform.endswith("_" + _platform.machine())
 
 
 def _marker_env(python_minor: str, platform: str | None) -> dict[str, str]:
@@ -146,23 +171,20 @@ def client_env_spec(
     extra_packages: Iterable[str] = (),
     remote_root: str = "/srv/provision",
     platform: str | None = None,
+    python_source: PythonSource | None = None,
 ) -> EnvSpec:
     """The environment nodes need: this client's Python minor and package versions.
 
     `extra_packages` are requirement strings (e.g. from the cluster file's
     ``packages``); each must already be installed here, since its version is
-    taken from this client.
+    taken from this client. `platform`: the nodes' (`platform_for`).
     """
     minor = f"{sys.version_info.major}.{sys.version_info.minor}"
     reqs = _pinned_closure([*BASE_PACKAGES, *extra_packages], _marker_env(minor, platform))
     return EnvSpec(
-        python_minor=minor, requirements=reqs, remote_root=remote_root, platform=platform
+        python_minor=minor, requirements=reqs, remote_root=remote_root, platform=platform,
+        python_source=python_source or PythonSource(),
     )
-
-
-def python_minor(ep: Endpoint | fabric.Connection) -> str:
-    """The node's ``python3`` as "3.11"."""
-    return run(ep, "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'").strip()
 
 
 class _Session:
@@ -213,33 +235,29 @@ def _parse(out: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def setup_node(ep: Endpoint, spec: EnvSpec, wheelhouse: Path) -> SetupResult:
+def setup_node(
+    ep: Endpoint, spec: EnvSpec, wheelhouse: Path, gate: PythonGate | None = None
+) -> SetupResult:
     """Give the node a venv at ``{remote_root}/venv`` matching `spec`; skip if it has one.
 
     Stages: probe (Python minor, digest) -> push wheelhouse + uv (once per
-    wheelhouse) -> ``uv venv`` + ``uv pip install --no-index`` -> digest. The
-    node needs ``python3`` of the client's minor and nothing else: no index, no
-    pip, no python3-venv.
+    wheelhouse) -> interpreter: the image's ``python3`` if it is the client's
+    minor, else ``uv python install`` (`provision.nodes.python`; `gate` shares
+    the verdict between the nodes of one `up`) -> ``uv venv`` + ``uv pip
+    install --no-index`` -> digest. The node needs no index, no pip and no
+    python3-venv; ``python3`` of the client's minor only when it cannot download one.
     """
     start = time.monotonic()
     session = _Session(ep)
     root = shlex.quote(spec.remote_root)
+    gate = gate or PythonGate()
     try:
         probe = _parse(session.stage("probe", lambda c: run(c, _probe_script(spec))))
-        remote = probe.get("minor", "")
-        if not remote:
-            raise NodeError(
-                f"{ep.name} ({ep.host}): no python3 on the node", node=ep.name, host=ep.host
-            )
-        if remote != spec.python_minor:
-            raise NodeError(
-                f"{ep.name} ({ep.host}): Python {remote} on the node, {spec.python_minor} on this "
-                f"client: use an image with Python {spec.python_minor} (or set image_id to one "
-                f"that has it)",
-                node=ep.name, host=ep.host,
-            )
+        have = probe.get("minor", "")
         if probe.get("env") == spec.digest and probe.get("venv") == "ok":
             return SetupResult(ep.name, skipped=True, seconds=time.monotonic() - start)
+        if have != spec.python_minor:
+            gate.check(ep.name)  # another node already found the image cannot get one
 
         mkroot = (
             f"mkdir -p {root} 2>/dev/null && test -w {root} || "
@@ -253,6 +271,11 @@ def setup_node(ep: Endpoint, spec: EnvSpec, wheelhouse: Path) -> SetupResult:
                        f"printf %s {spec.digest} > {root}/wheels/.digest")
             session.stage("wheelhouse push", push)
 
+        interpreter = probe.get("python", "")
+        if have != spec.python_minor:
+            with gate.turn(ep.name):
+                interpreter = _managed_python(session, spec, have)
+
         wheels = f"{root}/wheels"
         reqs = " ".join(shlex.quote(r) for r in spec.requirements)
         install = "\n".join(
@@ -262,7 +285,7 @@ def setup_node(ep: Endpoint, spec: EnvSpec, wheelhouse: Path) -> SetupResult:
                 "export UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1 UV_NO_PROGRESS=1 "
                 f"UV_CACHE_DIR={root}/uv-cache",
                 f"{wheels}/uv venv --quiet --clear "
-                f"--python {shlex.quote(probe['python'])} {root}/venv",
+                f"--python {shlex.quote(interpreter)} {root}/venv",
                 f"{wheels}/uv pip install --quiet --no-index --find-links {wheels} "
                 f"--python {root}/venv/bin/python {reqs}",
                 f"printf %s {spec.digest} > {root}/.env-digest.tmp && "
@@ -273,3 +296,28 @@ def setup_node(ep: Endpoint, spec: EnvSpec, wheelhouse: Path) -> SetupResult:
         return SetupResult(ep.name, skipped=False, seconds=time.monotonic() - start)
     finally:
         session.close()
+
+
+def _managed_python(session: _Session, spec: EnvSpec, have: str) -> str:
+    """Install CPython of the client's minor on the node; its path.
+
+    `PythonUnavailable` when uv cannot get it (no route to the source, no such
+    build): the same would happen on every node of the image.
+    """
+    ep, source = session.ep, spec.python_source
+    script = python.install_script(spec.remote_root, spec.python_minor, source)
+    try:
+        out = session.stage("python install", lambda c: run(
+            c, script, timeout=python.PYTHON_INSTALL_TIMEOUT_S))
+    except NodeError as err:
+        if err.command_status is None:  # SSH gave up, or a timeout: not a verdict on the image
+            raise
+        why = one_line_tail(err.stderr) or f"exit {err.command_status}"
+        raise python.unavailable(
+            ep.name, ep.host, have, spec.python_minor, source, why
+        ) from err
+    lines = out.strip().splitlines()
+    if not lines:
+        raise python.unavailable(ep.name, ep.host, have, spec.python_minor, source,
+                                 "uv found no interpreter after installing one")
+    return lines[-1].strip()

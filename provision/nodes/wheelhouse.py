@@ -2,8 +2,8 @@
 
 Keyed by the environment's digest (`setup.EnvSpec`), so every node of every
 cluster that runs the same versions gets the same directory, pushed once per
-node as one tar stream. Wheels are built for the nodes' platform when it is not
-this client's (`EnvSpec.platform`).
+node as one tar stream. Wheels and uv are the nodes' platform's
+(`EnvSpec.platform`), downloaded as binaries whatever this client runs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from provision.nodes.setup import UV_GZ, EnvSpec, ProgressFn
+from provision.nodes.setup import UV_GZ, EnvSpec, ProgressFn, builds_here
 
 COMPLETE = ".complete"  # wheelhouse manifest, written last
 PIP_TAIL_LINES = 15  # of pip's output, in the error when it fails
@@ -46,22 +46,24 @@ def _platform_tags(platform: str) -> list[str]:
 
 
 def _pip(spec: EnvSpec, command: str, dest: Path, reqs: list[str]) -> list[str]:
+    """``pip download`` of binary wheels for the nodes, or ``pip wheel`` (a build on
+    this client, only where its wheels run on the nodes: see `setup.builds_here`)."""
     args = [sys.executable, "-m", "pip", command, "--no-deps", "--disable-pip-version-check",
             "--progress-bar", "off", "-d" if command == "download" else "-w", str(dest)]
     if command == "download":
         args.append("--only-binary=:all:")
-    if spec.platform is not None:
-        args += [f"--platform={t}" for t in _platform_tags(spec.platform)]
-        nodot = spec.python_minor.replace(".", "")
-        args += [
-            "--python-version",
-            spec.python_minor,
-            "--implementation",
-            "cp",
-            "--abi",
-            f"cp{nodot}",
-        ]
+        if spec.platform is not None:
+            args += _target(spec.platform, spec.python_minor)
     return args + reqs
+
+
+def _target(platform: str, python_minor: str | None) -> list[str]:
+    """pip's flags for wheels of another platform (and CPython minor, when given)."""
+    args = [f"--platform={t}" for t in _platform_tags(platform)]
+    if python_minor is not None:
+        nodot = python_minor.replace(".", "")
+        args += ["--python-version", python_minor, "--implementation", "cp", "--abi", f"cp{nodot}"]
+    return args
 
 
 def _have(dest: Path) -> set[str]:
@@ -98,7 +100,7 @@ def build_wheelhouse(
         for req in _missing(tmp, reqs):  # one at a time, so one sdist-only package is found
             _stream_pip(_pip(spec, "download", tmp, [req]), len(reqs), None, check=False)
         for req in _missing(tmp, reqs):
-            if spec.platform is not None:
+            if not builds_here(spec.platform):
                 raise RuntimeError(
                     f"no {spec.platform} wheel for {req}, and it cannot be built here"
                 )
@@ -150,19 +152,20 @@ def _stream_pip(
 def _add_uv(spec: EnvSpec, dest: Path) -> None:
     """Put a gzipped uv binary for the nodes' platform into the wheelhouse.
 
-    Wheels are zip files already; the uv binary is not, and it is a third of
-    the bytes every node receives.
+    This client's own when it runs on the nodes (uv's Linux binaries are static),
+    else the same uv version's wheel for the nodes' platform, downloaded. Wheels
+    are zip files already; the uv binary is not, and it is a third of the bytes
+    every node receives.
     """
-    if spec.platform is None:
+    if spec.platform is None or builds_here(spec.platform):
         import uv
 
         data = Path(uv.find_uv_bin()).read_bytes()
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            version = md.version("uv")
-            args = _pip(spec, "download", Path(tmp), [f"uv=={version}"])
-            args = [a for a in args if not a.startswith(("--python-version", "--abi", "cp3"))]
-            args = [a for a in args if a not in ("--implementation", "cp", spec.python_minor)]
+            args = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                    "--disable-pip-version-check", "--progress-bar", "off", "-d", tmp,
+                    *_target(spec.platform, None), f"uv=={md.version('uv')}"]
             _stream_pip(args, 1, None)
             (wheel,) = Path(tmp).glob("uv-*.whl")
             with zipfile.ZipFile(wheel) as z:

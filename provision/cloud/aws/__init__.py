@@ -3,11 +3,14 @@
 Split by concern: `instances` (launch, wait, describe, terminate), `network`
 (security group, key pair, the caller's address), `prices` (spot history,
 on-demand estimates), `images` (instance types, machine images), `teardown`;
-`api` holds the clients and the error translation they share. The functions
+`api` holds the clients and the error translation they share. Before a launch:
+`preflight` (with `quotas` and `account`: vCPU quotas, identity, the spot role);
+`pricing` asks the Pricing API for list prices per region. The functions
 named in `provision.cloud.CONTRACT` are re-exported here, where the router
 finds them.
 """
 
+from provision.cloud.aws.account import caller_identity
 from provision.cloud.aws.images import describe_instance_type, resolve_image
 from provision.cloud.aws.instances import (
     describe_cluster,
@@ -18,11 +21,14 @@ from provision.cloud.aws.instances import (
     wait_running,
 )
 from provision.cloud.aws.network import caller_cidr, ensure_key_pair, ensure_security_group
-from provision.cloud.aws.prices import spot_price_history
+from provision.cloud.aws.preflight import preflight
+from provision.cloud.aws.prices import spot_price_history, spot_price_series
+from provision.cloud.aws.pricing import price_sheet
 from provision.cloud.aws.teardown import leftovers, terminate_cluster
 
 __all__ = [
     "caller_cidr",
+    "caller_identity",
     "describe_cluster",
     "describe_instance_type",
     "ensure_key_pair",
@@ -31,8 +37,11 @@ __all__ = [
     "leftovers",
     "list_clusters",
     "name_unnamed",
+    "preflight",
+    "price_sheet",
     "resolve_image",
     "spot_price_history",
+    "spot_price_series",
     "terminate_cluster",
     "terminate_instances",
     "wait_running",

@@ -16,7 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
-from provision.cloud.aws import api, images, prices
+from provision.cloud.aws import account, api, images, prices
 from provision.cloud.common import (
     CLUSTER_TAG,
     MASTER,
@@ -97,7 +97,8 @@ def _placements(
         )["InstanceTypeOfferings"]
         zones = sorted(
             {o["Location"] for o in offers},
-            key=lambda z: (z not in prices, prices[z].current if z in prices else 0, z),
+            key=lambda z: (z != req.prefer_zone, z not in prices,
+                           prices[z].current if z in prices else 0, z),
         )
     default_for_az = [{"Name": "default-for-az", "Values": ["true"]}]
     subnets = ec2.describe_subnets(Filters=default_for_az)["Subnets"]
@@ -188,13 +189,12 @@ def launch(region: Region, req: LaunchRequest) -> list[str]:
     ec2 = api.ec2_client(region)
     names = _names(ec2, req)
     current: dict[str, ZonePrice] = {}
-    if req.spot:
-        try:
-            current = {
-                p.zone: p for p in prices.spot_price_history(region, req.instance_type, days=0)
-            }
-        except CloudError as e:  # prices only order zones and warn; never block a launch
-            log.debug("no spot prices: %s", e)
+    try:  # on demand too: the master goes where the spot workers are cheapest
+        current = {
+            p.zone: p for p in prices.spot_price_history(region, req.instance_type, days=0)
+        }
+    except CloudError as e:  # prices only order zones and warn; never block a launch
+        log.debug("no spot prices: %s", e)
     root = images.root_device(region, req.image_id)
     fast = api.ec2_client(region, fail_fast=True)
     tried = []
@@ -214,6 +214,7 @@ def launch(region: Region, req: LaunchRequest) -> list[str]:
             if api.code(e) not in CAPACITY_ERRORS:
                 raise CloudError(
                     f"launching {req.count} x {req.instance_type} failed: {api.message(e)}"
+                    + account.spot_role_hint(api.code(e))
                 ) from e
             tried.append(f"{zone or 'any zone'} ({api.code(e)})")
             continue
@@ -279,8 +280,9 @@ def wait_running(
             found = [i for res in e.last_response.get("Reservations", []) for i in res["Instances"]]
             states = {i["InstanceId"]: i["State"]["Name"] for i in found}
             if "terminal failure" in str(e.kwargs.get("reason", "")):
-                dead = [f"{i} ({s})" for i, s in sorted(states.items()) if s not in ("running",
-                                                                                     "pending")]
+                why = {i["InstanceId"]: _state_reason(i) for i in found}
+                dead = [f"{i} ({s}{why[i]})" for i, s in sorted(states.items())
+                        if s not in ("running", "pending")]
                 raise CloudError(f"instances ended before running: {', '.join(dead)}") from e
             if on_progress:
                 on_progress(sum(s == "running" for s in states.values()), len(ids))
@@ -296,6 +298,16 @@ def wait_running(
         if on_progress:
             on_progress(len(ids), len(ids))
         return
+
+
+def _state_reason(inst: dict[str, Any]) -> str:
+    """Why an instance left pending, as EC2 says (e.g. Client.InvalidKMSKey.InvalidState
+    when the account's default EBS key is unusable): ": CODE: message", or ""."""
+    reason = inst.get("StateReason") or {}
+    code, text = reason.get("Code", ""), reason.get("Message", "")
+    if not code and not text:
+        return ""
+    return f": {text}" if text.startswith(code) else f": {code}: {text}".rstrip(": ")
 
 
 def _info(inst: dict[str, Any]) -> InstanceInfo:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import ssl
 import time
 import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
 from botocore.exceptions import ClientError
+from botocore.httpsession import where
 
 from provision.cloud.aws import api
 from provision.cloud.common import CLUSTER_TAG, CREATED_BY_TAG, CloudError, Region
@@ -20,8 +23,11 @@ SSH_PORT = 22
 
 def caller_cidr(region: Region) -> str:
     """See the contract. Asks checkip.amazonaws.com, which answers from every region."""
+    # boto3's CA bundle (AWS_CA_BUNDLE, else certifi's), not the system store, which
+    # python.org's macOS builds leave empty until "Install Certificates" is run.
+    tls = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or where())
     try:
-        with urllib.request.urlopen(CHECKIP_URL, timeout=CHECKIP_TIMEOUT_S) as resp:
+        with urllib.request.urlopen(CHECKIP_URL, timeout=CHECKIP_TIMEOUT_S, context=tls) as resp:
             ip = ipaddress.ip_address(resp.read(64).decode().strip())
     except (OSError, ValueError) as e:
         raise CloudError(

@@ -14,9 +14,22 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from provision.cloud.aws import api
-from provision.cloud.common import Region, ZonePrice
+from provision.cloud.common import Region, ZonePrice, price_integral
 
 PRODUCT = "Linux/UNIX"  # what the nodes run; spot prices differ per product
+
+
+def _history(
+    region: Region, instance_type: str, start: dt.datetime, end: dt.datetime, **zone: str
+) -> list[dict[str, Any]]:
+    """DescribeSpotPriceHistory records of the Linux product, across pages."""
+    pages = (
+        api.ec2_client(region)
+        .get_paginator("describe_spot_price_history")
+        .paginate(InstanceTypes=[instance_type], ProductDescriptions=[PRODUCT],
+                  StartTime=start, EndTime=end, **zone)
+    )
+    return [rec for page in pages for rec in page["SpotPriceHistory"]]
 
 
 @api.api_errors
@@ -24,18 +37,7 @@ def spot_price_history(region: Region, instance_type: str, *, days: float = 1.0)
     """See the contract."""
     now = dt.datetime.now(dt.timezone.utc)
     start = now - dt.timedelta(days=days)
-    pages = (
-        api.ec2_client(region)
-        .get_paginator("describe_spot_price_history")
-        .paginate(
-            InstanceTypes=[instance_type],
-            ProductDescriptions=[PRODUCT],
-            StartTime=start,
-            EndTime=now,
-        )
-    )
-    records = [rec for page in pages for rec in page["SpotPriceHistory"]]
-    return summarize(records, start=start, now=now)
+    return summarize(_history(region, instance_type, start, now), start=start, now=now)
 
 
 def summarize(
@@ -69,29 +71,32 @@ def _time_weighted_mean(
 ) -> float:
     """Mean price over [start, now], each price holding until the next change.
 
-    A plain mean would overweight bursts of short-lived changes. EC2 reports the
-    price in effect at `start` with its older timestamp, so spans are clipped to
-    the window. A window of zero length (a "current price" query) gives the
-    price in effect at that instant.
+    A plain mean would overweight bursts of short-lived changes. A window of
+    zero length (a "current price" query) gives the price in effect at that instant.
     """
-    total = weighted = 0.0
-    ends = [t for t, _ in samples[1:]] + [now]
-    for (t, price), end in zip(samples, ends, strict=True):
-        span = (min(end, now) - max(t, start)).total_seconds()
-        if span > 0:
-            total += span
-            weighted += span * price
-    return weighted / total if total > 0 else samples[-1][1]
+    hours = (now - max(start, samples[0][0])).total_seconds() / 3600
+    return price_integral(samples, start, now) / hours if hours > 0 else samples[-1][1]
+
+
+@api.api_errors
+def spot_price_series(
+    region: Region, instance_type: str, zone: str, start: dt.datetime, end: dt.datetime
+) -> list[tuple[dt.datetime, float]]:
+    """See the contract."""
+    records = _history(region, instance_type, start, end, AvailabilityZone=zone)
+    return sorted({(r["Timestamp"], float(r["SpotPrice"])) for r in records
+                   if r["AvailabilityZone"] == zone})
 
 
 # Approximate us-east-1 Linux on-demand list prices of the `.large` size (2 vCPUs),
 # per family. Within a c-family the price scales with vCPUs, so this small table
-# covers every size. It feeds estimates only (`up`'s hourly cost, `status`); the
-# Pricing API would need extra permissions and is served from us-east-1 alone.
+# covers every size. The fallback of `pricing` when the Pricing API cannot be
+# asked (no permission, the simulated region): other regions cost up to ~30% more.
 ON_DEMAND_LARGE_USD = {
     "c5": 0.085, "c5a": 0.077, "c5d": 0.096, "c5n": 0.108,
     "c6a": 0.0765, "c6g": 0.068, "c6gn": 0.0864, "c6i": 0.085, "c6id": 0.1008, "c6in": 0.1134,
-    "c7a": 0.10264, "c7g": 0.0725, "c7gn": 0.12480, "c7i": 0.08925, "c8g": 0.07976,
+    "c7a": 0.10264, "c7g": 0.0725, "c7gn": 0.12480, "c7i": 0.08925, "c7i-flex": 0.08479,
+    "c8g": 0.07976,
 }
 LARGE_VCPUS = 2
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Dynamic inventory of a provision cluster, for ansible-playbook -i.
 
-    PROVISION_CLUSTER=NAME ansible-playbook -i ansible/inventory.py ansible/site.yml
+    cd provision/ansible   # or the ansible/ folder of an installed provision
+    PROVISION_CLUSTER=NAME ansible-playbook -i inventory.py site.yml
 
 Answers ``--list`` (every group and host, with ``_meta.hostvars``) and ``--host
 HOST`` from the cluster's tags, through provision's own inventory code: imported
