@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from provision import sim as api
+from provision.sim import net
 from provision.sim.hosts import SimError
 
 T = TypeVar("T")
@@ -29,13 +30,22 @@ def sim() -> None:
     """The simulated region: EC2 (moto) and namespace hosts on this machine."""
 
 
+def _wan(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Bad input is exit 2 naming the option, before anything is touched."""
+    try:
+        net.check_wan(value, None) if param.name == "uplink" else net.check_wan(None, value)
+    except SimError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[1]) from e
+    return value
+
+
 @sim.command()
 @click.option("--instant/--aws-timing", default=None,
               help="Instant, consistent API (quick unit runs), or AWS's delays and eventual "
                    "consistency (the default for a new region).")
-@click.option("--uplink", metavar="RATE",
+@click.option("--uplink", metavar="RATE", callback=_wan,
               help="Shape laptop -> region to RATE (e.g. 20mbit); `off` removes it.")
-@click.option("--rtt", metavar="DELAY",
+@click.option("--rtt", metavar="DELAY", callback=_wan,
               help="Add DELAY of round trip on the laptop <-> region path (e.g. 40ms); `off`.")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the endpoint to answer.")

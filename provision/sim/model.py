@@ -160,6 +160,11 @@ def _install_patches() -> None:  # noqa: C901 - one place lists every patched ca
 
     @_patch(EC2Backend, "run_instances")
     def run_instances(orig: Callable[..., Any], self: Any, *a: Any, **kw: Any) -> Any:
+        # moto invents a group for an unknown id in NetworkInterfaces; AWS refuses.
+        for nic in kw.get("nics") or []:
+            for gid in nic.get("Groups") or []:
+                if self.get_security_group_from_id(gid) is None:
+                    raise ex.InvalidSecurityGroupNotFoundError(gid)
         reservation = orig(self, *a, **kw)
         current().launched(reservation.instances)
         return reservation
@@ -209,7 +214,10 @@ def _install_patches() -> None:  # noqa: C901 - one place lists every patched ca
             raise ex.InvalidSecurityGroupNotFoundError(group_id or name)
         for r in list(self.reservations.values()):
             for inst in r.instances:
-                if inst.state != "terminated" and any(g.id == group.id for g in inst.security_groups):
+                groups = [*inst.security_groups,
+                          *(g for nic in inst.nics.values() for g in nic.group_set)]
+                uses = any(g.id == group.id for g in groups)
+                if uses and inst.state != "terminated":
                     raise ex.DependencyViolationError(f"resource {group.id} has a dependent object")
         return orig(self, name=name, group_id=group_id)
 

@@ -106,6 +106,13 @@ def shape_wan(uplink: str | None, rtt: str | None, wan_file: Path) -> dict[str, 
         "rtt": cur.get("rtt", "") if rtt is None else ("" if rtt in OFF else rtt),
     }
     dev = hosts.PUBLIC_BRIDGE
+    if want["rtt"]:
+        # A kernel without netem refuses the kind and leaves the device as it was.
+        probe = run("tc", "qdisc", "replace", "dev", dev, "root", "netem", "delay", want["rtt"],
+                    check=False)
+        if "unknown" in probe.stderr:
+            raise SimError(f"--rtt {want['rtt']}: this kernel has no netem qdisc "
+                           "(CONFIG_NET_SCH_NETEM); --uplink (tbf) works without it")
     run("tc", "qdisc", "del", "dev", dev, "root", check=False)
     if want["uplink"]:
         # burst: a few full-size GSO frames; latency bounds the queue (bufferbloat
