@@ -100,6 +100,20 @@ def write_etc(d: Path, login: Login, ip: str, hostname: str) -> int:
     return uid
 
 
+def write_root_keys(d: Path, login: Login, authorized_keys: str) -> None:
+    """root's keys as cloud-init writes them (disable_root): a login only says who to be.
+
+    sshd refuses root before these are read; they make sure that, if it did not,
+    root still would not get a shell.
+    """
+    say = (f"echo 'Please login as the user \\\"{login.user}\\\" rather than the user "
+           "\\\"root\\\".';echo;sleep 10;exit 142")
+    opts = f'no-port-forwarding,no-agent-forwarding,no-X11-forwarding,command="{say}"'
+    keys = [f"{opts} {k}" for k in authorized_keys.splitlines() if k.strip()]
+    (d / "root_authorized_keys").write_text("\n".join(keys) + "\n")
+    os.chmod(d / "root_authorized_keys", 0o600)
+
+
 def write_whiteouts(d: Path) -> Path:
     """An overlay layer that deletes python3* from /usr/bin (char device 0:0 = whiteout)."""
     wh = d / "no-python"
@@ -168,6 +182,8 @@ def boot_script(d: Path, login: Login, hostname: str, tmpfs_size: str, uid: int)
         steps.append(f"mount -t overlay overlay -o lowerdir={INSIDE}/no-python:/usr/bin /usr/bin")
     home = f"/home/{login.user}"
     steps += [
+        f"install -d -m 700 /root/.ssh && install -m 600 {INSIDE}/root_authorized_keys"
+        " /root/.ssh/authorized_keys",
         f"install -d -m 755 -o {uid} -g {uid} {q(home)} && install -d -m 700 -o {uid} -g {uid}"
         f" {q(home)}/.ssh",
         f"install -m 600 -o {uid} -g {uid} {INSIDE}/authorized_keys {q(home)}/.ssh/authorized_keys",

@@ -145,6 +145,7 @@ def start_host(
     uid = 0
     if not login.is_root:
         uid = hostfs.write_etc(d, login, ip, hostname)
+        hostfs.write_root_keys(d, login, authorized_keys)
         if not login.python:
             hostfs.write_whiteouts(d)
     (d / "sshd_config").write_text(hostfs.sshd_config(d, ip, login))

@@ -5,13 +5,13 @@ Name, Description and owner (nothing sim-only). The host booted from an image
 has that family's default user, passwordless sudo, no root login, and the
 image's Python:
 
-| family | SSM parameters (amd64 and arm64)                                | user     | python3 |
-| ubuntu | /aws/service/canonical/ubuntu/server/24.04/stable/current/...  | ubuntu   | 3.11 *  |
-| al2023 | /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-...     | ec2-user | none ** |
-| debian | /aws/service/debian/release/{12,bookworm}/latest/...           | admin    | 3.11    |
+| family | SSM parameters (amd64 and arm64)                                | user     | python3  |
+| ubuntu | /aws/service/canonical/ubuntu/server/24.04/stable/current/...  | ubuntu   | 3.11 (1) |
+| al2023 | /aws/service/ami-amazon-linux-latest/al2023-ami-kernel-...     | ec2-user | none (2) |
+| debian | /aws/service/debian/release/{12,bookworm}/latest/...           | admin    | 3.11     |
 
-\\* Debian's /usr/bin/python3 (3.11) stands in for Ubuntu 24.04's 3.12: this
-machine has no other interpreter offline. \\*\\* AL2023's python3 is 3.9, which a
+(1) Debian's /usr/bin/python3 (3.11) stands in for Ubuntu 24.04's 3.12: this
+machine has no other interpreter offline. (2) AL2023's python3 is 3.9, which a
 3.11 client cannot use either; the sim models "not usable" as "absent".
 
 The API forbids writing under /aws ("reserved parameter name") and creating an
