@@ -10,6 +10,7 @@ the cloud's tags are the record. `down` walks it all back.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,33 @@ def _context(name: str, config: ClusterConfig | None, reporter: Reporter | None)
     return context_for(config if config is not None else name, reporter=reporter)
 
 
+# How long after launch an instance may still be missing from the cloud's tag queries
+# (eventual consistency: seconds): `down` looks such ids up by id too.
+RECENT_LAUNCH_S = 900
+
+
+def _record_launch(name: str, ids: list[str]) -> None:
+    """Note launched ids with the time, before anything else can fail."""
+    now = time.time()
+    launched = {
+        i: t for i, t in state.load(name).get("launched", {}).items() if now - t < RECENT_LAUNCH_S
+    }
+    launched.update(dict.fromkeys(ids, now))
+    state.update(name, launched=launched)
+
+
+def _recent_launches(name: str) -> list[str]:
+    now = time.time()
+    return sorted(
+        i for i, t in state.load(name).get("launched", {}).items() if now - t < RECENT_LAUNCH_S
+    )
+
+
 def _launch(ctx: Context, role: str, count: int, sg: str) -> list[str]:
     """Launch `count` nodes of `role`: spot workers when there is a bid, and a spot
     master only when asked for. No zone unless configured: the cloud tries every
-    zone offering the type, cheapest spot price first."""
+    zone offering the type, cheapest spot price first. The master always has a
+    public address (the way in); workers as `public_ip` says."""
     cfg = ctx.config
     spot = cfg.spot_bid is not None and (role == WORKER or cfg.spot_master)
     req = LaunchRequest(
@@ -71,9 +95,18 @@ def _launch(ctx: Context, role: str, count: int, sg: str) -> list[str]:
         max_price=cfg.spot_bid,
         volume_size=cfg.volume_size,
         zone=cfg.zone,
-        subnet_id=ctx.region.subnet_id,
+        public_ip=role == MASTER or cfg.public_ip,
     )
-    return cloud.launch(ctx.region, req)
+    return cloud.launch(ctx.region, req, on_launched=lambda ids: _record_launch(ctx.name, ids))
+
+
+def _with_new(ctx: Context, new_ids: list[str]) -> ClusterInfo:
+    """The cluster from its tags plus the instances just launched, described by id: a
+    tag query may not show an instance launched seconds ago."""
+    info = cloud.describe_cluster(ctx.region, ctx.name)
+    if new_ids:
+        info.merge(cloud.describe_instances(ctx.region, new_ids))
+    return info
 
 
 def reconcile(ctx: Context, sg: str, workers_wanted: int) -> ClusterInfo:
@@ -81,18 +114,19 @@ def reconcile(ctx: Context, sg: str, workers_wanted: int) -> ClusterInfo:
     info = cloud.describe_cluster(ctx.region, ctx.name)
     if any(not i.name for i in info.alive):  # an earlier launch failed before naming them
         cloud.name_unnamed(ctx.region, ctx.name)
+    new: list[str] = []
     if info.master is None:
         stage(ctx, MASTER, "launching", Step.LAUNCHING)
-        _launch(ctx, MASTER, 1, sg)
+        new += _launch(ctx, MASTER, 1, sg)
     shortfall = workers_wanted - len(info.workers)
     if shortfall > 0:
-        _launch(ctx, WORKER, shortfall, sg)
+        new += _launch(ctx, WORKER, shortfall, sg)
     elif shortfall < 0:
         ctx.reporter.warn(
             f"{len(info.workers)} workers run but {workers_wanted} were asked for: "
             "use `provision removenode` to shrink"
         )
-    return cloud.describe_cluster(ctx.region, ctx.name)
+    return _with_new(ctx, new)
 
 
 def ensure_instances(ctx: Context) -> ClusterInfo:
@@ -125,9 +159,9 @@ def _add_workers(ctx: Context, strategy: Strategy, count: int, sg: str | None) -
     """Launch `count` workers and configure them; the labels of those that failed
     (already terminated)."""
     sg = sg or cloud.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
-    new_ids = set(_launch(ctx, WORKER, count, sg))
-    fresh = cloud.describe_cluster(ctx.region, ctx.name)
-    new = [i for i in fresh.alive if i.instance_id in new_ids]
+    new_ids = _launch(ctx, WORKER, count, sg)
+    fresh = _with_new(ctx, new_ids)
+    new = [i for i in fresh.alive if i.instance_id in set(new_ids)]
     return _fail_nodes(ctx, fresh, strategy.configure(ctx, new))
 
 
@@ -268,7 +302,7 @@ def removenode(
             f"NODE: {node} is the master; use `provision down {name}` to remove the cluster"
         )
     try:
-        engines.stop_engines(ctx.endpoint(inst), ctx.config.remote_root)
+        engines.stop_engines(ctx.endpoint(inst, info.master), ctx.config.remote_root)
     except (ProvisionError, *remote.TRANSIENT_ERRORS) as err:  # the node is going anyway
         ctx.reporter.warn(f"could not stop engines on {node} cleanly: {err}")
     cloud.terminate_instances(
@@ -289,7 +323,8 @@ def restart_engines(
 
     def restart(inst: InstanceInfo) -> int:
         n = ctx.engines_on(inst)
-        return engines.restart_engines(ctx.endpoint(inst), ctx.config.remote_root, n, engine_file)
+        ep = ctx.endpoint(inst, info.master)
+        return engines.restart_engines(ep, ctx.config.remote_root, n, engine_file)
 
     running = [i for i in info.nodes if ctx.engines_on(i)]
     group = fanout.fan_out(restart, running, key=lambda i: i.label, limit=fanout.MAX_PARALLEL_HOSTS)
@@ -308,7 +343,9 @@ def down(
             region = resolve_region(config)
         except ProvisionError as err:  # e.g. the simulated region is stopped
             raise ProvisionError(f"cannot reach region {config.region!r}: {err}") from err
-    removed = cloud.terminate_cluster(region, name, on_step=reporter.note)
+    removed = cloud.terminate_cluster(
+        region, name, instance_ids=_recent_launches(name), on_step=reporter.note
+    )
     left = cloud.leftovers(region, name)
     if any(left.values()):
         raise ProvisionError(f"resources of {name} still exist after down: {left}")

@@ -66,11 +66,15 @@ clusters:
 # spot workers in a fresh region. test_the_cloud_phase_makes_exactly_these_ec2_calls
 # keeps it honest: when `up` changes, update this list.
 SEQUENCE = (
-    # prepare: validate before creating anything
+    # prepare: validate before creating anything (type, image and its user, network)
     "DescribeInstanceTypes",
     "DescribeImages",
-    # ensure_security_group
+    "DescribeImages",
     "DescribeVpcs",
+    "DescribeSubnets",
+    # ensure_security_group: in the network's VPC
+    "DescribeVpcs",
+    "DescribeSubnets",
     "DescribeSecurityGroups",
     "CreateSecurityGroup",
     "AuthorizeSecurityGroupIngress",
@@ -84,23 +88,26 @@ SEQUENCE = (
     # launch the master (on-demand)
     "DescribeInstances",
     "DescribeImages",
-    "DescribeInstanceTypeOfferings",
+    "DescribeVpcs",
     "DescribeSubnets",
+    "DescribeInstanceTypeOfferings",
     "RunInstances",
     "CreateTags",
     # launch the workers (spot)
     "DescribeInstances",
     "DescribeSpotPriceHistory",
     "DescribeImages",
-    "DescribeInstanceTypeOfferings",
+    "DescribeVpcs",
     "DescribeSubnets",
+    "DescribeInstanceTypeOfferings",
     "RunInstances",
     "CreateTags",
     "CreateTags",
-    # reconcile: describe_cluster again
+    # reconcile: describe_cluster again, and the new nodes by id
     "DescribeInstances",
     "DescribeSecurityGroups",
     "DescribeKeyPairs",
+    "DescribeInstances",
 )
 
 # Error code, HTTP status (as EC2 sends them), and whether `up` must survive it.
