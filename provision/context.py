@@ -139,9 +139,9 @@ def prepare(
     region = resolve_region(config)  # SimError: BadInput, nothing created
     try:
         type_info = cloud.describe_instance_type(region, config.instance_type)
+        cloud.resolve_network(region, config.zone)  # e.g. no default VPC: say what to set
         image_id = cloud.resolve_image(region, config.image_id, type_info.arch)
         image = cloud.describe_image(region, image_id)
-        cloud.resolve_network(region, config.zone)  # e.g. no default VPC: say what to set
     except CloudAPIError as err:
         raise ProvisionError(f"{config.region}: {err}") from err
     except cloud.CloudError as err:  # the region cannot do what the config asks

@@ -25,6 +25,11 @@ REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 VPC_RE = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a POSIX login name
+SHAPES = {  # field -> (pattern, what the value must look like)
+    "subnet_id": (SUBNET_RE, "a subnet id like subnet-0123456789abcdef0"),
+    "vpc_id": (VPC_RE, "a VPC id like vpc-0123456789abcdef0"),
+    "user": (USER_RE, "a login name like ubuntu or ec2-user"),
+}
 MAX_SPOT_BID_USD = 100  # per node-hour: anything above is a typo, not a bid
 SIM_REGION = "sim"  # the region name that means "the simulated region on this machine"
 DEFAULT_KEY_PATH = Path("~/.ssh/provision_ed25519")
@@ -95,25 +100,12 @@ class ClusterConfig(pydantic.BaseModel):
             raise ValueError(f"must be a zone of region {region} (got {v!r})")
         return v
 
-    @field_validator("subnet_id")
+    @field_validator("subnet_id", "vpc_id", "user")
     @classmethod
-    def _subnet_id(cls, v: str | None) -> str | None:
-        if v is not None and not SUBNET_RE.match(v):
-            raise ValueError(f"must be a subnet id like subnet-0123456789abcdef0 (got {v!r})")
-        return v
-
-    @field_validator("vpc_id")
-    @classmethod
-    def _vpc_id(cls, v: str | None) -> str | None:
-        if v is not None and not VPC_RE.match(v):
-            raise ValueError(f"must be a VPC id like vpc-0123456789abcdef0 (got {v!r})")
-        return v
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str | None) -> str | None:
-        if v is not None and not USER_RE.match(v):
-            raise ValueError(f"must be a login name like ubuntu or ec2-user (got {v!r})")
+    def _shaped(cls, v: str | None, info: pydantic.ValidationInfo) -> str | None:
+        regex, example = SHAPES[info.field_name or ""]
+        if v is not None and not regex.match(v):
+            raise ValueError(f"must be {example} (got {v!r})")
         return v
 
     @field_validator("instance_type")

@@ -4,6 +4,7 @@ seconds (moto's server, the bridge), while each test only launches instances."""
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import uuid
@@ -99,10 +100,13 @@ def offline_aws_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
 
 
 @contextlib.contextmanager
-def sim_cluster_env(root: Path, name: str, cluster_size: int) -> Iterator[dict[str, Path]]:
+def sim_cluster_env(
+    root: Path, name: str, cluster_size: int, **settings: object
+) -> Iterator[dict[str, Path]]:
     """A module's cluster on the simulated region: a private state dir
-    (``PROVISION_STATE_DIR``), a key and a cluster file under `root`; after the
-    module, the cluster is brought down (if still up) and the variable restored."""
+    (``PROVISION_STATE_DIR``), a key and a cluster file under `root` (plus any
+    `settings`, e.g. ``public_ip=False``); after the module, the cluster is
+    brought down (if still up) and the variable restored."""
     from provision import lifecycle
 
     with pytest.MonkeyPatch.context() as mp:
@@ -115,6 +119,7 @@ def sim_cluster_env(root: Path, name: str, cluster_size: int) -> Iterator[dict[s
             f"default: sim\nclusters:\n  sim:\n    region: sim\n    name: {name}\n"
             f"    key_path: {root}/key\n    cluster_size: {cluster_size}\n    spot_bid: 0.10\n"
             "    engines_per_node: 1\n    ssh_timeout: 120\n"
+            + "".join(f"    {k}: {json.dumps(v)}\n" for k, v in settings.items())
         )
         try:
             yield {"root": root, "config": cfg}
