@@ -268,7 +268,9 @@ NAME = "ansible-e2e"
 
 @pytest.fixture(scope="module")
 def sim_env(sim_region, tmp_path_factory):
-    with sim_cluster_env(tmp_path_factory.mktemp("ansible-e2e"), NAME, 2) as env:
+    # The worker has no public address: Ansible reaches it through the master
+    # (a ProxyCommand in its ansible_ssh_common_args), as the image's user with sudo.
+    with sim_cluster_env(tmp_path_factory.mktemp("ansible-e2e"), NAME, 2, public_ip=False) as env:
         yield env
 
 

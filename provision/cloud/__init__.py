@@ -139,7 +139,8 @@ def caller_cidr(region: Region) -> str:
 
 @_route
 def ensure_security_group(region: Region, cluster: str, *, ssh_cidr: str) -> str:
-    """Create or repair the cluster's network access rules; returns their id.
+    """Create or repair the cluster's network access rules, in the VPC of
+    `resolve_network(region)`; returns their id.
 
     Inbound is exactly SSH from `ssh_cidr` plus everything between members
     (engines and controller use dynamic ports); any other inbound rule is
