@@ -66,12 +66,12 @@ clusters:
 # spot workers in a fresh region. test_the_cloud_phase_makes_exactly_these_ec2_calls
 # keeps it honest: when `up` changes, update this list.
 SEQUENCE = (
-    # prepare: validate before creating anything (type, image and its user, network)
+    # prepare: validate before creating anything (type, network, image and its user)
     "DescribeInstanceTypes",
-    "DescribeImages",
-    "DescribeImages",
     "DescribeVpcs",
     "DescribeSubnets",
+    "DescribeImages",
+    "DescribeImages",
     # ensure_security_group: in the network's VPC
     "DescribeVpcs",
     "DescribeSubnets",
