@@ -53,8 +53,16 @@ def hosts_up(config: Any) -> tuple[Any, list[Any]]:
         ctx.region, [i.instance_id for i in info.nodes], timeout=config.launch_timeout
     )
     nodes = cloud.describe_cluster(ctx.region, ctx.name).nodes
-    group = fanout.on_hosts(lambda ep: remote.wait_for_ssh(ep, timeout=config.ssh_timeout),
-                            [ctx.endpoint(n) for n in nodes])
+    # remote_root as `up`'s setup leaves it: made with the image user's sudo (/srv is
+    # root's), owned by that user.
+    root = config.remote_root
+    own = f'sudo -n install -d -o "$(id -u)" -g "$(id -g)" {root}'
+
+    def ready(ep: Any) -> None:
+        remote.wait_for_ssh(ep, timeout=config.ssh_timeout)
+        remote.run(ep, own)
+
+    group = fanout.on_hosts(ready, [ctx.endpoint(n) for n in nodes])
     group.raise_for_failures()
     return ctx, nodes
 

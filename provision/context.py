@@ -10,6 +10,7 @@ record or a config. Building a context creates nothing in the cloud; with
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -24,13 +25,17 @@ from provision.schema import SIM_REGION, ClusterConfig
 
 
 def resolve_region(config: ClusterConfig) -> Region:
-    """The region a config names: the one switch between a provider's region and the
-    simulated one (`SimError` when that is not running)."""
+    """The region a config names, with the network it sets (`subnet_id`, `vpc_id`):
+    the one switch between a provider's region and the simulated one (`SimError`
+    when that is not running)."""
     if config.region == SIM_REGION:
         from provision import sim  # only when asked for: it pulls in the region's machinery
 
-        return sim.region()
-    return cloud.named_region(config.region, config.provider)
+        region = sim.region()
+    else:
+        region = cloud.named_region(config.region, config.provider)
+    network = {k: v for k, v in (("subnet_id", config.subnet_id), ("vpc_id", config.vpc_id)) if v}
+    return dataclasses.replace(region, **network) if network else region
 
 
 @dataclass
@@ -73,16 +78,41 @@ class Context:
             return 0
         return self.engines_per_node
 
-    def endpoint(self, inst: InstanceInfo) -> remote.Endpoint:
-        address = inst.ssh_address(self.region.use_private_ip)
-        if not address:
-            raise ProvisionError(f"{inst.instance_id} has no address to SSH to")
+    def endpoint(self, inst: InstanceInfo, master: InstanceInfo | None = None) -> remote.Endpoint:
+        """How this machine reaches `inst` over SSH, as the image's user.
+
+        At its public address; a worker with only a private address through the
+        master (ProxyJump), never by trying a private address this machine has
+        no route to. `master` (the cluster's, running) saves a lookup.
+        """
+        if inst.public_ip:
+            return self._endpoint(inst.label, inst.public_ip)
+        if inst.role == MASTER:
+            raise ProvisionError(
+                f"master {inst.instance_id} ({inst.state}) has no public address: this machine "
+                "reaches the cluster through it"
+            )
+        if not inst.private_ip:
+            raise ProvisionError(f"{inst.label} ({inst.instance_id}) has no address yet")
+        if master is None:
+            master = cloud.describe_cluster(self.region, self.name).master
+        if master is None or not master.public_ip:
+            raise ProvisionError(
+                f"{inst.label} has only a private address ({inst.private_ip}) and no running "
+                "master with a public one to reach it through"
+            )
+        return self._endpoint(inst.label, inst.private_ip, via=self.endpoint(master))
+
+    def _endpoint(
+        self, name: str, host: str, via: remote.Endpoint | None = None
+    ) -> remote.Endpoint:
         return remote.Endpoint(
-            name=inst.label,
-            host=address,
+            name=name,
+            host=host,
             user=self.user,
             key_path=Path(self.config.key_path).expanduser(),
             known_hosts=state.cluster_dir(self.name) / "known_hosts",
+            via=via,
         )
 
     def env_spec(self) -> setup.EnvSpec:
@@ -132,17 +162,25 @@ def prepare(
     region = resolve_region(config)  # SimError: BadInput, nothing created
     try:
         type_info = cloud.describe_instance_type(region, config.instance_type)
+        cloud.resolve_network(region, config.zone)  # e.g. no default VPC: say what to set
         image_id = cloud.resolve_image(region, config.image_id, type_info.arch)
+        image = cloud.describe_image(region, image_id)
     except CloudAPIError as err:
         raise ProvisionError(f"{config.region}: {err}") from err
     except cloud.CloudError as err:  # the region cannot do what the config asks
         raise BadInput(f"{config.region}: {err}") from err
+    user = config.user or image.user
+    if user is None:
+        raise BadInput(
+            f"user: image {image_id} ({image.name or 'no name'}) is of no family provision "
+            "knows the login user of: set user in the cluster file (e.g. ubuntu, ec2-user)"
+        )
     return Context(
         config=config,
         region=region,
         type_info=type_info,
         image_id=image_id,
-        user=config.user or region.default_user,
+        user=user,
         public_key=ensure_key(config) if need_key else "",
         reporter=reporter or Reporter(),
     )

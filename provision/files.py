@@ -22,7 +22,7 @@ def node_endpoint(config: ClusterConfig, node: str | None = None) -> remote.Endp
             f"NODE: no node {node!r} in cluster {ctx.name!r}" if node
             else f"cluster {ctx.name!r} has no master"
         )
-    return ctx.endpoint(inst)
+    return ctx.endpoint(inst, info.master)
 
 
 def put(
@@ -32,7 +32,7 @@ def put(
     ctx = context_for(config)
     info = cloud.describe_cluster(ctx.region, ctx.name)
     nodes = [info.find(node)] if node else info.nodes
-    targets = [ctx.endpoint(i) for i in nodes if i is not None]
+    targets = [ctx.endpoint(i, info.master) for i in nodes if i is not None]
     if len(targets) != len(nodes):
         raise BadInput(f"--node: no node {node!r} in cluster {ctx.name!r}")
     return fanout.on_hosts(lambda ep: remote.put(ep, local, remote_path), targets)

@@ -8,7 +8,11 @@ result is Ansible's dynamic inventory JSON (the ``--list`` format, with
 ``_meta.hostvars``); `render` turns it into the YAML or INI a team can keep.
 
 Groups: ``master`` (one host) and ``workers``. Hosts are named by node name
-(``master``, ``node001``) and reached at their SSH address (``ansible_host``).
+(``master``, ``node001``) and reached at their SSH address (``ansible_host``):
+the public one, or for a node without one its private address through the
+master (a ProxyCommand in that host's ``ansible_ssh_common_args``), as the
+image's user (``ansible_user``, with sudo: the playbook becomes root only where
+it must).
 Every host carries the whole picture in its own vars, so ``--host`` alone is
 enough; the environment and connection settings shared by all nodes are also in
 ``all.vars`` for the roles.
@@ -27,8 +31,8 @@ import yaml
 from provision import cloud, state
 from provision.cloud.common import MASTER, ClusterInfo
 from provision.context import Context, context_for
-from provision.errors import BadInput
-from provision.nodes import engines, setup
+from provision.errors import BadInput, ProvisionError
+from provision.nodes import engines, remote, setup, transfer
 from provision.nodes import wheelhouse as wheelhouses
 from provision.schema import ClusterConfig
 
@@ -37,12 +41,19 @@ FORMATS = ("yaml", "ini", "json")
 YAML_WIDTH = 1000  # no folded lines: a long ssh option stays one line
 
 
-def ssh_common_args(known_hosts: Path) -> str:
-    """OpenSSH options: the cluster's own known_hosts (as Fabric uses), key auth only."""
-    return (
+def ssh_common_args(known_hosts: Path, via: remote.Endpoint | None = None) -> str:
+    """OpenSSH options: the cluster's own known_hosts (as Fabric uses), key auth only;
+    for a node without a public address, a ProxyCommand through `via` (the master)."""
+    args = (
         f"-o UserKnownHostsFile={shlex.quote(str(known_hosts))} "
         "-o StrictHostKeyChecking=accept-new -o IdentitiesOnly=yes -o PasswordAuthentication=no"
     )
+    if via is None:
+        return args
+    proxy = transfer.proxy_command(via, accept_new=True)
+    if proxy is None:
+        raise ProvisionError("ssh: no OpenSSH client on PATH, which Ansible needs")
+    return f"{args} -o {shlex.quote('ProxyCommand=' + proxy)}"
 
 
 def build(
@@ -105,13 +116,14 @@ def build(
     hostvars: dict[str, dict[str, Any]] = {}
     for inst in info.nodes:
         name = inst.label
-        address = inst.ssh_address(ctx.region.use_private_ip)
-        if not address or (only is not None and name not in only):
-            continue
+        reachable = inst.public_ip or (inst.private_ip and master and master.public_ip)
+        if not reachable or (only is not None and name not in only):
+            continue  # no address yet, or no way in
+        ep = ctx.endpoint(inst, master)
         groups["master" if inst.role == MASTER else "workers"].append(name)
         hostvars[name] = {
-            "ansible_host": address,
-            "private_ip": inst.private_ip or address,
+            "ansible_host": ep.host,
+            "private_ip": inst.private_ip or ep.host,
             "public_ip": inst.public_ip or "",
             "instance_id": inst.instance_id,
             "instance_type": inst.instance_type,
@@ -122,6 +134,10 @@ def build(
             "engines": ctx.engines_on(inst),
             **{k: shared[k] for k in HOST_SETTINGS},
         }
+        if ep.via is not None:  # a private node: through the master
+            hostvars[name]["ansible_ssh_common_args"] = ssh_common_args(
+                cdir / "known_hosts", ep.via
+            )
     doc: dict[str, Any] = {
         "all": {"children": list(GROUPS), "vars": shared},
         **{g: {"hosts": hosts} for g, hosts in groups.items()},

@@ -66,8 +66,9 @@ def _launch(ctx: Context, role: str, count: int, sg: str, zone: str | None = Non
     """Launch `count` nodes of `role`: spot workers when there is a bid, and a spot
     master only when asked for. In the configured zone, else `zone` first (the
     master's), then every zone offering the type, cheapest spot price first
-    (capacity runs out per zone). The ids join `ctx.launched`: what a failed `up`
-    terminates."""
+    (capacity runs out per zone). The master always has a public address (the way
+    in); workers as `public_ip` says. The ids join `ctx.launched`: what a failed
+    `up` terminates."""
     cfg = ctx.config
     spot = cfg.spot_bid is not None and (role == WORKER or cfg.spot_master)
     req = LaunchRequest(
@@ -84,8 +85,9 @@ def _launch(ctx: Context, role: str, count: int, sg: str, zone: str | None = Non
         zone=cfg.zone,
         prefer_zone=zone,
         subnet_id=ctx.region.subnet_id,
+        public_ip=role == MASTER or cfg.public_ip,
     )
-    ids = cloud.launch(ctx.region, req)
+    ids = cloud.launch(ctx.region, req, on_launched=lambda ids: state.record_launch(ctx.name, ids))
     ctx.launched.extend(ids)
     return ids
 
@@ -99,26 +101,36 @@ def _worker_zone(ctx: Context, info: ClusterInfo) -> str | None:
     return master.zone or None
 
 
+def _with_new(ctx: Context, new_ids: list[str]) -> ClusterInfo:
+    """The cluster from its tags plus the instances just launched, described by id: a
+    tag query may not show an instance launched seconds ago."""
+    info = cloud.describe_cluster(ctx.region, ctx.name)
+    if new_ids:
+        info.merge(cloud.describe_instances(ctx.region, new_ids))
+    return info
+
+
 def reconcile(ctx: Context, sg: str, workers_wanted: int) -> ClusterInfo:
     """Launch only what the tags say is missing: one master, `workers_wanted` workers."""
     info = cloud.describe_cluster(ctx.region, ctx.name)
     if any(not i.name for i in info.alive):  # an earlier launch failed before naming them
         cloud.name_unnamed(ctx.region, ctx.name)
+    new: list[str] = []
     shortfall = workers_wanted - len(info.workers)
     if info.master is None:
         stage(ctx, MASTER, "launching", Step.LAUNCHING)
-        _launch(ctx, MASTER, 1, sg)
+        new += _launch(ctx, MASTER, 1, sg)
         cfg = ctx.config
         if shortfall > 0 and cfg.worker_zone == "master" and not (cfg.zone or ctx.region.subnet_id):
-            info = cloud.describe_cluster(ctx.region, ctx.name)  # where the master went
+            info = _with_new(ctx, new)  # where the master went
     if shortfall > 0:
-        _launch(ctx, WORKER, shortfall, sg, _worker_zone(ctx, info))
+        new += _launch(ctx, WORKER, shortfall, sg, _worker_zone(ctx, info))
     elif shortfall < 0:
         ctx.reporter.warn(
             f"{len(info.workers)} workers run but {workers_wanted} were asked for: "
             "use `provision removenode` to shrink"
         )
-    return cloud.describe_cluster(ctx.region, ctx.name)
+    return _with_new(ctx, new)
 
 
 def ensure_instances(ctx: Context) -> ClusterInfo:
@@ -138,9 +150,9 @@ def _add_workers(
     of those that failed (already terminated). Without `sg` the SSH rule is checked
     first: the caller may be on another network than when the cluster came up."""
     sg = sg or cloud.ensure_security_group(ctx.region, ctx.name, ssh_cidr=ctx.ssh_cidr)
-    new_ids = set(_launch(ctx, WORKER, count, sg, _worker_zone(ctx, info)))
-    fresh = cloud.describe_cluster(ctx.region, ctx.name)
-    new = [i for i in fresh.alive if i.instance_id in new_ids]
+    new_ids = _launch(ctx, WORKER, count, sg, _worker_zone(ctx, info))
+    fresh = _with_new(ctx, new_ids)
+    new = [i for i in fresh.alive if i.instance_id in set(new_ids)]
     return rollback.fail_workers(ctx, fresh, strategy.configure(ctx, new), keep_failed)
 
 
@@ -293,7 +305,7 @@ def removenode(
             f"NODE: {node} is the master; use `provision down {name}` to remove the cluster"
         )
     try:
-        engines.stop_engines(ctx.endpoint(inst), ctx.config.remote_root)
+        engines.stop_engines(ctx.endpoint(inst, info.master), ctx.config.remote_root)
     except (ProvisionError, *remote.TRANSIENT_ERRORS) as err:  # the node is going anyway
         ctx.reporter.warn(f"could not stop engines on {node} cleanly: {err}")
     cloud.terminate_instances(
@@ -314,7 +326,8 @@ def restart_engines(
 
     def restart(inst: InstanceInfo) -> int:
         n = ctx.engines_on(inst)
-        return engines.restart_engines(ctx.endpoint(inst), ctx.config.remote_root, n, engine_file)
+        ep = ctx.endpoint(inst, info.master)
+        return engines.restart_engines(ep, ctx.config.remote_root, n, engine_file)
 
     running = [i for i in info.nodes if ctx.engines_on(i)]
     group = fanout.fan_out(restart, running, key=lambda i: i.label, limit=fanout.MAX_PARALLEL_HOSTS)
@@ -333,7 +346,9 @@ def down(
             region = resolve_region(config)
         except ProvisionError as err:  # e.g. the simulated region is stopped
             raise ProvisionError(f"cannot reach region {config.region!r}: {err}") from err
-    removed = cloud.terminate_cluster(region, name, on_step=reporter.note)
+    removed = cloud.terminate_cluster(
+        region, name, instance_ids=state.recent_launches(name), on_step=reporter.note
+    )
     left = cloud.leftovers(region, name)
     if any(left.values()):
         raise ProvisionError(f"resources of {name} still exist after down: {left}")

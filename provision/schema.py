@@ -23,6 +23,14 @@ from provision.cloud import PROVIDERS
 INSTANCE_TYPE_RE = re.compile(r"^c\d+[a-z]*(-flex)?\.[0-9a-z]+$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+VPC_RE = re.compile(r"^vpc-[0-9a-f]{8,17}$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a POSIX login name
+SHAPES = {  # field -> (pattern, what the value must look like)
+    "subnet_id": (SUBNET_RE, "a subnet id like subnet-0123456789abcdef0"),
+    "vpc_id": (VPC_RE, "a VPC id like vpc-0123456789abcdef0"),
+    "user": (USER_RE, "a login name like ubuntu or ec2-user"),
+}
 MAX_SPOT_BID_USD = 100  # per node-hour: anything above is a typo, not a bid
 SIM_REGION = "sim"  # the region name that means "the simulated region on this machine"
 DEFAULT_KEY_PATH = Path("~/.ssh/provision_ed25519")
@@ -45,9 +53,12 @@ class ClusterConfig(pydantic.BaseModel):
     # Where workers go: "master" = the master's zone (no cross-zone traffic, which
     # AWS bills both ways), "cheapest" = any zone, cheapest spot price first.
     worker_zone: Literal["master", "cheapest"] = "master"
+    subnet_id: str | None = None  # launch here (pins VPC and zone); None = vpc_id or default VPC
+    vpc_id: str | None = None  # its subnets (one per zone); None = the default VPC
+    public_ip: bool = True  # workers get a public IPv4; false: reached through the master
     instance_type: str = "c5.large"  # compute-optimised (c-family) only
     image_id: str | None = None  # None = latest Ubuntu LTS via public SSM parameter
-    user: str | None = None  # SSH user; None = the image's default
+    user: str | None = None  # SSH user; None = the image's default (ubuntu, ec2-user, ...)
     cluster_size: int = Field(2, ge=1, le=100)  # total nodes including the master
     spot_bid: float | None = None  # USD/hour max price; None = on-demand
     spot_master: bool = False  # default: on-demand master (survives), spot workers
@@ -95,6 +106,14 @@ class ClusterConfig(pydantic.BaseModel):
         region = info.data.get("region")
         if v is not None and region not in (None, SIM_REGION) and not v.startswith(region):
             raise ValueError(f"must be a zone of region {region} (got {v!r})")
+        return v
+
+    @field_validator("subnet_id", "vpc_id", "user")
+    @classmethod
+    def _shaped(cls, v: str | None, info: pydantic.ValidationInfo) -> str | None:
+        regex, example = SHAPES[info.field_name or ""]
+        if v is not None and not regex.match(v):
+            raise ValueError(f"must be {example} (got {v!r})")
         return v
 
     @field_validator("instance_type")

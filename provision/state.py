@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,26 @@ def known_clusters() -> list[str]:
 
 def forget(name: str) -> None:
     shutil.rmtree(cluster_dir(name, create=False), ignore_errors=True)
+
+
+# How long after launch an instance may still be missing from the cloud's tag queries
+# (eventual consistency: seconds): `down` looks such ids up by id too.
+RECENT_LAUNCH_S = 900
+
+
+def record_launch(name: str, ids: list[str]) -> None:
+    """Note launched ids with the time, before anything else can fail."""
+    now = time.time()
+    launched = {
+        i: t for i, t in load(name).get("launched", {}).items() if now - t < RECENT_LAUNCH_S
+    }
+    launched.update(dict.fromkeys(ids, now))
+    update(name, launched=launched)
+
+
+def recent_launches(name: str) -> list[str]:
+    """Ids launched less than RECENT_LAUNCH_S ago: `down` looks them up by id."""
+    now = time.time()
+    return sorted(
+        i for i, t in load(name).get("launched", {}).items() if now - t < RECENT_LAUNCH_S
+    )

@@ -91,7 +91,10 @@ def sim_region() -> Iterator[Region]:
         hosts.check_requirements()
     except hosts.SimError as e:
         pytest.skip(f"simulated region unavailable: {e}")
-    sim.up(boot_delay=0.2)
+    st = sim.status()
+    if st is not None and st.alive and st.timings.is_instant:
+        sim.down()  # the suite runs on AWS's timing and consistency
+    sim.up(instant=False)
     yield sim.region()
     sim.down()  # tolerates a region a run_last test already stopped
 
@@ -166,10 +169,13 @@ def offline_aws_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
 
 
 @contextlib.contextmanager
-def sim_cluster_env(root: Path, name: str, cluster_size: int) -> Iterator[dict[str, Path]]:
+def sim_cluster_env(
+    root: Path, name: str, cluster_size: int, **settings: object
+) -> Iterator[dict[str, Path]]:
     """A module's cluster on the simulated region: a private state dir
-    (``PROVISION_STATE_DIR``), a key and a cluster file under `root`; after the
-    module, the cluster is brought down (if still up) and the variable restored."""
+    (``PROVISION_STATE_DIR``), a key and a cluster file under `root` (plus any
+    `settings`, e.g. ``public_ip=False``); after the module, the cluster is
+    brought down (if still up) and the variable restored."""
     from provision import lifecycle
 
     with pytest.MonkeyPatch.context() as mp:
@@ -182,6 +188,7 @@ def sim_cluster_env(root: Path, name: str, cluster_size: int) -> Iterator[dict[s
             f"default: sim\nclusters:\n  sim:\n    region: sim\n    name: {name}\n"
             f"    key_path: {root}/key\n    cluster_size: {cluster_size}\n    spot_bid: 0.10\n"
             "    engines_per_node: 1\n    ssh_timeout: 120\n"
+            + "".join(f"    {k}: {json.dumps(v)}\n" for k, v in settings.items())
         )
         try:
             yield {"root": root, "config": cfg}

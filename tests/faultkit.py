@@ -46,7 +46,7 @@ from provision import configure, lifecycle, state
 from provision.cloud.aws import api, network
 from provision.cloud.common import CLUSTER_TAG, MASTER, ROLE_TAG, WORKER, Region
 from provision.config import load_config
-from provision.configure.base import failed, reach
+from provision.configure.base import Gateway, failed, reach
 from provision.errors import ProvisionError
 from provision.nodes import remote
 
@@ -111,7 +111,7 @@ class Faults:
 
     def reset(self) -> None:
         self.calls: list[str] = []
-        self.zones: list[str | None] = []  # RunInstances' Placement.AvailabilityZone, in order
+        self.zones: list[str | None] = []  # where each RunInstances went: zone or subnet, in order
         self.fail_at: int | None = None
         self.kind = "generic"
         self.injected: str | None = None
@@ -136,7 +136,11 @@ class Faults:
         """The error response for this boto3 request, or None to let moto act on it."""
         if op == "RunInstances":
             body = urllib.parse.parse_qs(_text(request.body))
-            self.zones.append(body.get("Placement.AvailabilityZone", [None])[0])
+            # the zone, or the subnet that pins it (a launch through a network interface)
+            where = body.get("Placement.AvailabilityZone") or body.get(
+                "NetworkInterface.1.SubnetId"
+            )
+            self.zones.append(where[0] if where else None)
         kind = self.take(op)
         if kind is None:
             return None
@@ -343,10 +347,11 @@ class ReachWithoutSSH(StopAtSSH):
 
     def configure(self, ctx: Any, nodes: Sequence[Any]) -> configure.Results:
         claim = threading.Lock()
+        gateway = Gateway(ctx, has_master=any(n.role == MASTER for n in nodes))
         results: configure.Results = {}
         for node in nodes:
             try:
-                reach(ctx, dataclasses.replace(node, state="pending"), claim)
+                reach(ctx, dataclasses.replace(node, state="pending"), claim, gateway)
                 results[node.label] = None
             except Exception as err:  # noqa: BLE001 - reported per node, as Fabric does
                 failed(ctx, node.label, err)

@@ -64,7 +64,7 @@ def test_inventory_lists_master_and_workers_with_ssh_engine_and_venv_settings(aw
     master = doc["_meta"]["hostvars"]["master"]
     assert master["ansible_host"] == info.master.public_ip  # the SSH address
     assert master["private_ip"] == info.master.private_ip
-    assert master["ansible_user"] == "ubuntu"
+    assert master["ansible_user"] == "ec2-user"  # the image's: moto resolves Amazon Linux 2023
     assert master["ansible_ssh_private_key_file"] == str(cfg_file.parent / "id_ed25519")
     known_hosts = Path(os.environ["PROVISION_STATE_DIR"]) / "clusters/unit/known_hosts"
     assert f"UserKnownHostsFile={known_hosts}" in master["ansible_ssh_common_args"]
@@ -271,7 +271,9 @@ NAME = "ansible-e2e"
 
 @pytest.fixture(scope="module")
 def sim_env(sim_region, tmp_path_factory):
-    with sim_cluster_env(tmp_path_factory.mktemp("ansible-e2e"), NAME, 2) as env:
+    # The worker has no public address: Ansible reaches it through the master
+    # (a ProxyCommand in its ansible_ssh_common_args), as the image's user with sudo.
+    with sim_cluster_env(tmp_path_factory.mktemp("ansible-e2e"), NAME, 2, public_ip=False) as env:
         yield env
 
 

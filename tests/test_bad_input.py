@@ -194,6 +194,30 @@ CASES: dict[str, tuple[Args, tuple[str, ...]]] = {
         config("c5.large", "c5.enormous"),
         ("c5.enormous", "not offered in us-east-1"),
     ),
+    "subnet-id-not-an-id": (
+        config("spot_bid: 0.10", "spot_bid: 0.10\n    subnet_id: my-subnet"),
+        ("clusters.aws.subnet_id", "subnet id like", "my-subnet"),
+    ),
+    "subnet-id-unknown": (
+        config("spot_bid: 0.10", "spot_bid: 0.10\n    subnet_id: subnet-0123456789abcdef0"),
+        ("subnet_id subnet-0123456789abcdef0 does not exist in us-east-1",),
+    ),
+    "vpc-id-not-an-id": (
+        config("spot_bid: 0.10", "spot_bid: 0.10\n    vpc_id: default"),
+        ("clusters.aws.vpc_id", "VPC id like", "'default'"),
+    ),
+    "vpc-id-unknown": (
+        config("spot_bid: 0.10", "spot_bid: 0.10\n    vpc_id: vpc-0123456789abcdef0"),
+        ("vpc_id vpc-0123456789abcdef0 does not exist in us-east-1",),
+    ),
+    "public-ip-not-a-boolean": (
+        config("spot_bid: 0.10", "spot_bid: 0.10\n    public_ip: sometimes"),
+        ("clusters.aws.public_ip", "boolean", "'sometimes'"),
+    ),
+    "user-not-a-login-name": (
+        config("spot_bid: 0.10", "spot_bid: 0.10\n    user: Ubuntu User"),
+        ("clusters.aws.user", "login name", "'Ubuntu User'"),
+    ),
     "key-missing": (
         config("key_path: ", "key_path: /nonexistent/"),
         ("clusters.aws.key_path", "does not exist"),

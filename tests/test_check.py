@@ -37,7 +37,7 @@ def test_check_reports_every_check_and_the_plan_and_creates_nothing(aws, cfg_fil
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     for expected in ("credentials", "account 123456789012", "region", "network", "default VPC",
-                     "instance type", "c5.large offered in", "image", "login user ubuntu",
+                     "instance type", "c5.large offered in", "image", "login user ec2-user",
                      "spot price", "vCPU quota (on-demand)", "L-1216C47A", "vCPU quota (spot)",
                      "L-34B43A08", "key pair", "is new in us-east-1", account.SPOT_ROLE,
                      "1 master", "on-demand", "2 workers", "spot", "total"):

@@ -3,11 +3,14 @@ addnode, removenode, interruptions, down. Real SSH hosts, real engines.
 
 One cluster serves the module (bringing one up costs tens of seconds on two
 cores); tests run in file order and each leaves the cluster as it found it,
-except the last, which takes it down.
+except the last, which takes it down. Its workers have no public address
+(``public_ip: false``): everything reaches them through the master, as the
+image's user (ubuntu), on a region with AWS's timing and eventual consistency.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -26,6 +29,8 @@ from waits import Lines, wait_for
 
 from provision import cloud, context, data, lifecycle, sim, state
 from provision.config import load_config
+from provision.nodes import remote
+from provision.progress import Reporter
 from provision.sim import hosts
 from provision.sim.state import GATEWAY
 
@@ -60,7 +65,7 @@ def _slow_square(x: float) -> tuple[float, str]:
 @pytest.fixture(scope="module")
 def env(sim_region, tmp_path_factory):
     """Config and state for the module's cluster, all under a temporary directory."""
-    with sim_cluster_env(tmp_path_factory.mktemp("e2e"), NAME, 3) as env:
+    with sim_cluster_env(tmp_path_factory.mktemp("e2e"), NAME, 3, public_ip=False) as env:
         yield env
 
 
@@ -88,6 +93,27 @@ def test_up_gives_a_client_with_one_engine_on_each_of_three_hosts(cluster):
         )
     finally:
         rc.close()
+
+
+def test_workers_have_only_private_addresses_this_machine_has_no_route_to(cluster):
+    info = cloud.describe_cluster(context.context_for(NAME).region, NAME)
+    assert info.master is not None and info.master.public_ip and info.master.private_ip
+    assert [w.public_ip for w in info.workers] == [None, None]
+    for worker in info.workers:  # a namespaced host's private address: no route from here
+        with pytest.raises(OSError), socket.create_connection((worker.private_ip, 22), timeout=3):
+            pass
+
+
+def test_the_images_user_with_sudo_is_the_login_user_and_root_is_refused(cluster):
+    ctx = context.context_for(NAME)
+    info = cloud.describe_cluster(ctx.region, NAME)
+    for node in (info.master, info.workers[0]):  # the master, and a worker behind it
+        ep = ctx.endpoint(node, info.master)
+        assert remote.run(ep, "id -un; sudo -n id -u").split() == ["ubuntu", "0"]
+        started = time.monotonic()
+        with pytest.raises(remote.NodeError, match=r"root@\S+ refused key .* set `user`"):
+            remote.wait_for_ssh(dataclasses.replace(ep, user="root"), 120, auth_grace=2)
+        assert time.monotonic() - started < 30, "a refused key is an answer, not a wait"
 
 
 def test_up_again_changes_nothing(cluster, env):
@@ -158,11 +184,11 @@ def test_ssh_put_and_get_reach_the_right_nodes(cluster, tmp_path):
     assert hosts_seen.stdout.strip() == "ip-" + node001.private_ip.replace(".", "-")
     local = tmp_path / "note.txt"
     local.write_text("hello nodes\n")
-    put = _cli("put", NAME, str(local), "/srv/note.txt")
+    put = _cli("put", NAME, str(local), "/srv/provision/note.txt")  # /srv is root's
     assert put.returncode == 0, put.stderr
-    assert put.stdout.count("/srv/note.txt") == 3
+    assert put.stdout.count("/srv/provision/note.txt") == 3
     back = tmp_path / "back.txt"
-    got = _cli("get", NAME, "/srv/note.txt", str(back), "--node", "node002")
+    got = _cli("get", NAME, "/srv/provision/note.txt", str(back), "--node", "node002")
     assert got.returncode == 0, got.stderr
     assert back.read_text() == "hello nodes\n"
 
@@ -317,8 +343,6 @@ def test_addnode_joins_a_running_map_and_gets_the_data(cluster):
     # The node added later holds the datasets already put on the cluster.
     entry = state.load(NAME)["datasets"]["digits"]
     ctx = context.context_for(NAME)
-    from provision.nodes import remote
-
     listing = remote.run(ctx.endpoint(new_node), f"ls {entry['remote_dir']}")
     assert set(entry["files"]) <= set(listing.split())
 
@@ -408,11 +432,21 @@ def test_ten_thousand_short_tasks_complete_with_bounded_client_memory(cluster, t
 
 
 def test_down_removes_everything_and_every_host(cluster):
+    """On AWS's timing: `down` waits through shutting-down (and says so), then the group
+    is free of its instances."""
     region = context.context_for(NAME).region
+    assert not sim.status().timings.is_instant
     ips = [i.private_ip for i in cloud.describe_cluster(region, NAME).instances if i.private_ip]
-    lifecycle.down(NAME)
+    heard: list[str] = []
+
+    class Ears(Reporter):
+        def note(self, text: str) -> None:
+            heard.append(text)
+
+    lifecycle.down(NAME, reporter=Ears())
     assert_nothing_left(ec2_client(region), NAME)
     _assert_hosts_gone(ips)
+    assert any("(shutting-down) to terminate" in line for line in heard), heard
 
 
 @pytest.mark.parametrize(

@@ -87,9 +87,11 @@ def tags(resource) -> dict[str, str]:
 def refuse_zones(monkeypatch, full: set[str]) -> None:
     """Make run_instances answer InsufficientInstanceCapacity in `full` zones."""
     real = api.ec2_client
+    subnets = boto3.client("ec2", region_name="us-east-1").describe_subnets()["Subnets"]
+    zone_of = {s["SubnetId"]: s["AvailabilityZone"] for s in subnets}
 
     def refuse(params, **_):
-        zone = params.get("Placement", {}).get("AvailabilityZone")
+        zone = zone_of.get(params["NetworkInterfaces"][0]["SubnetId"])
         if zone in full:
             error = {"Code": "InsufficientInstanceCapacity", "Message": f"no capacity in {zone}"}
             raise ClientError({"Error": error}, "RunInstances")
@@ -116,7 +118,9 @@ def test_spot_workers_are_spot_c_family_imdsv2_with_encrypted_tagged_volumes(reg
         assert inst["InstanceLifecycle"] == "spot"
         assert inst["InstanceType"] == "c5.xlarge"
         assert inst["MetadataOptions"]["HttpTokens"] == "required"
-        assert inst["SecurityGroups"][0]["GroupId"] == base["security_group_id"]
+        # AWS lists the primary interface's groups in SecurityGroups too; moto only here.
+        nic = inst["NetworkInterfaces"][0]
+        assert [g["GroupId"] for g in nic["Groups"]] == [base["security_group_id"]]
         assert inst["KeyName"] == "c1-key"
         assert {CLUSTER_TAG: "c1", ROLE_TAG: WORKER, "project": "svm"}.items() <= tags(inst).items()
     assert sorted(tags(i)["Name"] for i in instances.values()) == ["node001", "node002"]
@@ -131,8 +135,7 @@ def test_spot_requests_carry_a_one_time_max_price_that_terminates_on_interruptio
     params = instances._run_params(
         LaunchRequest("c1", WORKER, 2, "c5.xlarge", "ami-1", "k", "sg-1", max_price=0.1),
         "/dev/xvda",
-        "us-east-1b",
-        None,
+        "subnet-1",
     )
 
     assert params["InstanceMarketOptions"] == {

@@ -45,25 +45,39 @@ NODES = ["master"] + [f"node{n:03d}" for n in range(1, WORKERS + 1)]
 
 def _reach(node: str) -> tuple[tuple[str, str], ...]:
     """The requests of reaching a node that is still pending: wait until it runs
-    (a poll; a failed poll is polled again), then find its address."""
-    step = f"reach {node}"
-    return (("DescribeInstances", f"wait {node}"), ("DescribeInstances", step),
-            ("DescribeSecurityGroups", step), ("DescribeKeyPairs", step))
+    (a poll; a failed poll is polled again), then describe it by id for its address
+    (a tag query may not show it yet)."""
+    return (("DescribeInstances", f"wait {node}"), ("DescribeInstances", f"reach {node}"))
+
+
+def _described(step: str, new: bool = True) -> tuple[tuple[str, str], ...]:
+    """describe_cluster (by tag), plus the nodes just launched by id."""
+    tags = (("DescribeInstances", step), ("DescribeSecurityGroups", step),
+            ("DescribeKeyPairs", step))
+    return tags + ((("DescribeInstances", step),) if new else ())
+
+
+def _launch(step: str, tags: int) -> tuple[tuple[str, str], ...]:
+    return (("DescribeInstances", step), ("DescribeSpotPriceHistory", step),
+            ("DescribeImages", step), ("DescribeVpcs", step), ("DescribeSubnets", step),
+            ("DescribeInstanceTypeOfferings", step), ("RunInstances", step),
+            *(("CreateTags", step),) * tags)
 
 
 # The requests of `up` for a cluster of 1 + 2 (spot workers) in a fresh region, in
 # order, with the step each belongs to. test_up_makes_exactly_these_requests keeps
 # it honest: when `up` changes, update this list (and the README's figures).
 SEQUENCE: tuple[tuple[str, str], ...] = (
-    # prepare: validate before creating anything
+    # prepare: validate before creating anything (type, network, image and its user)
     ("DescribeInstanceTypes", "prepare"),
+    ("DescribeVpcs", "prepare"),
+    ("DescribeSubnets", "prepare"),
     ("ssm:GetParameter", "prepare"),  # Ubuntu 24.04's image (not in moto: ParameterNotFound)
     ("ssm:GetParameter", "prepare"),  # Amazon Linux 2023's
+    ("DescribeImages", "prepare"),  # its login user
     # preflight (provision check): what exists, zones, network, offering, spot prices,
     # vCPUs in use (quotas come from Service Quotas, not faulted here), the key pair
-    ("DescribeInstances", "preflight"),
-    ("DescribeSecurityGroups", "preflight"),
-    ("DescribeKeyPairs", "preflight"),
+    *_described("preflight", new=False),
     ("DescribeAvailabilityZones", "preflight"),
     ("DescribeVpcs", "preflight"),
     ("DescribeInstanceTypeOfferings", "preflight"),
@@ -71,51 +85,28 @@ SEQUENCE: tuple[tuple[str, str], ...] = (
     ("DescribeInstances", "preflight"),
     ("DescribeKeyPairs", "preflight"),
     (CHECKIP, "prepare"),  # no ssh_cidr: this machine's address
-    # ensure_security_group
+    # ensure_security_group: in the network's VPC
     ("DescribeVpcs", "group"),
+    ("DescribeSubnets", "group"),
     ("DescribeSecurityGroups", "group"),
     ("CreateSecurityGroup", "group"),
     ("AuthorizeSecurityGroupIngress", "group"),
     # ensure_key_pair
     ("DescribeKeyPairs", "key pair"),
     ("ImportKeyPair", "key pair"),
-    # reconcile: describe_cluster
-    ("DescribeInstances", "reconcile"),
-    ("DescribeSecurityGroups", "reconcile"),
-    ("DescribeKeyPairs", "reconcile"),
-    # launch the master (on-demand, in the zone where spot is cheapest)
-    ("DescribeInstances", "launch master"),
-    ("DescribeSpotPriceHistory", "launch master"),
-    ("DescribeImages", "launch master"),
-    ("DescribeInstanceTypeOfferings", "launch master"),
-    ("DescribeSubnets", "launch master"),
-    ("RunInstances", "launch master"),
-    ("CreateTags", "launch master"),
-    # describe_cluster: the master's zone, where the workers go first
-    ("DescribeInstances", "master zone"),
-    ("DescribeSecurityGroups", "master zone"),
-    ("DescribeKeyPairs", "master zone"),
-    # launch the workers (spot)
-    ("DescribeInstances", "launch workers"),
-    ("DescribeSpotPriceHistory", "launch workers"),
-    ("DescribeImages", "launch workers"),
-    ("DescribeInstanceTypeOfferings", "launch workers"),
-    ("DescribeSubnets", "launch workers"),
-    ("RunInstances", "launch workers"),
-    ("CreateTags", "launch workers"),
-    ("CreateTags", "launch workers"),
-    # reconcile: describe_cluster again
-    ("DescribeInstances", "reconcile"),
-    ("DescribeSecurityGroups", "reconcile"),
-    ("DescribeKeyPairs", "reconcile"),
+    *_described("reconcile", new=False),
+    # the master (on-demand, in the zone where spot is cheapest), then where it went
+    *_launch("launch master", tags=1),
+    *_described("master zone"),
+    # the workers (spot; two tag calls: instances, then their spot requests' names)
+    *_launch("launch workers", tags=2),
+    *_described("reconcile"),
     # configure: reach each node (SSH itself is not here)
     *_reach("master"),
     *_reach("node001"),
     *_reach("node002"),
     # finish: the cluster as it runs, then its cost
-    ("DescribeInstances", "finish"),
-    ("DescribeSecurityGroups", "finish"),
-    ("DescribeKeyPairs", "finish"),
+    *_described("finish", new=False),
     ("DescribeInstanceTypes", "cost"),
     ("DescribeSpotPriceHistory", "cost"),
     ("DescribeSpotPriceHistory", "cost"),
@@ -213,8 +204,10 @@ def test_a_capacity_error_moves_the_launch_to_the_next_zone(faults, region, cfg,
     faults.arm(k, "capacity")
     result = run_up(cfg)
     assert isinstance(result, UpResult) and result.failed == [], result
-    first, second = faults.zones[:2]  # the master's two RunInstances
+    first, second = faults.zones[:2]  # the master's two RunInstances (zone or subnet)
     assert first and second and first != second, faults.zones
+    if second.startswith("subnet-"):
+        second = region.describe_subnets(SubnetIds=[second])["Subnets"][0]["AvailabilityZone"]
     master = cloud.describe_cluster(REGION, name).master
     assert master is not None and master.zone == second
     assert faults.calls.count("RunInstances") == 3  # master twice, workers once

@@ -174,6 +174,43 @@ def test_wait_for_ssh_on_a_dead_address_names_the_node_and_the_timeout(nodes: No
 
 
 @pytest.mark.e2e
+def test_a_refused_key_is_one_line_after_a_short_grace_not_the_whole_timeout(
+    nodes: Nodes,
+) -> None:
+    stranger = dataclasses.replace(nodes.master, user="nobody")  # no key of ours for them
+    start = time.monotonic()
+    with pytest.raises(NodeError) as info:
+        remote.wait_for_ssh(stranger, timeout=120, auth_grace=1)
+    assert str(info.value).startswith(
+        f"node0 ({IPS[0]}): nobody@{IPS[0]} refused key {nodes.key}: set `user`"
+    )
+    assert time.monotonic() - start < 15
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("via", ["openssh", "paramiko"])
+def test_a_host_is_reached_through_a_jump_host_for_commands_and_pushes(
+    nodes: Nodes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    """node1 through node0, as a worker without a public address through the master."""
+    if via == "paramiko":  # a client without ssh(1): the push goes over the gateway channel
+        monkeypatch.setattr(transfer, "_openssh_argv", lambda ep, cmd: None)
+    behind = dataclasses.replace(nodes.endpoints[1], via=nodes.master)
+    assert remote.wait_for_ssh(behind, timeout=30) < 30
+    # sshd sees the connection come from node0's address: it went through node0.
+    assert remote.run(behind, "echo $SSH_CLIENT").split()[0] == IPS[0]
+    src = tmp_path / "tree"
+    src.mkdir()
+    (src / "a.txt").write_text("through the master\n")
+    sent = transfer.push_tree(behind, src, f"/srv/jumped-{via}")
+    assert sent is not None and sent >= (src / "a.txt").stat().st_size  # tar framing counts too
+    assert remote.run(behind, f"cat /srv/jumped-{via}/a.txt") == "through the master\n"
+    wrong = dataclasses.replace(behind, via=dataclasses.replace(nodes.master, user="nobody"))
+    with pytest.raises(NodeError, match=rf"nobody@{re.escape(IPS[0])} \(the jump host to node1\)"):
+        remote.wait_for_ssh(wrong, timeout=60, auth_grace=0)
+
+
+@pytest.mark.e2e
 def test_unreachable_host_does_not_hide_the_others(nodes: Nodes) -> None:
     def hostname(ep: Endpoint) -> str:
         remote.wait_for_ssh(ep, timeout=2)

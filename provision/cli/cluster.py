@@ -169,7 +169,8 @@ def down(name: str, yes: bool, config_path: Path | None, template: str | None) -
             raise BadInput("--yes: needed when there is no terminal to confirm on")
         click.confirm(f"terminate every resource of cluster {name!r} in {cfg.region}?", abort=True)
     region = resolve_region(cfg)
-    removed = lifecycle.down(name, region=region)
+    with progress.for_console(err) as reporter:  # what it removes, and what it still waits for
+        removed = lifecycle.down(name, region=region, reporter=reporter)
     summary = ", ".join(f"{v} {k}" for k, v in removed.items() if v) or "nothing (already gone)"
     out.print(f"{name}: removed {summary}; nothing tagged with it is left in {region.name}")
 

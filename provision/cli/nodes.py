@@ -11,6 +11,8 @@ import click
 
 from provision import files, lifecycle, progress
 from provision.cli.common import config_options, err, out, settings
+from provision.errors import ProvisionError
+from provision.nodes import transfer
 
 WATCH_INTERVAL_S = 15
 
@@ -86,8 +88,13 @@ def ssh(name: str, node: str | None, command: tuple[str, ...], config_path: Path
         template: str | None) -> None:
     """Open a shell on NODE (default: the master), or run COMMAND there."""
     ep = files.node_endpoint(settings(config_path, template, name), node)
-    args = ["ssh", "-i", str(ep.key_path), "-o", f"UserKnownHostsFile={ep.known_hosts}",
-            "-o", "StrictHostKeyChecking=accept-new", f"{ep.user}@{ep.host}", *command]
+    # As provision reaches it: the image's user, the cluster's known_hosts, a worker
+    # without a public address through the master.
+    args = transfer.ssh_argv(
+        ep, " ".join(command) if command else None, batch=False, accept_new=True
+    )
+    if args is None:
+        raise ProvisionError("ssh: no OpenSSH client (ssh) on PATH")
     sys.exit(subprocess.call(args))
 
 

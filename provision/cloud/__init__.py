@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import ParamSpec, TypeVar
 
@@ -39,9 +39,12 @@ from provision.cloud.common import (
     CloudError,
     ClusterInfo,
     Finding,
+    ImageInfo,
+    InstanceInfo,
     InstanceTypeInfo,
     LaunchPlan,
     LaunchRequest,
+    NetworkInfo,
     OnStep,
     PriceSheet,
     Progress,
@@ -114,6 +117,13 @@ def resolve_image(region: Region, image_id: str | None, arch: str = "x86_64") ->
 
 
 @_route
+def describe_image(region: Region, image_id: str) -> ImageInfo:
+    """The image's name, publisher and architecture, and its family's default SSH
+    user (None when the family is unknown). `CloudError` if it does not exist."""
+    raise NotImplementedError
+
+
+@_route
 def spot_price_series(
     region: Region, instance_type: str, zone: str, start: dt.datetime, end: dt.datetime
 ) -> list[tuple[dt.datetime, float]]:
@@ -156,6 +166,15 @@ def preflight(region: Region, plan: LaunchPlan, *, fix: bool = False) -> list[Fi
 
 
 @_route
+def resolve_network(region: Region, zone: str | None = None) -> NetworkInfo:
+    """The VPC and, per zone (only `zone` when given), the subnet nodes launch into:
+    `region.subnet_id`, else the subnets of `region.vpc_id`, else the provider's
+    default network. `CloudError` naming the setting to change when there is none
+    (e.g. an account without a default VPC)."""
+    raise NotImplementedError
+
+
+@_route
 def caller_cidr(region: Region) -> str:
     """This machine's public address as a one-host CIDR, the default SSH source."""
     raise NotImplementedError
@@ -163,7 +182,8 @@ def caller_cidr(region: Region) -> str:
 
 @_route
 def ensure_security_group(region: Region, cluster: str, *, ssh_cidr: str) -> str:
-    """Create or repair the cluster's network access rules; returns their id.
+    """Create or repair the cluster's network access rules, in the VPC of
+    `resolve_network(region)`; returns their id.
 
     Inbound is exactly SSH from `ssh_cidr` plus everything between members
     (engines and controller use dynamic ports); any other inbound rule is
@@ -186,14 +206,18 @@ def ensure_key_pair(region: Region, cluster: str, key_name: str, public_key: str
 
 
 @_route
-def launch(region: Region, req: LaunchRequest) -> list[str]:
+def launch(
+    region: Region, req: LaunchRequest, *, on_launched: Callable[[list[str]], None] | None = None
+) -> list[str]:
     """Launch `req.count` instances of one role in one request; returns sorted ids.
 
     Tagged with cluster and role at creation, then named (master, node001, ...:
     the lowest free numbers). Without `req.zone`, every zone offering the type
     is tried, cheapest spot price first, moving on after a capacity error; when
     all fail, the `CloudError` lists each zone with its error. A spot bid below
-    the current price is logged as a warning, not refused.
+    the current price is logged as a warning, not refused. A public address
+    exactly when `req.public_ip`. `on_launched(ids)` hears the ids as soon as the
+    cloud returns them, before naming (so an interrupted caller still knows them).
     """
     raise NotImplementedError
 
@@ -216,6 +240,14 @@ def wait_running(
 
 
 @_route
+def describe_instances(region: Region, instance_ids: list[str]) -> list[InstanceInfo]:
+    """The instances with these ids, sorted by id, waiting out the moment a new id is
+    unknown to the cloud (filtered queries such as `describe_cluster` may not show
+    an instance launched seconds ago; ask by id). Ids that stay unknown are left out."""
+    raise NotImplementedError
+
+
+@_route
 def describe_cluster(region: Region, cluster: str) -> ClusterInfo:
     """Rebuild a cluster from tags alone (terminated instances included;
     `ClusterInfo.alive` filters), master first, then by name."""
@@ -233,21 +265,35 @@ def list_clusters(region: Region) -> list[str]:
 
 @_route
 def terminate_instances(
-    region: Region, instance_ids: list[str], *, wait: bool = True, timeout: float = TEARDOWN_S
+    region: Region,
+    instance_ids: list[str],
+    *,
+    wait: bool = True,
+    timeout: float = TEARDOWN_S,
+    on_step: OnStep | None = None,
 ) -> None:
-    """Terminate instances (ids already gone are skipped: safe to repeat);
-    with `wait`, until they are gone or `timeout` seconds pass."""
+    """Terminate instances (ids already gone are skipped: safe to repeat; ids launched
+    moments ago are found); with `wait`, until every one is terminated, whatever
+    state it was in (pending included), or `timeout` seconds pass. `on_step(text)`
+    hears what is still waited for, when that changes."""
     raise NotImplementedError
 
 
 @_route
 def terminate_cluster(
-    region: Region, cluster: str, *, timeout: float = TEARDOWN_S, on_step: OnStep | None = None
+    region: Region,
+    cluster: str,
+    *,
+    instance_ids: Sequence[str] = (),
+    timeout: float = TEARDOWN_S,
+    on_step: OnStep | None = None,
 ) -> dict[str, int]:
     """Remove everything of `cluster`, dependants first; safe to repeat.
 
-    `on_step(text)` hears one line per kind of resource that has something to
-    remove. Returns the count removed per kind (the keys of `leftovers`).
+    `instance_ids`: instances known to be the cluster's (launched moments ago,
+    the cloud's tag queries may not show them yet). `on_step(text)` hears one
+    line per kind of resource that has something to remove, and what it still
+    waits for. Returns the count removed per kind (the keys of `leftovers`).
     Resources this tool did not create (the user's own key pair) are kept.
     """
     raise NotImplementedError

@@ -49,17 +49,14 @@ class Region:
     name: str
     provider: str = "aws"  # a module under provision/cloud/ (see provision.cloud.PROVIDERS)
     endpoint_url: str | None = None
-    # Subnet to launch into; None means "the default subnet of the chosen zone".
+    # Where nodes launch: a subnet (which pins the zone and the VPC), else the
+    # subnets of a VPC, else the default VPC's default subnets (see `NetworkInfo`).
     subnet_id: str | None = None
+    vpc_id: str | None = None
     # Explicit credentials (only the simulated region sets these; otherwise the
     # provider's standard credential chain is left untouched).
     access_key: str | None = None
     secret_key: str | None = None
-    # Whether clients reach nodes on their private address (simulated region,
-    # VPN, bastion) rather than the public one.
-    use_private_ip: bool = False
-    # SSH user when the config leaves it unset (the image's default user).
-    default_user: str = "ubuntu"
     # CIDR allowed to SSH when the config leaves it unset; None = detect the
     # caller's public address.
     ssh_cidr: str | None = None
@@ -82,6 +79,9 @@ class LaunchRequest:
     zone: str | None = None  # None: every zone offering the type, cheapest first
     prefer_zone: str | None = None  # without `zone`: tried first (the master's), then the rest
     subnet_id: str | None = None
+    # A public IPv4 address at launch (the master always needs one: this machine
+    # reaches the cluster through it); without, a node is reached through the master.
+    public_ip: bool = True
     user_data: str = ""
     # Extra tags to put on instances and volumes, beyond cluster and role.
     tags: dict[str, str] = field(default_factory=dict)
@@ -96,6 +96,30 @@ class InstanceTypeInfo:
     memory_mib: int
     arch: str  # "x86_64" or "arm64": picks the image
     on_demand_price: float | None = None  # approximate list price, USD/hour; None = unknown
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A machine image as the cloud describes it, and who logs in to its instances."""
+
+    image_id: str
+    name: str
+    description: str
+    owner: str
+    arch: str  # "x86_64" or "arm64"
+    root_device: str  # where the root volume goes
+    # The image's default SSH user (ubuntu, ec2-user, admin, ...) from its family;
+    # None when the family is unknown (the cluster file's `user` must say).
+    user: str | None
+    family: str = ""  # e.g. "ubuntu", "amazon-linux", "debian"; "" = unknown
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """Where nodes launch: one VPC and, per availability zone, the subnet to use."""
+
+    vpc_id: str
+    subnets: dict[str, str]  # zone -> subnet id
 
 
 @dataclass(frozen=True)
@@ -131,12 +155,6 @@ class InstanceInfo:
         when a launch failed before naming it)."""
         return self.name or self.instance_id
 
-    def ssh_address(self, use_private_ip: bool) -> str | None:
-        """Address a client opens SSH to."""
-        if use_private_ip or not self.public_ip:
-            return self.private_ip
-        return self.public_ip
-
 
 @dataclass
 class ClusterInfo:
@@ -169,6 +187,12 @@ class ClusterInfo:
         """Master first, then workers in name order."""
         master = self.master
         return ([master] if master else []) + self.workers
+
+    def merge(self, instances: list[InstanceInfo]) -> None:
+        """Put these (described by id, so newer) in place of the same instances, or add
+        them: a tag query may not show an instance launched seconds ago."""
+        ids = {i.instance_id for i in instances}
+        self.instances = [i for i in self.instances if i.instance_id not in ids] + instances
 
     def find(self, ref: str) -> InstanceInfo | None:
         """Look a node up by instance id, name or IP address."""

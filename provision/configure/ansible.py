@@ -11,9 +11,9 @@ import threading
 from collections.abc import Sequence
 
 from provision import cloud, inventory, state
-from provision.cloud.common import InstanceInfo
+from provision.cloud.common import MASTER, InstanceInfo
 from provision.configure import playbook
-from provision.configure.base import Results, Step, Strategy, failed, reach, stage
+from provision.configure.base import Gateway, Results, Step, Strategy, failed, reach, stage
 from provision.context import Context
 from provision.errors import BadInput
 from provision.nodes import engines, fanout
@@ -34,10 +34,12 @@ class AnsibleStrategy(Strategy):
     def configure(self, ctx: Context, nodes: Sequence[InstanceInfo]) -> Results:
         """See `Strategy.configure`."""
         claim = threading.Lock()
+        gateway = Gateway(ctx, has_master=any(n.role == MASTER for n in nodes))
+        running: dict[str, InstanceInfo] = {}
 
         def reach_one(inst: InstanceInfo) -> BaseException | None:
             try:
-                reach(ctx, inst, claim)
+                running[inst.label], _ = reach(ctx, inst, claim, gateway)
             except BaseException as err:  # noqa: BLE001 - reported per node
                 failed(ctx, inst.label, err)
                 return err
@@ -47,12 +49,14 @@ class AnsibleStrategy(Strategy):
         results: Results = dict(fanout.fan_out(reach_one, list(nodes), key=lambda n: n.label))
         reached = {label for label, err in results.items() if err is None}
         if reached:
-            results.update(self._playbook(ctx, reached))
+            results.update(self._playbook(ctx, [running[label] for label in sorted(reached)]))
         return results
 
-    def _playbook(self, ctx: Context, reached: set[str]) -> Results:
+    def _playbook(self, ctx: Context, reached_nodes: list[InstanceInfo]) -> Results:
         """One run of site.yml on the nodes that answered; their outcomes."""
         info = cloud.describe_cluster(ctx.region, ctx.name)
+        info.merge(reached_nodes)  # as `reach` saw them running
+        reached = {i.label for i in reached_nodes}
         doc = inventory.build(ctx, info, spec=self.spec, wheelhouse=self.wheelhouse(), only=reached)
         run = playbook.run_playbook(
             doc, on_progress=lambda host, text: stage(ctx, host, text, Step.PACKAGES)
@@ -60,7 +64,7 @@ class AnsibleStrategy(Strategy):
         results: Results = {}
         for label in sorted(reached):
             inst = info.find(label)
-            address = (inst.ssh_address(ctx.region.use_private_ip) or "") if inst else ""
+            address = (inst.public_ip or inst.private_ip or "") if inst else ""
             err = run.error_for(label, address)
             results[label] = err
             if err is not None:

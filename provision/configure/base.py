@@ -17,7 +17,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from provision import cloud, state
-from provision.cloud.common import InstanceInfo
+from provision.cloud.common import MASTER, InstanceInfo
 from provision.context import Context
 from provision.errors import ProvisionError
 from provision.nodes import fanout, remote, setup
@@ -86,15 +86,81 @@ class Strategy(ABC):
         """Bring every node to ready; node label -> None, or the error that stopped it."""
 
 
+class Gateway:
+    """The master as the way in to workers without a public address.
+
+    In `up` the master is among the nodes being configured: workers wait until it
+    runs and answers SSH (`ready`), or learn that it failed (`failed`). When it is
+    not (addnode, a re-run), it is the cluster's running master, looked up once.
+    """
+
+    def __init__(self, ctx: Context, *, has_master: bool) -> None:
+        self.ctx = ctx
+        self._master: Future[InstanceInfo] = Future()
+        self._lookup = not has_master
+        self._lock = threading.Lock()
+
+    def ready(self, master: InstanceInfo) -> None:
+        if not self._master.done():
+            self._master.set_result(master)
+
+    def failed(self, err: BaseException) -> None:
+        if not self._master.done():
+            self._master.set_exception(err)
+
+    def master(self) -> InstanceInfo:
+        """The running master with its public address (waits for it in `up`)."""
+        with self._lock:
+            if self._lookup and not self._master.done():
+                found = cloud.describe_cluster(self.ctx.region, self.ctx.name).master
+                if found is None:
+                    self.failed(ProvisionError("the cluster has no running master"))
+                else:
+                    self.ready(found)
+        cfg = self.ctx.config
+        try:
+            return self._master.result(timeout=cfg.launch_timeout + cfg.ssh_timeout)
+        except concurrent.futures.TimeoutError:
+            raise ProvisionError("the master never answered SSH") from None
+        except Exception as err:
+            raise ProvisionError(
+                f"no way in: the node has no public address and the master failed ({err})"
+            ) from err
+
+
 def reach(
-    ctx: Context, inst: InstanceInfo, claim: threading.Lock
+    ctx: Context, inst: InstanceInfo, claim: threading.Lock, gateway: Gateway
 ) -> tuple[InstanceInfo, remote.Endpoint]:
-    """Wait for a node to run and answer SSH; the node as it runs, and how to reach it."""
+    """Wait for a node to run and answer SSH; the node as it runs, and how to reach it.
+
+    Described again by id once it runs (its public address comes with `running`;
+    a tag query may not show a node launched seconds ago). A worker without a
+    public address is reached through the master, once that answers.
+    """
+    try:
+        inst, ep = _reach(ctx, inst, claim, gateway)
+    except BaseException as err:
+        if inst.role == MASTER:
+            gateway.failed(err)  # the workers behind it learn at once
+        raise
+    if inst.role == MASTER:
+        gateway.ready(inst)
+    return inst, ep
+
+
+def _reach(
+    ctx: Context, inst: InstanceInfo, claim: threading.Lock, gateway: Gateway
+) -> tuple[InstanceInfo, remote.Endpoint]:
     stage(ctx, inst.label, "waiting for running", Step.RUNNING)
     if inst.state != "running" or not inst.private_ip:
         cloud.wait_running(ctx.region, [inst.instance_id], timeout=ctx.config.launch_timeout)
-        inst = cloud.describe_cluster(ctx.region, ctx.name).find(inst.instance_id) or inst
-    ep = ctx.endpoint(inst)
+        found = cloud.describe_instances(ctx.region, [inst.instance_id])
+        inst = found[0] if found else inst
+    master = None
+    if inst.role != MASTER and not inst.public_ip:
+        stage(ctx, inst.label, "waiting for the master (the way in)", Step.SSH)
+        master = gateway.master()
+    ep = ctx.endpoint(inst, master)
     _claim_address(ctx, ep, inst.instance_id, claim)
     stage(ctx, inst.label, f"waiting for SSH on {ep.host}", Step.SSH)
     remote.wait_for_ssh(ep, timeout=ctx.config.ssh_timeout)

@@ -14,7 +14,7 @@ from concurrent.futures import Future, wait
 
 from provision import data, state
 from provision.cloud.common import MASTER, InstanceInfo
-from provision.configure.base import Results, Step, Strategy, failed, reach, stage
+from provision.configure.base import Gateway, Results, Step, Strategy, failed, reach, stage
 from provision.context import Context
 from provision.errors import ProvisionError
 from provision.nodes import engines, fanout, setup
@@ -43,6 +43,7 @@ class _Run:
         self.ctx = ctx
         self.strategy = strategy
         self.claim = threading.Lock()
+        self.gateway = Gateway(ctx, has_master=has_master)
         self.controller: Future[None] = Future()
         self.python = setup.PythonGate()  # one verdict on getting the client's Python
         if not has_master:
@@ -53,7 +54,7 @@ class _Run:
         ctx, cfg, label = self.ctx, self.ctx.config, inst.label
         is_master = inst.role == MASTER
         try:
-            inst, ep = reach(ctx, inst, self.claim)
+            inst, ep = reach(ctx, inst, self.claim, self.gateway)
             stage(ctx, label, "installing packages", Step.PACKAGES)
             setup.setup_node(ep, self.strategy.spec, self.strategy.wheelhouse(), self.python)
             if is_master:

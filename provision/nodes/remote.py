@@ -2,6 +2,11 @@
 
 Running something on many nodes at once is `provision.nodes.fanout`.
 
+A node without a public address is reached through another (the master): its
+`Endpoint.via`. The connection then runs over a ``direct-tcpip`` channel of an
+SSH connection to the jump host (OpenSSH's ProxyJump, done by paramiko), which
+opens and closes with it.
+
 Connections are lazy, as in Fabric: `connection()` does not touch the network;
 the first `run`/`put` opens it and `close()` (or ``with``) ends it. Host keys
 are trusted on first use and recorded in a per-cluster known_hosts file, never
@@ -27,8 +32,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from provision.errors import ProvisionError, one_line_tail
 
 # Errors that mean "the SSH link dropped or is not up yet", worth one more try.
-# Authentication failures are included for waiting only: on EC2, cloud-init
-# installs the key a few seconds after sshd starts answering.
+# (paramiko's AuthenticationException is an SSHException: `wait_for_ssh` tells it apart.)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     NoValidConnectionsError,
     paramiko.SSHException,
@@ -46,6 +50,12 @@ HANDSHAKE_TIMEOUT_S = 15  # banner and authentication, on a node still booting
 # wait_for_ssh: a cheap TCP probe first, then polls backing off between these.
 TCP_PROBE_S = 5
 SSH_POLL_S, SSH_POLL_MAX_S, SSH_BACKOFF = 0.5, 5.0, 1.5
+# How long sshd may refuse the key before that is taken for the answer. cloud-init
+# writes the image user's authorized_keys in its init stage, which current images
+# order before sshd (cloud-init.service: Before=sshd.service); where the two raced
+# (cloud-init LP #1333920) the key followed within seconds. Past this, the user
+# or the key is wrong, and waiting out ssh_timeout would not change that.
+AUTH_GRACE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,15 @@ class Endpoint:
     key_path: Path
     known_hosts: Path | None = None  # per-cluster TOFU file; None = trust, record nothing
     port: int = SSH_PORT
+    # The host to jump through (ProxyJump) when this machine has no route to `host`:
+    # the master, for a worker with only a private address.
+    via: Endpoint | None = None
+
+    @property
+    def where(self) -> str:
+        """How messages name the node: ``name (host)``, with the jump host if any."""
+        hop = f" via {self.via.host}" if self.via is not None else ""
+        return f"{self.name} ({self.host}{hop})"
 
 
 class NodeError(ProvisionError):
@@ -153,18 +172,65 @@ def forget_host(known_hosts: Path, host: str, port: int = SSH_PORT) -> None:
             keys.save(str(known_hosts))
 
 
+class AuthFailed(paramiko.AuthenticationException):
+    """sshd answered and refused the key, at `endpoint` (the node, or its jump host)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        super().__init__(f"{endpoint.user}@{endpoint.host} refused the key {endpoint.key_path}")
+        self.endpoint = endpoint
+
+
+class _Connection(fabric.Connection):
+    """A Fabric connection whose jump host is opened with a timeout and closed with it.
+
+    Fabric opens the gateway's ``direct-tcpip`` channel without a timeout (a
+    node that is not up yet could hold it for minutes) and leaves the gateway
+    open after `close`.
+    """
+
+    def open_gateway(self) -> paramiko.Channel:
+        gateway = self.gateway
+        assert isinstance(gateway, fabric.Connection)
+        try:
+            gateway.open()
+        except paramiko.AuthenticationException as e:
+            raise AuthFailed(_endpoint_of(gateway)) from e
+        transport = gateway.transport
+        assert transport is not None
+        return transport.open_channel(
+            "direct-tcpip", (self.host, int(self.port)), ("", 0), timeout=self.connect_timeout
+        )
+
+    def open(self) -> object:
+        try:
+            return super().open()
+        except AuthFailed:
+            raise
+        except paramiko.AuthenticationException as e:
+            raise AuthFailed(_endpoint_of(self)) from e
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if isinstance(self.gateway, fabric.Connection):
+                self.gateway.close()
+
+
 def connection(ep: Endpoint, connect_timeout: float = CONNECT_TIMEOUT_S) -> fabric.Connection:
-    """A lazy Fabric connection: key auth only, host keys per cluster.
+    """A lazy Fabric connection: key auth only, host keys per cluster, through
+    `ep.via` when set (whose host key is checked against the same file).
 
     The config is built lazily (no ``~/.ssh/config``, no Fabric/Invoke yaml) so
     what reaches the node depends on the `Endpoint` alone, not on the user's
     dotfiles; agent and ``~/.ssh/id_*`` keys are off for the same reason.
     """
-    conn = fabric.Connection(
+    conn = _Connection(
         ep.host,
         user=ep.user,
         port=ep.port,
         config=fabric.Config(lazy=True),
+        gateway=connection(ep.via, connect_timeout) if ep.via is not None else False,
         connect_timeout=max(1, round(connect_timeout)),
         connect_kwargs={
             "key_filename": str(ep.key_path),
@@ -208,25 +274,42 @@ class Borrowed:
             self.conn.close()
 
 
-def wait_for_ssh(ep: Endpoint, timeout: float) -> float:
+def auth_error(failed: AuthFailed, ep: Endpoint) -> NodeError:
+    """The one line for a key sshd keeps refusing: which login, and what to change."""
+    who = failed.endpoint
+    hop = "" if who.host == ep.host else f" (the jump host to {ep.name})"
+    return NodeError(
+        f"{ep.where}: {who.user}@{who.host}{hop} refused key {who.key_path}: set `user` in "
+        "the cluster file to the image's login user, and check that key_path is the key "
+        "pair's private key",
+        node=ep.name, host=ep.host,
+    )
+
+
+def wait_for_ssh(ep: Endpoint, timeout: float, *, auth_grace: float = AUTH_GRACE_S) -> float:
     """Wait until the node runs a command over SSH; return the seconds waited.
 
-    A TCP probe first (cheap, and it fails fast while the instance boots), then a
-    real ``true`` over SSH, since sshd accepts TCP before it can authenticate us.
-    Transient failures back off from `SSH_POLL_S` up to `SSH_POLL_MAX_S`; there is
-    one overall deadline.
+    A TCP probe first (cheap, and it fails fast while the instance boots; not
+    through a jump host, where the channel open is the probe), then a real
+    ``true`` over SSH, since sshd accepts TCP before it can authenticate us.
+    Transient failures back off from `SSH_POLL_S` up to `SSH_POLL_MAX_S`; there
+    is one overall deadline. A key refused for `auth_grace` seconds is a
+    `NodeError` at once (see `AUTH_GRACE_S`), as is a host key that changed.
     """
     start = time.monotonic()
     deadline = start + timeout
     delay = SSH_POLL_S
     last: BaseException | None = None
+    refused_since: float | None = None
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         try:
-            with socket.create_connection((ep.host, ep.port), timeout=min(remaining, TCP_PROBE_S)):
-                pass
+            if ep.via is None:
+                probe = min(remaining, TCP_PROBE_S)
+                with socket.create_connection((ep.host, ep.port), timeout=probe):
+                    pass
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -235,14 +318,19 @@ def wait_for_ssh(ep: Endpoint, timeout: float) -> float:
             return time.monotonic() - start
         except paramiko.BadHostKeyException:
             raise  # not transient: someone else answers at this address
+        except AuthFailed as e:
+            refused_since = refused_since or time.monotonic()
+            if time.monotonic() - refused_since >= auth_grace:
+                raise auth_error(e, ep) from e
+            last = e
         except (*TRANSIENT_ERRORS, invoke.CommandTimedOut) as e:
             last = e
         time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
         delay = min(delay * SSH_BACKOFF, SSH_POLL_MAX_S)
+    if isinstance(last, AuthFailed):
+        raise auth_error(last, ep) from last
     raise NodeError(
-        f"{ep.name} ({ep.host}) did not answer SSH within {timeout:.0f}s",
-        node=ep.name,
-        host=ep.host,
+        f"{ep.where} did not answer SSH within {timeout:.0f}s", node=ep.name, host=ep.host
     ) from last
 
 

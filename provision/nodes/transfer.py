@@ -66,8 +66,8 @@ def push_tree(
     with Borrowed(target) as b:
         argv = _openssh_argv(b.ep, script)
         if argv is not None:
-            if not host_known(b.ep):
-                b.conn.open()  # trust on first use records the key that ssh(1) then checks
+            if not all(host_known(hop) for hop in _hops(b.ep)):
+                b.conn.open()  # trust on first use records the keys that ssh(1) then checks
             return _push_openssh(b.ep, argv, cmd, local_dir, timeout, on_bytes)
         b.conn.open()
         chan = b.conn.transport.open_session(
@@ -99,26 +99,72 @@ def _write_tar(sink: io.RawIOBase, local_dir: Path) -> None:
             tar.add(str(path), arcname=path.name)
 
 
-def _openssh_argv(ep: Endpoint, command: str) -> list[str] | None:
-    """ssh(1) reaching `ep` exactly as `connection(ep)` does, or None (no ssh client, or
-    an endpoint that records no host keys to check the node against).
+def _hops(ep: Endpoint) -> list[Endpoint]:
+    """The node and the hosts it is reached through, nearest last."""
+    return [ep] + (_hops(ep.via) if ep.via is not None else [])
+
+
+def ssh_options(
+    ep: Endpoint, *, batch: bool = True, accept_new: bool = False
+) -> list[str] | None:
+    """ssh(1) options reaching `ep` exactly as `remote.connection(ep)` does (same key,
+    user, per-cluster host keys, and the jump host through a ProxyCommand that
+    carries the same options), or None when there is no ssh client or `ep`
+    records no host keys to check the node against.
 
     ``-F /dev/null`` and the options below keep the user's ssh config, agent and
-    default keys out of it, as the paramiko path does.
+    default keys out of it, as the paramiko path does. `batch=False` is for an
+    interactive session; `accept_new` records an unknown host key (as Fabric's
+    trust on first use does) instead of refusing it.
     """
     ssh = shutil.which("ssh")
     if ssh is None or ep.known_hosts is None:
         return None
     opts = {
-        "BatchMode": "yes", "IdentitiesOnly": "yes", "IdentityAgent": "none",
-        "StrictHostKeyChecking": "yes", "UserKnownHostsFile": str(ep.known_hosts),
-        "GlobalKnownHostsFile": "/dev/null", "ConnectTimeout": "30",
-        "ServerAliveInterval": "15", "ServerAliveCountMax": "4", "LogLevel": "ERROR",
+        "IdentitiesOnly": "yes", "IdentityAgent": "none",
+        "UserKnownHostsFile": str(ep.known_hosts), "GlobalKnownHostsFile": "/dev/null",
+        "StrictHostKeyChecking": "accept-new" if accept_new else "yes",
+        "ConnectTimeout": "30", "ServerAliveInterval": "15", "ServerAliveCountMax": "4",
     }
-    argv = [ssh, "-F", "/dev/null", "-T", "-p", str(ep.port), "-i", str(ep.key_path), "-l", ep.user]
+    if batch:
+        opts.update(BatchMode="yes", LogLevel="ERROR")
+    argv = ["-F", "/dev/null", "-p", str(ep.port), "-i", str(ep.key_path), "-l", ep.user]
     for key, value in opts.items():
         argv += ["-o", f"{key}={value}"]
-    return [*argv, ep.host, command]
+    if ep.via is not None:
+        proxy = proxy_command(ep.via, accept_new=accept_new)
+        if proxy is None:
+            return None
+        argv += ["-o", f"ProxyCommand={proxy}"]
+    return argv
+
+
+def proxy_command(via: Endpoint, *, accept_new: bool = False) -> str | None:
+    """OpenSSH's ProxyCommand that jumps through `via` with `ssh_options` (a plain
+    ``-J`` would drop the key and known_hosts options at the jump host)."""
+    hop = ssh_options(via, accept_new=accept_new)
+    ssh = shutil.which("ssh")
+    if hop is None or ssh is None:
+        return None
+    return shlex.join([ssh, *hop, "-W", "%h:%p", via.host])
+
+
+def ssh_argv(
+    ep: Endpoint, command: str | None = None, *, batch: bool = True, accept_new: bool = False
+) -> list[str] | None:
+    """The ssh(1) command line running `command` on `ep` (a shell when None); see
+    `ssh_options`."""
+    opts = ssh_options(ep, batch=batch, accept_new=accept_new)
+    if opts is None:
+        return None
+    ssh = shutil.which("ssh") or "ssh"
+    return [ssh, *opts, *(["-T"] if command is not None else []), ep.host,
+            *([command] if command is not None else [])]
+
+
+def _openssh_argv(ep: Endpoint, command: str) -> list[str] | None:
+    """ssh(1) running `command` on `ep` for a push, or None (see `ssh_options`)."""
+    return ssh_argv(ep, command)
 
 
 def _push_openssh(

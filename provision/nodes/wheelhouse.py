@@ -8,6 +8,8 @@ node as one tar stream. Wheels and uv are the nodes' platform's
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import importlib.metadata as md
 import json
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -93,6 +95,24 @@ def build_wheelhouse(
     if _is_complete(dest):
         return dest
     root.mkdir(parents=True, exist_ok=True)
+    with _building(root / f"{spec.digest}.lock"):  # another process may be building it
+        if _is_complete(dest):
+            return dest
+        return _build(spec, root, dest, on_progress)
+
+
+@contextlib.contextmanager
+def _building(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock across processes (two `up` at once, parallel tests)."""
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(spec: EnvSpec, root: Path, dest: Path, on_progress: ProgressFn | None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f"{spec.digest}.", dir=root))
     try:
         reqs = list(spec.requirements)

@@ -1,17 +1,23 @@
-"""The simulated region: EC2 on this machine, for tests and for trying provision offline.
+"""The simulated region: EC2 on this machine, as unkind as AWS where it matters.
 
-`up()` starts a daemon running moto's EC2 server on 127.0.0.1 with a VPC and the
-subnet 10.77.0.0/24, and a watcher that turns every instance running in that
-subnet into a network-namespace host with its own sshd at the instance's private
-IP. Terminating the instance removes the host; `interrupt()` does both at once,
-like a spot interruption. `region()` is the `Region` provision code is handed
-for `--region sim`: outside this package nothing knows the region is simulated.
+`up()` starts a daemon running moto's EC2 server on 127.0.0.1 with a VPC and a
+private subnet (10.<77+id>.0.0/24), publishers' images behind AWS's SSM
+parameters, AWS's timing and eventual consistency (`instant=True` switches them
+off) and a watcher that turns every running instance into a network-namespace
+host: its own sshd, users, /etc files, home and metadata service, reachable from
+this machine only at its public address (198.18.<id>.0/24) if its launch asked
+for one. Terminating the instance removes the host; `interrupt()` announces a
+spot interruption on the host's metadata, then terminates it. `region()` is the
+`Region` provision code is handed for `--region sim`: outside this package
+nothing knows the region is simulated.
 
-Needs root, iproute2 and openssh-server (see `hosts.check_requirements`).
+Needs root, iproute2, openssh-server and sudo (see `hosts.check_requirements`).
 """
 
 from provision.sim.control import down, interrupt, region, status, up
 from provision.sim.hosts import SimError
-from provision.sim.state import SimHost, SimState
+from provision.sim.state import SimHost, SimState, Timing
 
-__all__ = ["SimError", "SimHost", "SimState", "down", "interrupt", "region", "status", "up"]
+__all__ = [
+    "SimError", "SimHost", "SimState", "Timing", "down", "interrupt", "region", "status", "up",
+]

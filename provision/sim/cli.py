@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from provision import sim as api
+from provision.sim import net
 from provision.sim.hosts import SimError
 
 T = TypeVar("T")
@@ -29,31 +30,60 @@ def sim() -> None:
     """The simulated region: EC2 (moto) and namespace hosts on this machine."""
 
 
+def _wan(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Bad input is exit 2 naming the option, before anything is touched."""
+    try:
+        net.check_wan(value, None) if param.name == "uplink" else net.check_wan(None, value)
+    except SimError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[1]) from e
+    return value
+
+
 @sim.command()
-@click.option("--boot-delay", type=float, default=1.0, show_default=True,
-              help="Seconds between an instance running and its host booting.")
+@click.option("--instant/--aws-timing", default=None,
+              help="Instant, consistent API (quick unit runs), or AWS's delays and eventual "
+                   "consistency (the default for a new region).")
+@click.option("--uplink", metavar="RATE", callback=_wan,
+              help="Shape laptop -> region to RATE (e.g. 20mbit); `off` removes it.")
+@click.option("--rtt", metavar="DELAY", callback=_wan,
+              help="Add DELAY of round trip on the laptop <-> region path (e.g. 40ms); `off`.")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for the endpoint to answer.")
-def up(boot_delay: float, timeout: float) -> None:
-    """Start the simulated region in the background (reuses a healthy one)."""
+def up(instant: bool | None, uplink: str | None, rtt: str | None, timeout: float) -> None:
+    """Start the simulated region in the background (reuses a healthy one).
+
+    The region is as unkind as AWS: instances pend, SSH answers later, new ids
+    are briefly unknown, only instances launched with a public address are
+    reachable from here (the others through one that is), and images log in as
+    their own user (ubuntu, ec2-user, admin), never root.
+    """
     console = Console(soft_wrap=True)
-    st = _call(api.up, boot_delay=boot_delay, timeout=timeout)
+    st = _call(api.up, instant=instant, uplink=uplink, rtt=rtt, timeout=timeout)
     verb = "already running, reusing it" if st.reused else "up"
     console.print(f"[green]simulated region {verb}[/]: {st.endpoint} (pid {st.pid})")
-    console.print(f"subnet {st.subnet_id} ({st.cidr}), log {st.log}")
+    _describe(console, st)
     console.print("use it with region [bold]sim[/] in a cluster file")
+
+
+def _describe(console: Console, st: api.SimState) -> None:
+    console.print(f"subnet {st.subnet_id}: private {st.cidr} (hosts only), "
+                  f"public {st.public_cidr} (this machine is {st.public_gateway})")
+    console.print(f"timing: {st.timings.describe()}")
+    wan = ", ".join(x for x in (st.uplink and f"uplink {st.uplink}", st.rtt and f"rtt {st.rtt}")
+                    if x)
+    console.print(f"WAN (laptop -> region): {wan or 'not shaped'}")
 
 
 @sim.command()
 def down() -> None:
-    """Stop the region and remove every host, namespace, veth and the bridge."""
+    """Stop the region and remove every host, namespace, veth and bridge."""
     _call(api.down)
     Console().print("simulated region down")
 
 
 @sim.command()
 def status() -> None:
-    """Show the endpoint and the hosts (exit 1 if the region is not running)."""
+    """Show the endpoint, timing, WAN and the hosts (exit 1 if the region is not running)."""
     console = Console(soft_wrap=True)
     st = _call(api.status)
     if st is None:
@@ -65,10 +95,11 @@ def status() -> None:
         raise SystemExit(1)
     uptime = time.time() - st.started_at
     console.print(f"simulated region [green]running[/]: {st.endpoint} (pid {st.pid}, "
-                  f"up {uptime:.0f}s), subnet {st.subnet_id} ({st.cidr})")
-    table = Table("instance", "ip", "hostname", "sshd")
+                  f"up {uptime:.0f}s)")
+    _describe(console, st)
+    table = Table("instance", "private ip", "public ip", "user", "hostname", "sshd")
     for h in st.hosts:
-        table.add_row(h.instance_id or "?", h.ip, h.hostname,
+        table.add_row(h.instance_id or "?", h.ip, h.public_ip or "-", h.user, h.hostname,
                       "[green]alive[/]" if h.sshd_alive else "[red]dead[/]")
     if st.hosts:
         console.print(table)
@@ -78,7 +109,13 @@ def status() -> None:
 
 @sim.command()
 @click.argument("instance_id")
-def interrupt(instance_id: str) -> None:
-    """Simulate a spot interruption: terminate INSTANCE_ID, its host vanishes now."""
-    _call(api.interrupt, instance_id)
-    Console().print(f"interrupted {instance_id}: instance terminated, host gone")
+@click.option("--notice", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds between the interruption notice (on the instance's metadata, "
+                   "spot/instance-action) and the termination; AWS gives 120.")
+def interrupt(instance_id: str, notice: float) -> None:
+    """Simulate a spot interruption of INSTANCE_ID: notice, then termination."""
+    when = _call(api.interrupt, instance_id, notice)
+    if notice:
+        Console().print(f"interruption of {instance_id} announced: terminates at {when}")
+    else:
+        Console().print(f"interrupted {instance_id}: instance terminated, host gone")

@@ -1,12 +1,14 @@
 """Simulated hosts: one network namespace per instance, with its own sshd.
 
-Follows the probe in ``shared/SIMULATED_REGION.md``. A host shares the process
-table, /root, /tmp and the installed Python with this machine, but has its own
-network stack (one veth on the bridge, no default route), hostname, /srv and
-/run. Everything started over SSH lives inside the namespace, so killing the
-namespace's processes is exactly "the instance vanished".
+Follows the probe in ``shared/SIMULATED_REGION.md``. A host has its own network
+stack: eth0 on the private bridge at the instance's private address and, for an
+instance with a public address, eth1 on the public bridge; no default route, and
+169.254.169.254 on its loopback for the metadata service. Its file system is the
+image's view of this machine (see `hostfs`): own users, home, /etc files, /tmp,
+hostname, and nothing of the laptop's. It shares the process table with this
+machine, so killing the namespace's processes is exactly "the instance vanished".
 
-Needs root, ``ip`` (iproute2) and ``sshd`` (openssh-server).
+Needs root, ``ip`` (iproute2), ``sshd`` (openssh-server) and ``sudo``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision.errors import BadInput
+from provision.sim import hostfs
+from provision.sim.hostfs import ROOT_LOGIN, Login
 
 # Several regions can run side by side on one machine (one per checkout, or per
 # test worker), each with its own id 0-9: bridge, namespaces, veths, subnet and
@@ -30,10 +34,15 @@ SIM_ID = int(os.environ.get("PROVISION_SIM_ID", "0"))
 if not 0 <= SIM_ID <= 9:
     raise ValueError(f"PROVISION_SIM_ID must be 0-9, got {SIM_ID}")
 _SUFFIX = str(SIM_ID) if SIM_ID else ""
-BRIDGE = f"psim{SIM_ID}"
+BRIDGE = f"psim{SIM_ID}"  # the private plane
+PUBLIC_BRIDGE = f"psimpub{SIM_ID}"  # the public plane
 NETNS_PREFIX = f"psim{_SUFFIX}-"
-VETH_PREFIX = f"psv{_SUFFIX}"
-SSHD = "/usr/sbin/sshd"
+# "-" before the host number: region 3's host 4 and region 0's host 34 must differ.
+VETH_PREFIX = f"psv{_SUFFIX}-"
+PUBLIC_VETH_PREFIX = f"psp{_SUFFIX}-"
+SSHD = hostfs.SSHD
+SUDO = "/usr/bin/sudo"
+METADATA_IP = "169.254.169.254"
 STATE_ROOT = Path(os.environ.get("PROVISION_SIM_DIR", f"/tmp/provision-sim{_SUFFIX}"))
 
 
@@ -46,16 +55,18 @@ class Host:
     """A running simulated host."""
 
     name: str  # netns name, e.g. psim-4
-    ip: str
+    ip: str  # private
     hostname: str
     sshd_pid: int | None
+    public_ip: str | None = None
+    user: str = "root"
 
     @property
     def dir(self) -> Path:
         return host_dir(self.name)
 
 
-def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(args, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise SimError(f"{' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -71,6 +82,10 @@ def check_requirements() -> None:
         problems.append("`ip` not found: apt-get install -y iproute2")
     if not Path(SSHD).exists():
         problems.append(f"{SSHD} not found: apt-get install -y openssh-server")
+    if not Path(SUDO).exists():
+        problems.append(f"{SUDO} not found (the images' users sudo): apt-get install -y sudo")
+    if not shutil.which("tc"):
+        problems.append("`tc` not found: apt-get install -y iproute2")
     if problems:
         raise SimError("; ".join(problems))
 
@@ -84,44 +99,38 @@ def host_dir(name: str) -> Path:
     return STATE_ROOT / "hosts" / name
 
 
-def ensure_bridge(gateway_cidr: str) -> None:
-    """Create the bridge with the subnet's first address (idempotent)."""
-    if _run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
-        _run("ip", "link", "add", BRIDGE, "type", "bridge")
-    addrs = _run("ip", "-o", "addr", "show", "dev", BRIDGE).stdout
-    if gateway_cidr.split("/")[0] + "/" not in addrs:
-        _run("ip", "addr", "add", gateway_cidr, "dev", BRIDGE)
-    _run("ip", "link", "set", BRIDGE, "up")
+def ensure_bridge(gateway_cidr: str | None, bridge: str | None = None) -> None:
+    """Create a bridge, with this machine's address on it if `gateway_cidr` (idempotent)."""
+    bridge = bridge or BRIDGE
+    if run("ip", "link", "show", bridge, check=False).returncode != 0:
+        run("ip", "link", "add", bridge, "type", "bridge")
+    if gateway_cidr is not None:
+        addrs = run("ip", "-o", "addr", "show", "dev", bridge).stdout
+        if gateway_cidr.split("/")[0] + "/" not in addrs:
+            run("ip", "addr", "add", gateway_cidr, "dev", bridge)
+    run("ip", "link", "set", bridge, "up")
 
 
-def remove_bridge() -> None:
-    _run("ip", "link", "del", BRIDGE, check=False)
+def remove_bridge(bridge: str | None = None) -> None:
+    run("ip", "link", "del", bridge or BRIDGE, check=False)
 
 
-def _sshd_config(d: Path, ip: str) -> str:
-    return "\n".join(
-        [
-            f"ListenAddress {ip}",
-            f"HostKey {d}/ssh_host_ed25519_key",
-            f"PidFile {d}/sshd.pid",
-            f"AuthorizedKeysFile {d}/authorized_keys",
-            "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            "StrictModes no",
-            "UseDNS no",
-            "Subsystem sftp internal-sftp",
-            "MaxStartups 100:30:200",
-            "MaxSessions 100",
-            "AcceptEnv LANG LC_*",
-            "",
-        ]
-    )
+def _veths(name: str) -> tuple[str, str]:
+    n = name[len(NETNS_PREFIX):]
+    return f"{VETH_PREFIX}{n}", f"{PUBLIC_VETH_PREFIX}{n}"
 
 
-def start_host(ip: str, prefixlen: int, authorized_keys: str, hostname: str, tmpfs_size: str = "2g") -> Host:
-    """Boot a host at `ip` whose sshd accepts `authorized_keys` (idempotent)."""
+def start_host(
+    ip: str,
+    prefixlen: int,
+    authorized_keys: str,
+    hostname: str,
+    tmpfs_size: str = "2g",
+    *,
+    public_ip: str | None = None,
+    login: Login = ROOT_LOGIN,
+) -> Host:
+    """Boot a host at `ip` whose sshd accepts `authorized_keys` for `login.user` (idempotent)."""
     name = netns_name(ip)
     existing = get_host(name)
     if existing and existing.sshd_pid:
@@ -133,32 +142,59 @@ def start_host(ip: str, prefixlen: int, authorized_keys: str, hostname: str, tmp
     os.chmod(d / "authorized_keys", 0o600)
     key = d / "ssh_host_ed25519_key"
     if not key.exists():
-        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
-    (d / "sshd_config").write_text(_sshd_config(d, ip))
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+    uid = 0
+    if not login.is_root:
+        uid = hostfs.write_etc(d, login, ip, hostname)
+        hostfs.write_root_keys(d, login, authorized_keys)
+        if not login.python:
+            hostfs.write_whiteouts(d)
+    (d / "sshd_config").write_text(hostfs.sshd_config(d, ip, login))
     (d / "hostname").write_text(hostname)
+    (d / "user").write_text(login.user)
     (d / "ip").write_text(ip)
 
-    veth = f"{VETH_PREFIX}{name[len(NETNS_PREFIX):]}"
-    _run("ip", "netns", "add", name)
-    _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
-    _run("ip", "link", "set", veth, "master", BRIDGE, "up")
-    _run("ip", "-n", name, "addr", "add", f"{ip}/{prefixlen}", "dev", "eth0")
-    _run("ip", "-n", name, "link", "set", "eth0", "up")
-    _run("ip", "-n", name, "link", "set", "lo", "up")
-    script = (
-        f"hostname {hostname} && "
-        f"mount -t tmpfs -o size={tmpfs_size},mode=755 tmpfs /srv && "
-        "mount -t tmpfs -o mode=755 tmpfs /run && mkdir -p /run/sshd && "
-        f"exec {SSHD} -D -e -f {d}/sshd_config"
-    )
+    veth, pveth = _veths(name)
+    run("ip", "netns", "add", name)
+    run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
+    run("ip", "link", "set", veth, "master", BRIDGE, "up")
+    run("ip", "-n", name, "addr", "add", f"{ip}/{prefixlen}", "dev", "eth0")
+    run("ip", "-n", name, "link", "set", "eth0", "up")
+    run("ip", "-n", name, "link", "set", "lo", "up")
+    run("ip", "-n", name, "addr", "add", f"{METADATA_IP}/32", "dev", "lo")
+    if public_ip is not None:
+        run("ip", "link", "add", pveth, "type", "veth", "peer", "name", "eth1", "netns", name)
+        run("ip", "link", "set", pveth, "master", PUBLIC_BRIDGE, "up")
+        run("ip", "-n", name, "addr", "add", f"{public_ip}/24", "dev", "eth1")
+        run("ip", "-n", name, "link", "set", "eth1", "up")
+        (d / "public_ip").write_text(public_ip)
+    script = hostfs.boot_script(d, login, hostname, tmpfs_size, uid)
     with open(d / "sshd.log", "ab") as log:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", name, "unshare", "--mount", "--uts", "--propagation", "private",
              "--", "/bin/sh", "-c", script],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         )
-    (d / "sshd.pid.outer").write_text(str(proc.pid))
-    return Host(name=name, ip=ip, hostname=hostname, sshd_pid=proc.pid)
+    (d / "sshd.pid.outer").write_text(f"{proc.pid} {_started(proc.pid)}")
+    return Host(name=name, ip=ip, hostname=hostname, sshd_pid=proc.pid, public_ip=public_ip,
+                user=login.user)
+
+
+def _started(pid: int) -> str:
+    """A process's start time (clock ticks since boot): with the PID, names it uniquely."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def _our_sshd(name: str) -> int | None:
+    """The host's sshd PID if that process is still the one started (PIDs get reused)."""
+    try:
+        pid, started = (host_dir(name) / "sshd.pid.outer").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(pid) if _started(int(pid)) == started and _pid_alive(int(pid)) else None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -179,17 +215,20 @@ def get_host(name: str) -> Host | None:
     d = host_dir(name)
     if not (d / "ip").exists():
         return None
-    pid = None
-    pidfile = d / "sshd.pid.outer"
-    if pidfile.exists():
-        p = int(pidfile.read_text())
-        pid = p if _pid_alive(p) else None
-    hostname = (d / "hostname").read_text() if (d / "hostname").exists() else name
-    return Host(name=name, ip=(d / "ip").read_text(), hostname=hostname, sshd_pid=pid)
+    pid = _our_sshd(name)
+
+    def read(f: str) -> str | None:
+        try:
+            return (d / f).read_text()
+        except OSError:
+            return None
+
+    return Host(name=name, ip=(d / "ip").read_text(), hostname=read("hostname") or name,
+                sshd_pid=pid, public_ip=read("public_ip"), user=read("user") or "root")
 
 
 def namespaces() -> list[str]:
-    out = _run("ip", "netns", "list", check=False).stdout
+    out = run("ip", "netns", "list", check=False).stdout
     return sorted(line.split()[0] for line in out.splitlines() if line.startswith(NETNS_PREFIX))
 
 
@@ -202,31 +241,26 @@ def list_hosts() -> list[Host]:
 
 
 def netns_pids(name: str) -> list[int]:
-    out = _run("ip", "netns", "pids", name, check=False).stdout
+    out = run("ip", "netns", "pids", name, check=False).stdout
     return [int(p) for p in out.split()]
 
 
 def stop_host(name: str, timeout: float = 5.0) -> None:
     """Make the host vanish: kill everything in it, then its namespace and veth."""
     pids = set(netns_pids(name))
-    pidfile = host_dir(name) / "sshd.pid.outer"
-    if pidfile.exists():
-        pid = int(pidfile.read_text())
-        # Only if it is still ours: after a crash the PID may belong to someone else.
-        try:
-            if f"{host_dir(name)}/sshd_config".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.add(pid)
-        except OSError:
-            pass
+    sshd = _our_sshd(name)  # also if the namespace is gone (crash leftovers)
+    if sshd is not None:
+        pids.add(sshd)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
         time.sleep(0.05)
-    veth = f"{VETH_PREFIX}{name[len(NETNS_PREFIX):]}"
-    _run("ip", "link", "del", veth, check=False)
-    _run("ip", "netns", "del", name, check=False)
+    for veth in _veths(name):
+        if Path(f"/sys/class/net/{veth}").exists():
+            run("ip", "link", "del", veth, check=False)
+    run("ip", "netns", "del", name, check=False)
     shutil.rmtree(host_dir(name), ignore_errors=True)
 
 

@@ -15,21 +15,66 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from provision.sim.hosts import SIM_ID, STATE_ROOT, host_dir
+from provision.sim.hosts import STATE_ROOT, host_dir
+from provision.sim.net import (
+    GATEWAY,
+    PREFIXLEN,
+    PUBLIC_CIDR,
+    PUBLIC_GATEWAY,
+    SUBNET_CIDR,
+    VPC_CIDR,
+)
 
 REGION_NAME = "us-east-1"  # the name moto answers to; the sim has one region
-_NET = f"10.{77 + SIM_ID}"  # 10.77.x.x for region 0, 10.78.x.x for region 1, ...
-SUBNET_CIDR = f"{_NET}.0.0/24"
-VPC_CIDR = f"{_NET}.0.0/16"
-GATEWAY = f"{_NET}.0.1"  # the bridge's address: the only way into the subnet
-PREFIXLEN = 24
-SSH_CIDR = f"{GATEWAY}/32"  # SSH comes from the bridge, never from elsewhere
+ZONE = f"{REGION_NAME}a"  # the sim subnet's zone
+# The laptop's address as the region sees it (what a "what is my IP" service
+# would say): SSH rules open to this /32, as provision opens them to the caller.
+SSH_CIDR = f"{PUBLIC_GATEWAY}/32"
 SIM_TAG = "provision:sim"  # on the VPC and subnet the daemon made
 ACCESS_KEY = SECRET_KEY = "testing"
 
 STATE_FILE = STATE_ROOT / "state.json"
 LOG_FILE = STATE_ROOT / "daemon.log"
 LOCK_FILE = STATE_ROOT / "lock"
+WAN_FILE = STATE_ROOT / "wan.json"  # the uplink shaping `up` applied (tc), for `status`
+INTERRUPTS = STATE_ROOT / "interrupts"  # <instance id>.json: spot notices the daemon enacts
+
+__all__ = ["GATEWAY", "PREFIXLEN", "PUBLIC_CIDR", "PUBLIC_GATEWAY", "SUBNET_CIDR", "VPC_CIDR"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How slowly and inconsistently the region answers, as (low, high) seconds ranges.
+
+    Each delay is drawn uniformly per resource. The defaults keep AWS's order of
+    magnitude (pending and shutting-down last seconds, SSH answers seconds after
+    `running`, a new id is unknown to the API for up to a couple of seconds) yet
+    stay small enough for tests; `instant()` is the old, kind region.
+    """
+
+    pending: tuple[float, float] = (2.0, 4.0)  # pending -> running
+    ssh: tuple[float, float] = (2.0, 5.0)  # running -> sshd answers
+    shutting_down: tuple[float, float] = (2.0, 4.0)  # shutting-down -> terminated
+    not_found: tuple[float, float] = (0.0, 2.0)  # a new id is invisible to the API
+
+    @classmethod
+    def instant(cls) -> Timing:
+        return cls((0, 0), (0, 0), (0, 0), (0, 0))
+
+    @property
+    def is_instant(self) -> bool:
+        return all(hi == 0 for _, hi in asdict(self).values())
+
+    def describe(self) -> str:
+        if self.is_instant:
+            return "instant (no AWS delays, consistent API)"
+        return ", ".join(
+            f"{k.replace('_', '-')} {lo:g}-{hi:g}s" for k, (lo, hi) in asdict(self).items()
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Timing:
+        return cls(**{k: (float(v[0]), float(v[1])) for k, v in d.items()})
 
 
 def client(service: str, endpoint: str) -> Any:
@@ -52,10 +97,12 @@ class SimHost:
     """One namespace host, as `status` shows it."""
 
     instance_id: str | None  # None if the host outlived its record (crash leftover)
-    ip: str
+    ip: str  # private
     hostname: str
     netns: str
     sshd_alive: bool
+    public_ip: str | None = None
+    user: str = "root"  # the image's login user
 
 
 @dataclass(frozen=True)
@@ -67,20 +114,33 @@ class SimState:
     vpc_id: str
     subnet_id: str
     region_name: str
-    boot_delay: float
     started_at: float
-    images: dict[str, str] = field(default_factory=dict)  # arch -> AMI id behind the SSM path
-    cidr: str = SUBNET_CIDR
-    gateway: str = GATEWAY
+    timing: dict[str, list[float]] = field(default_factory=dict)  # Timing as a dict
+    images: dict[str, str] = field(default_factory=dict)  # SSM parameter -> AMI id
+    cidr: str = SUBNET_CIDR  # the private plane (hosts only)
+    public_cidr: str = PUBLIC_CIDR  # the public plane (laptop and hosts with a public IP)
+    public_gateway: str = PUBLIC_GATEWAY  # the laptop's side: "the internet" for hosts
     log: str = str(LOG_FILE)
     # Observed, never stored:
     alive: bool = True  # the daemon process exists
     reused: bool = False  # `up` found it already running
     hosts: tuple[SimHost, ...] = ()
+    uplink: str = ""  # the laptop -> region shaping in force ("" = none)
+    rtt: str = ""
+
+    @property
+    def boot_delay(self) -> float:
+        """Mean seconds from `running` to SSH (what benchmarks record)."""
+        lo, hi = self.timings.ssh
+        return (lo + hi) / 2
+
+    @property
+    def timings(self) -> Timing:
+        return Timing.from_dict(self.timing) if self.timing else Timing()
 
     def to_json(self) -> str:
         d = asdict(self)
-        for k in ("alive", "reused", "hosts"):
+        for k in ("alive", "reused", "hosts", "uplink", "rtt"):
             d.pop(k)
         return json.dumps(d, indent=2, sort_keys=True)
 

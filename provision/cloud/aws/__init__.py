@@ -11,26 +11,27 @@ finds them.
 """
 
 from provision.cloud.aws.account import caller_identity
-from provision.cloud.aws.images import describe_instance_type, resolve_image
-from provision.cloud.aws.instances import (
-    describe_cluster,
-    launch,
-    list_clusters,
-    name_unnamed,
-    terminate_instances,
-    wait_running,
+from provision.cloud.aws.describe import describe_cluster, describe_instances, list_clusters
+from provision.cloud.aws.images import describe_image, describe_instance_type, resolve_image
+from provision.cloud.aws.instances import launch, name_unnamed, wait_running
+from provision.cloud.aws.network import (
+    caller_cidr,
+    ensure_key_pair,
+    ensure_security_group,
+    resolve_network,
 )
-from provision.cloud.aws.network import caller_cidr, ensure_key_pair, ensure_security_group
 from provision.cloud.aws.preflight import preflight
 from provision.cloud.aws.prices import spot_price_history, spot_price_series
 from provision.cloud.aws.pricing import price_sheet
-from provision.cloud.aws.teardown import leftovers, terminate_cluster
+from provision.cloud.aws.teardown import leftovers, terminate_cluster, terminate_instances
 
 __all__ = [
     "caller_cidr",
     "caller_identity",
     "describe_cluster",
+    "describe_image",
     "describe_instance_type",
+    "describe_instances",
     "ensure_key_pair",
     "ensure_security_group",
     "launch",
@@ -40,6 +41,7 @@ __all__ = [
     "preflight",
     "price_sheet",
     "resolve_image",
+    "resolve_network",
     "spot_price_history",
     "spot_price_series",
     "terminate_cluster",

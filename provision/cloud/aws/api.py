@@ -13,7 +13,8 @@ import functools
 import math
 import random
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 import boto3
@@ -29,6 +30,23 @@ LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 MAX_ATTEMPTS = 8
 # Polling of a bounded wait: about 60 polls over the timeout, between these bounds.
 MIN_POLL_S, MAX_POLL_S = 0.2, 5.0
+# Polling a state change (pending -> running, shutting-down -> terminated, which
+# take seconds): often at first, then backing off to MAX_POLL_S.
+FIRST_POLL_S, POLL_GROWTH = 0.5, 1.5
+# EC2's API is eventually consistent: an id it has just returned may be unknown to
+# the next call for a moment ("Eventual consistency in the Amazon EC2 API":
+# usually seconds). botocore does not retry these codes; `until_found` does, this long.
+NOT_FOUND_CODES = frozenset(
+    {
+        "InvalidInstanceID.NotFound",
+        "InvalidGroup.NotFound",
+        "InvalidGroupId.NotFound",
+        "InvalidKeyPair.NotFound",
+        "InvalidSpotInstanceRequestID.NotFound",
+        "InvalidVolume.NotFound",
+    }
+)
+NOT_FOUND_S = 60.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -97,9 +115,38 @@ def backoff_delay(attempt: int) -> float:
     return _backoff.delay_amount(RetryContext(attempt_number=attempt))
 
 
+def until_found(call: Callable[[], R], *, timeout: float = NOT_FOUND_S) -> R:
+    """`call()`, again while EC2 answers *.NotFound for ids created moments ago.
+
+    Backs off as botocore's clients do; after `timeout` seconds the NotFound
+    itself is raised (the id really does not exist). Use it for the first calls
+    that name a new instance, group or key pair: AWS's own advice for
+    eventual consistency.
+    """
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except ClientError as e:
+            attempt += 1
+            delay = backoff_delay(attempt)
+            if code(e) not in NOT_FOUND_CODES or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+
+
 def poll_delay(timeout: float) -> float:
     """Seconds between polls of a wait bounded by `timeout`."""
     return min(MAX_POLL_S, max(MIN_POLL_S, timeout / 60))
+
+
+def poll_delays() -> Iterator[float]:
+    """Seconds between polls of a state change: `FIRST_POLL_S`, growing to `MAX_POLL_S`."""
+    delay = FIRST_POLL_S
+    while True:
+        yield delay
+        delay = min(delay * POLL_GROWTH, MAX_POLL_S)
 
 
 def waiter_config(timeout: float) -> dict[str, Any]:

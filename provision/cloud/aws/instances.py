@@ -8,24 +8,23 @@ at once), throttling is retried with the same ClientToken, so EC2 launches once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
-from provision.cloud.aws import account, api, images, prices
+from provision.cloud.aws import account, api, images, network, prices
 from provision.cloud.common import (
     CLUSTER_TAG,
     MASTER,
     ROLE_TAG,
-    TEARDOWN_S,
     WORKER,
     CloudError,
-    ClusterInfo,
-    InstanceInfo,
     LaunchRequest,
     Progress,
     Region,
@@ -77,38 +76,39 @@ def _names(ec2: Any, req: LaunchRequest) -> list[str]:
 
 def _placements(
     ec2: Any, region: Region, req: LaunchRequest, prices: dict[str, ZonePrice]
-) -> list[tuple[str | None, str | None]]:
+) -> list[tuple[str, str]]:
     """(zone, subnet) pairs to try in order.
 
-    A configured subnet pins the zone, so there is nothing to fall back to.
-    Otherwise `req.zone`, else every zone offering the type, cheapest spot
-    price first; each in the zone's default subnet.
+    The subnets `network.resolve_network` offers (one per zone; in `req.zone`
+    only, when set): a configured subnet pins the zone, so there is nothing to
+    fall back to; otherwise the zones that offer the type, `req.prefer_zone` (the
+    master's) first, then cheapest spot price first.
     """
-    subnet = req.subnet_id or region.subnet_id
-    if subnet:
-        zone = ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]["AvailabilityZone"]
-        return [(zone, subnet)]
-    if req.zone:
-        zones = [req.zone]
-    else:
-        offers = ec2.describe_instance_type_offerings(
-            LocationType="availability-zone",
-            Filters=[{"Name": "instance-type", "Values": [req.instance_type]}],
-        )["InstanceTypeOfferings"]
-        zones = sorted(
-            {o["Location"] for o in offers},
-            key=lambda z: (z != req.prefer_zone, z not in prices,
-                           prices[z].current if z in prices else 0, z),
+    where = dataclasses.replace(region, subnet_id=req.subnet_id) if req.subnet_id else region
+    subnets = network.resolve_network(where, req.zone).subnets
+    if len(subnets) == 1:
+        return list(subnets.items())
+    offers = ec2.describe_instance_type_offerings(
+        LocationType="availability-zone",
+        Filters=[{"Name": "instance-type", "Values": [req.instance_type]}],
+    )["InstanceTypeOfferings"]
+    offered = {o["Location"] for o in offers}
+    zones = sorted(
+        (z for z in subnets if z in offered),
+        key=lambda z: (z != req.prefer_zone, z not in prices,
+                       prices[z].current if z in prices else 0, z),
+    )
+    if not zones:
+        raise CloudError(
+            f"{req.instance_type} is not offered in {', '.join(subnets)} (the zones with a subnet)"
         )
-    default_for_az = [{"Name": "default-for-az", "Values": ["true"]}]
-    subnets = ec2.describe_subnets(Filters=default_for_az)["Subnets"]
-    default = {s["AvailabilityZone"]: s["SubnetId"] for s in subnets}
-    return [(z, default.get(z)) for z in zones]
+    return [(z, subnets[z]) for z in zones]
 
 
-def _run_params(
-    req: LaunchRequest, root_device: str, zone: str | None, subnet: str | None
-) -> dict[str, Any]:
+def _run_params(req: LaunchRequest, root_device: str, subnet: str) -> dict[str, Any]:
+    """RunInstances' parameters. The network interface is spelled out, so the public
+    address is what `req.public_ip` says, never the subnet's MapPublicIpOnLaunch:
+    a node without one must not be mistaken for a reachable one."""
     tags = api.tags({**req.tags, CLUSTER_TAG: req.cluster, ROLE_TAG: req.role})
     kinds = ["instance", "volume"] + (["spot-instances-request"] if req.spot else [])
     params: dict[str, Any] = {
@@ -116,7 +116,15 @@ def _run_params(
         "InstanceType": req.instance_type,
         "MinCount": req.count,
         "MaxCount": req.count,
-        "SecurityGroupIds": [req.security_group_id],
+        "NetworkInterfaces": [
+            {
+                "DeviceIndex": 0,
+                "SubnetId": subnet,
+                "Groups": [req.security_group_id],
+                "AssociatePublicIpAddress": req.public_ip,
+                "DeleteOnTermination": True,
+            }
+        ],
         # IMDSv2 only: a process on a node cannot be tricked into leaking credentials by SSRF.
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         "BlockDeviceMappings": [
@@ -138,10 +146,6 @@ def _run_params(
         params["KeyName"] = req.key_name
     if req.user_data:
         params["UserData"] = req.user_data
-    if zone:
-        params["Placement"] = {"AvailabilityZone": zone}
-    if subnet:
-        params["SubnetId"] = subnet
     if req.spot:
         spot: dict[str, Any] = {
             "SpotInstanceType": "one-time",
@@ -154,29 +158,36 @@ def _run_params(
 
 
 def _run(ec2: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """run_instances on a zero-retry client, retrying only throttling (same ClientToken)."""
-    for attempt in range(1, RUN_ATTEMPTS + 1):
+    """run_instances on a zero-retry client, retrying (with the same ClientToken) only
+    throttling and a group or key pair made moments ago that EC2 does not know yet."""
+    deadline = time.monotonic() + api.NOT_FOUND_S
+    attempt = 0
+    while True:
         try:
             return ec2.run_instances(**params)
         except ClientError as e:
-            if api.code(e) not in THROTTLE_ERRORS or attempt == RUN_ATTEMPTS:
+            attempt += 1
+            throttled = api.code(e) in THROTTLE_ERRORS and attempt < RUN_ATTEMPTS
+            not_yet = api.code(e) in api.NOT_FOUND_CODES and time.monotonic() < deadline
+            if not (throttled or not_yet):
                 raise
-            time.sleep(api.backoff_delay(attempt))
-    raise AssertionError("unreachable")
+        time.sleep(api.backoff_delay(attempt))
 
 
 def _name(ec2: Any, inst: dict[str, Any], name: str) -> None:
-    """Put the Name tag on an instance and on the volumes and spot request it names."""
+    """Put the Name tag on an instance and on the volumes and spot request it names
+    (backing off while EC2 does not know the new ids yet)."""
     extra = [inst.get("SpotInstanceRequestId")] + [
         m["Ebs"]["VolumeId"] for m in inst.get("BlockDeviceMappings", []) if "Ebs" in m
     ]
-    ec2.create_tags(
-        Resources=[inst["InstanceId"], *filter(None, extra)], Tags=api.tags({"Name": name})
-    )
+    resources = [inst["InstanceId"], *filter(None, extra)]
+    api.until_found(lambda: ec2.create_tags(Resources=resources, Tags=api.tags({"Name": name})))
 
 
 @api.api_errors
-def launch(region: Region, req: LaunchRequest) -> list[str]:
+def launch(
+    region: Region, req: LaunchRequest, *, on_launched: Callable[[list[str]], None] | None = None
+) -> list[str]:
     """See the contract. The warning on an underbid is logged on this module's logger.
 
     Tags cluster, role and `req.tags` are set atomically on the instances, root
@@ -199,7 +210,7 @@ def launch(region: Region, req: LaunchRequest) -> list[str]:
     fast = api.ec2_client(region, fail_fast=True)
     tried = []
     for zone, subnet in _placements(ec2, region, req, current):
-        price = current.get(zone) if zone else None
+        price = current.get(zone)
         if req.spot and req.max_price is not None and price and req.max_price < price.current:
             log.warning(
                 "spot bid %s is below the current %s price in %s (%s USD/h)",
@@ -209,15 +220,17 @@ def launch(region: Region, req: LaunchRequest) -> list[str]:
                 price.current,
             )
         try:
-            found = _run(fast, _run_params(req, root, zone, subnet))["Instances"]
+            found = _run(fast, _run_params(req, root, subnet))["Instances"]
         except ClientError as e:
             if api.code(e) not in CAPACITY_ERRORS:
                 raise CloudError(
                     f"launching {req.count} x {req.instance_type} failed: {api.message(e)}"
                     + account.spot_role_hint(api.code(e))
                 ) from e
-            tried.append(f"{zone or 'any zone'} ({api.code(e)})")
+            tried.append(f"{zone} ({api.code(e)})")
             continue
+        if on_launched is not None:
+            on_launched(sorted(i["InstanceId"] for i in found))
         for inst, name in zip(sorted(found, key=lambda i: i["AmiLaunchIndex"]), names, strict=True):
             _name(ec2, inst, name)
         return sorted(i["InstanceId"] for i in found)
@@ -271,9 +284,10 @@ def wait_running(
         raise ValueError("wait_running needs at least one instance id")
     ids = sorted(set(instance_ids))
     waiter = api.ec2_client(region).get_waiter("instance_running")
-    delay = api.poll_delay(timeout)
+    delays = api.poll_delays()
     deadline = time.monotonic() + timeout
     while True:
+        delay = next(delays)
         try:
             waiter.wait(InstanceIds=ids, WaiterConfig={"Delay": delay, "MaxAttempts": 1})
         except WaiterError as e:
@@ -308,79 +322,3 @@ def _state_reason(inst: dict[str, Any]) -> str:
     if not code and not text:
         return ""
     return f": {text}" if text.startswith(code) else f": {code}: {text}".rstrip(": ")
-
-
-def _info(inst: dict[str, Any]) -> InstanceInfo:
-    tags = api.tag_dict(inst)
-    return InstanceInfo(
-        instance_id=inst["InstanceId"],
-        role=tags.get(ROLE_TAG, WORKER),
-        instance_type=inst["InstanceType"],
-        state=inst["State"]["Name"],
-        zone=inst.get("Placement", {}).get("AvailabilityZone", ""),
-        lifecycle=inst.get("InstanceLifecycle") or "on-demand",
-        private_ip=inst.get("PrivateIpAddress"),
-        public_ip=inst.get("PublicIpAddress"),
-        launch_time=inst.get("LaunchTime"),
-        spot_request_id=inst.get("SpotInstanceRequestId"),
-        name=tags.get("Name", ""),
-    )
-
-
-@api.api_errors
-def describe_cluster(region: Region, cluster: str) -> ClusterInfo:
-    """See the contract."""
-    ec2 = api.ec2_client(region)
-    tagged = [api.by_tag(CLUSTER_TAG, cluster)]
-    raw = api.instances(ec2, tagged)
-    instances = sorted(
-        map(_info, raw), key=lambda i: (i.role != MASTER, i.name or "~", i.instance_id)
-    )
-    groups = ec2.describe_security_groups(Filters=tagged)["SecurityGroups"]
-    keys = [k["KeyName"] for k in ec2.describe_key_pairs(Filters=tagged)["KeyPairs"]]
-    # The user's own key pair carries no tag of ours: then the nodes name it.
-    keys += [i["KeyName"] for i in raw if i.get("KeyName")]
-    return ClusterInfo(
-        name=cluster,
-        region=region,
-        instances=instances,
-        security_group_id=groups[0]["GroupId"] if groups else None,
-        key_name=keys[0] if keys else None,
-    )
-
-
-@api.api_errors
-def list_clusters(region: Region) -> list[str]:
-    """See the contract: a live instance or a leftover security group."""
-    ec2 = api.ec2_client(region)
-    has_tag = {"Name": "tag-key", "Values": [CLUSTER_TAG]}
-    live = api.instances(ec2, [has_tag, {"Name": "instance-state-name", "Values": api.LIVE_STATES}])
-    groups = ec2.describe_security_groups(Filters=[has_tag])["SecurityGroups"]
-    return sorted({api.tag_dict(r)[CLUSTER_TAG] for r in [*live, *groups]})
-
-
-@api.api_errors
-def terminate_instances(
-    region: Region, instance_ids: list[str], *, wait: bool = True, timeout: float = TEARDOWN_S
-) -> None:
-    """See the contract."""
-    if not instance_ids:
-        return
-    ec2 = api.ec2_client(region)
-    wanted = [
-        {"Name": "instance-id", "Values": list(instance_ids)},
-        {"Name": "instance-state-name", "Values": api.LIVE_STATES},
-    ]
-    live = sorted(i["InstanceId"] for i in api.instances(ec2, wanted))
-    if not live:
-        return
-    ec2.terminate_instances(InstanceIds=live)
-    if wait:
-        try:
-            ec2.get_waiter("instance_terminated").wait(
-                InstanceIds=live, WaiterConfig=api.waiter_config(timeout)
-            )
-        except WaiterError as e:
-            raise CloudError(
-                f"timed out after {timeout:g}s waiting for {', '.join(live)} to terminate"
-            ) from e
