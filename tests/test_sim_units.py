@@ -19,11 +19,7 @@ from provision.sim.hosts import SimError
 @pytest.fixture
 def host(tmp_path: Path) -> Path:
     """A directory with the host's systemctl and its links, as /usr/sbin has them."""
-    script = tmp_path / "systemctl"
-    script.write_text(power.script(str(tmp_path / power.REQUEST)))
-    script.chmod(0o755)
-    for name in ("poweroff", "halt", "reboot", "shutdown"):
-        (tmp_path / name).symlink_to(script)
+    power.install(tmp_path, str(tmp_path / power.REQUEST))
     return tmp_path
 
 

@@ -14,8 +14,9 @@ cloud image booted by cloud-init would:
 - an sshd that refuses root (`PermitRootLogin no`), as the clouds' images do;
 - for an image without a usable python3, /usr/bin without python3* (an overlay
   whose upper layer holds whiteouts);
-- its own /usr/bin/systemctl (and so poweroff, halt, reboot, shutdown): the
-  script of `power`, which asks the daemon to shut the instance down;
+- its own systemctl, poweroff, halt, reboot and shutdown (an overlay on
+  /usr/sbin, whatever this machine has there): the script of `power`, which
+  asks the daemon to shut the instance down;
 - the files of its root volume from an earlier life (a stop, a reboot, or the
   baked image it was launched from; see `disks`), unpacked before sshd starts;
   the instance's key is then added to ~/.ssh/authorized_keys, as cloud-init
@@ -41,6 +42,7 @@ OS_DIRS = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc
 PRIVATE_DIRS = {"home": "755", "root": "700", "tmp": "1777", "srv": "755", "mnt": "755",
                 "media": "755"}
 _ETC_FILES = ("passwd", "group", "shadow", "gshadow", "hosts", "hostname")
+POWER_BIN = "power-bin"  # in the host's directory: see `power.install`
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,13 @@ def sshd_config(d: Path, ip: str, login: Login) -> str:
     ])
 
 
+def _power(d: str) -> str:
+    """The host's shutdown commands over this machine's (sudo's PATH finds /usr/sbin first)."""
+    return (f"mount -t overlay overlay -o lowerdir={d}/{POWER_BIN}:/usr/sbin /usr/sbin && "
+            f"{{ [ ! -e /usr/bin/systemctl ] || "
+            f"mount --bind {d}/{POWER_BIN}/systemctl /usr/bin/systemctl; }}")
+
+
 def _restore(d: str) -> str:
     """Unpack the root volume's earlier files, if the host has any (see `disks`)."""
     return (f"if [ -f {d}/restore.tar ]; then tar -C / --numeric-owner -xpf {d}/restore.tar"
@@ -169,7 +178,7 @@ def boot_script(d: Path, login: Login, hostname: str, tmpfs_size: str, uid: int)
             f"hostname {q(hostname)}",
             f"mount -t tmpfs -o size={tmpfs_size},mode=755 tmpfs /srv",
             "mount -t tmpfs -o mode=755 tmpfs /run && mkdir -p /run/sshd",
-            f"mount --bind {q(str(d))}/systemctl /usr/bin/systemctl",
+            _power(q(str(d))),
             _restore(q(str(d))),
             f"exec {SSHD} -D -e -f {q(str(d))}/sshd_config",
         ])
@@ -198,7 +207,7 @@ def boot_script(d: Path, login: Login, hostname: str, tmpfs_size: str, uid: int)
     home = f"/home/{login.user}"
     keys = f"{q(home)}/.ssh/authorized_keys"
     steps += [
-        f"mount --bind {INSIDE}/systemctl /usr/bin/systemctl",
+        _power(INSIDE),
         _restore(INSIDE),
         f"install -d -m 700 /root/.ssh && install -m 600 {INSIDE}/root_authorized_keys"
         " /root/.ssh/authorized_keys",

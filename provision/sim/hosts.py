@@ -165,8 +165,7 @@ def start_host(
             hostfs.write_whiteouts(d)
     (d / "sshd_config").write_text(hostfs.sshd_config(d, ip, login))
     inside = Path(str(d) if login.is_root else INSIDE)
-    (d / "systemctl").write_text(power.script(str(inside / power.REQUEST)))
-    os.chmod(d / "systemctl", 0o755)
+    power.install(d / hostfs.POWER_BIN, str(inside / power.REQUEST))
     if restore is not None:
         share(restore, d / "restore.tar")
     (d / "hostname").write_text(hostname)

@@ -14,10 +14,11 @@ On EC2 (see "Change instance initiated shutdown behavior" in AWS's docs):
 - `reboot` restarts the OS: processes end, disks stay, the instance stays `running`.
 
 A host has no init system to ask, so the commands are one script (this
-module's `SCRIPT`) bind-mounted over the host's /usr/bin/systemctl, which
-poweroff, halt, reboot and shutdown are links to: it checks the caller is
-root (as systemd's polkit would refuse a plain user), then leaves a request
-in the host's directory, which the daemon's watcher enacts (see `watcher`).
+module's `SCRIPT`), laid over the host's /usr/sbin as systemctl and its links
+poweroff, halt, reboot and shutdown (and over /usr/bin/systemctl): it checks
+the caller is root (as systemd's polkit would refuse a plain user), then leaves
+a request in the host's directory, which the daemon's watcher enacts (see
+`watcher`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 REQUEST = "power.json"  # in the host's directory: {"action": ..., "at": epoch seconds}
 ACTIONS = ("poweroff", "halt", "reboot")
+COMMANDS = ("poweroff", "halt", "reboot", "shutdown")  # links to systemctl, as systemd has them
 
 SCRIPT = r"""#!/bin/sh
 # The host's systemctl/poweroff/halt/reboot/shutdown (provision.sim.power).
@@ -72,6 +74,16 @@ printf '{"action": "%s", "at": %s}\n' "$act" "$when" > "$req.tmp" && mv "$req.tm
 def script(request_path: str) -> str:
     """The script for a host whose request file is at `request_path` (as the host sees it)."""
     return SCRIPT.replace("@REQUEST@", request_path)
+
+
+def install(bin_dir: Path, request_path: str) -> None:
+    """`bin_dir`: systemctl (the script) and its links, for the host's /usr/sbin."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "systemctl").write_text(script(request_path))
+    (bin_dir / "systemctl").chmod(0o755)
+    for name in COMMANDS:
+        (bin_dir / name).unlink(missing_ok=True)
+        (bin_dir / name).symlink_to("systemctl")
 
 
 def due(host_dir: Path, now: float | None = None) -> str | None:
