@@ -24,6 +24,7 @@ a host's network namespace.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import json
 import re
 import socket
@@ -57,10 +58,21 @@ def ensure_blackholes() -> None:
 
 
 def routes() -> list[str]:
-    """This machine's routes into the region's ranges, as `ip route` prints them."""
+    """This machine's routes into the region's ranges (not another region's), as `ip route`
+    prints them."""
+    ranges = [ipaddress.ip_network(c) for c in SIM_RANGES]
+
+    def dst(line: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        for token in line.split()[:2]:  # "10.80.0.0/24 dev ..." or "blackhole 10.80.0.0/16 ..."
+            try:
+                return ipaddress.ip_network(token, strict=False)
+            except ValueError:
+                continue
+        return None
+
     out = run("ip", "route", "show", "table", "all", check=False).stdout.splitlines()
-    nets = tuple(c.rsplit(".", 2)[0] for c in SIM_RANGES)  # "10.80", "198.18.3"
-    return [line for line in out if any(f" {n}." in f" {line}" for n in nets)]
+    return [line.strip() for line in out
+            if (d := dst(line)) is not None and any(d.overlaps(r) for r in ranges)]
 
 
 def ensure_planes() -> None:
