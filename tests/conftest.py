@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,59 @@ def sim_key(sim_region: Region, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     yield name, path
     with contextlib.suppress(Exception):  # the region may be gone already (run_last tests)
         ec2.delete_key_pair(KeyName=name)
+
+
+@pytest.fixture
+def sim_ec2(sim_region: Region) -> Any:
+    """An EC2 client of the region as it is now (a run_last test restarts it elsewhere)."""
+    from provision import sim
+    from provision.sim.state import client
+
+    return client("ec2", sim.region().endpoint_url or "")
+
+
+@pytest.fixture
+def sim_launch(sim_ec2: Any, sim_key: tuple[str, Path]) -> Iterator[Callable[..., Any]]:
+    """Run c5.large instances in the sim subnet, as `launch(count, ...)`; returns them once
+    `running` (`wait=False`: as RunInstances answered); terminated after the test.
+
+    `image`: an SSM parameter (default Ubuntu's) or an AMI id; `spot`: a one-time spot
+    launch; `groups`: security group ids; anything else goes to RunInstances as is.
+    """
+    from simhelp import UBUNTU, retry_not_found, st_hosts, wait_state, wait_until
+
+    from provision import sim
+    from provision.sim.state import client
+
+    region = sim.region()
+    ids: list[str] = []
+
+    def launch(count: int = 1, *, public: bool = True, image: str = UBUNTU, spot: bool = False,
+               groups: list[str] | None = None, wait: bool = True, **extra: Any) -> list[Any]:
+        nic: dict[str, Any] = {"DeviceIndex": 0, "SubnetId": region.subnet_id,
+                               "AssociatePublicIpAddress": public}
+        if groups:
+            nic["Groups"] = groups
+        if spot:
+            extra["InstanceMarketOptions"] = {"MarketType": "spot"}
+        if not image.startswith("ami-"):
+            ssm = client("ssm", region.endpoint_url or "")
+            image = ssm.get_parameter(Name=image)["Parameter"]["Value"]
+        r = sim_ec2.run_instances(
+            ImageId=image, InstanceType="c5.large", MinCount=count, MaxCount=count,
+            KeyName=sim_key[0], NetworkInterfaces=[nic], MetadataOptions={"HttpTokens": "required"},
+            **extra,
+        )
+        ids.extend(i["InstanceId"] for i in r["Instances"])
+        if not wait:
+            return list(r["Instances"])
+        return [wait_state(sim_ec2, i["InstanceId"], "running") for i in r["Instances"]]
+
+    yield launch
+    st = sim.status()
+    if ids and st is not None and st.alive and st.endpoint == region.endpoint_url:
+        retry_not_found(lambda: sim_ec2.terminate_instances(InstanceIds=ids))
+        wait_until(lambda: not set(ids) & {h.instance_id for h in st_hosts()}, what="hosts to go")
 
 
 @functools.cache

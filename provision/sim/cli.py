@@ -97,14 +97,25 @@ def status() -> None:
     console.print(f"simulated region [green]running[/]: {st.endpoint} (pid {st.pid}, "
                   f"up {uptime:.0f}s)")
     _describe(console, st)
-    table = Table("instance", "private ip", "public ip", "user", "hostname", "sshd")
+    faults = any(_faults(h) for h in st.hosts)  # the column only when there is something to say
+    table = Table("instance", "private ip", "public ip", "user", "hostname", "sshd",
+                  *(["faults"] if faults else []))
     for h in st.hosts:
         table.add_row(h.instance_id or "?", h.ip, h.public_ip or "-", h.user, h.hostname,
-                      "[green]alive[/]" if h.sshd_alive else "[red]dead[/]")
+                      "[green]alive[/]" if h.sshd_alive else "[red]dead[/]",
+                      *([_faults(h) or "-"] if faults else []))
     if st.hosts:
         console.print(table)
     else:
         console.print("no hosts (no instance running in the subnet)")
+
+
+def _faults(h: api.SimHost) -> str:
+    out = ["halted"] if h.halted else []
+    if h.cut_until is not None:
+        left = h.cut_until - time.time()
+        out.append("cut" if left == float("inf") else f"cut ({max(left, 0):.0f}s left)")
+    return ", ".join(out)
 
 
 @sim.command()
@@ -119,3 +130,52 @@ def interrupt(instance_id: str, notice: float) -> None:
         Console().print(f"interruption of {instance_id} announced: terminates at {when}")
     else:
         Console().print(f"interrupted {instance_id}: instance terminated, host gone")
+
+
+@sim.command()
+@click.argument("instance_id")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True),
+              help="Heal by itself after this many seconds (default: until `sim heal`).")
+def cut(instance_id: str, seconds: float | None) -> None:
+    """Cut this machine's link to INSTANCE_ID's host: packets vanish, as in an outage.
+
+    New connections time out and established ones stall (no reset); traffic
+    between hosts on the private plane is untouched. The instance must have a
+    public address (the others are reached through one that has).
+    """
+    until = _call(api.cut, instance_id, seconds)
+    when = "until `provision sim heal`" if seconds is None else f"for {seconds:g}s"
+    Console().print(f"link to {instance_id} cut {when}" + (f" (heals at {time.ctime(until)})"
+                                                          if seconds is not None else ""))
+
+
+@sim.command()
+@click.argument("instance_id")
+def heal(instance_id: str) -> None:
+    """Restore this machine's link to INSTANCE_ID's host (no-op if it is not cut)."""
+    was = _call(api.heal, instance_id)
+    Console().print(f"link to {instance_id} " + ("restored" if was else "was not cut"))
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from provision.sim.disks import parse_size
+
+    try:
+        parse_size(value)
+    except SimError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[1]) from e
+    return value
+
+
+@sim.command()
+@click.argument("instance_id")
+@click.option("--size", required=True, callback=_size,
+              help="The new size of the host's /srv, e.g. 5M, 512k, 1G (its files are kept).")
+def disk(instance_id: str, size: str) -> None:
+    """Shrink (or grow) INSTANCE_ID's data disk, /srv, so a test can fill it.
+
+    Writing past it fails with ENOSPC on the host. Refused if /srv already holds
+    more; lasts until the host restarts.
+    """
+    total, used = _call(api.disk, instance_id, size)
+    Console().print(f"/srv on {instance_id}: {total} bytes, {used} used")

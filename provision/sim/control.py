@@ -24,7 +24,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from provision.cloud.common import Region
-from provision.sim import hosts, net
+from provision.sim import disks, faults, hosts, net
 from provision.sim.hosts import SimError
 from provision.sim.imds import notice_file
 from provision.sim.state import (
@@ -121,6 +121,8 @@ def _teardown(st: SimState | None) -> None:
     net.remove_planes()  # the bridges go, the blackholes stay
     WAN_FILE.unlink(missing_ok=True)
     shutil.rmtree(INTERRUPTS, ignore_errors=True)
+    disks.remove_all()
+    faults.remove_all()
     remove_state()
 
 
@@ -188,6 +190,8 @@ def _hosts() -> tuple[SimHost, ...]:
             sshd_alive=h.sshd_pid is not None,
             public_ip=h.public_ip,
             user=h.user,
+            halted=faults.halted(h),
+            cut_until=faults.cut_until(host_instance_id(h.name) or ""),
         )
         for h in sorted(hosts.list_hosts(), key=lambda h: tuple(map(int, h.ip.split("."))))
     )
@@ -199,7 +203,8 @@ def _observed(st: SimState, **kw: object) -> SimState:
                    **kw)
 
 
-def _running_state() -> SimState:
+def running_state() -> SimState:
+    """The state of the running region, or SimError saying how to start it."""
     st = read_state()
     if st is None or not _is_daemon(st.pid):
         raise SimError(NOT_RUNNING)
@@ -290,7 +295,7 @@ def interrupt(instance_id: str, notice: float = 0, timeout: float = 15) -> str:
 
     if notice < 0:
         raise SimError(f"--notice {notice:g}: must be 0 or more seconds")
-    st = _running_state()
+    st = running_state()
     try:
         res = client("ec2", st.endpoint).describe_instances(InstanceIds=[instance_id])
     except ClientError as e:
@@ -323,7 +328,7 @@ def region() -> Region:
     as the launch asked, the user comes from the image, SSH is opened to the
     laptop's public address.
     """
-    st = _running_state()
+    st = running_state()
     return Region(
         name=st.region_name,
         endpoint_url=st.endpoint,

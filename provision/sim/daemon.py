@@ -8,35 +8,26 @@ in-process backends, graft AWS's timing and consistency onto them (`model`,
 `prices`), and so one SIGTERM takes everything down: hosts, bridges, server,
 state file.
 
-The watcher is the only code that turns instances into hosts. It reads moto's
-backend directly (the truth, not the eventually consistent API) and reconciles:
-an instance `running` in the sim subnet gets a namespace host at its private IP
-(and its public one, if it has one) some seconds later, when "sshd has booted";
-a host whose instance is gone, shutting down or replaced is removed with
-everything running on it. It also enacts the spot interruptions that
-`provision sim interrupt` announced, when their notice runs out.
+The watcher (`watcher`) is the only code that turns instances into hosts, and
+what happens on hosts (an OS shutdown, a CreateImage) into instance events.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime as dt
 import logging
 import os
 import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
 
-from provision.sim import hosts, images, model, net, prices
-from provision.sim.hostfs import Login
-from provision.sim.imds import Imds, read_notice
+from provision.sim import disks, faults, hosts, images, model, net, prices, spot
+from provision.sim.imds import Imds
+from provision.sim.model import backend
 from provision.sim.state import (
     INTERRUPTS,
-    PREFIXLEN,
     REGION_NAME,
     SIM_TAG,
     SUBNET_CIDR,
@@ -45,27 +36,12 @@ from provision.sim.state import (
     SimState,
     Timing,
     client,
-    host_instance_id,
     remove_state,
-    set_host_instance_id,
     write_state,
 )
+from provision.sim.watcher import Watcher, metadata
 
 log = logging.getLogger("provision.sim.daemon")
-DEFAULT_LOGIN = images.FAMILIES[0].login  # an image the sim does not know boots as Ubuntu
-
-
-def backend() -> Any:
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.ec2.models import ec2_backends
-
-    return ec2_backends[DEFAULT_ACCOUNT_ID][REGION_NAME]
-
-
-def all_instances() -> Iterator[Any]:
-    """Every instance moto holds, hidden ones included (the watcher sees the truth)."""
-    for r in list(backend().reservations.values()):
-        yield from list(r.instances)
 
 
 # --- the world: VPC, subnet, images ---------------------------------------------------
@@ -78,7 +54,6 @@ class World:
         self.endpoint = endpoint
         self.timing = timing
         self.state: SimState | None = None
-        self.logins: dict[str, Login] = {}  # AMI id -> who logs in to its hosts
 
     def intact(self) -> bool:
         from moto.ec2.exceptions import InvalidSubnetIdError
@@ -104,7 +79,7 @@ class World:
             VpcId=vpc, CidrBlock=SUBNET_CIDR, AvailabilityZone=ZONE,
             TagSpecifications=[{"ResourceType": "subnet", "Tags": tags}],
         )["Subnet"]["SubnetId"]
-        params, self.logins = images.seed(REGION_NAME)
+        params = images.seed(REGION_NAME)
         again = self.state is not None
         self.state = SimState(
             endpoint=self.endpoint, pid=os.getpid(), vpc_id=vpc, subnet_id=subnet,
@@ -116,106 +91,6 @@ class World:
         log.info("world %s: vpc %s, subnet %s, %d images", "re-created after a reset"
                  if again else "created", vpc, subnet, len(set(params.values())))
         return self.state
-
-
-# --- the watcher ----------------------------------------------------------------------
-
-
-def metadata(instance_id: str) -> dict[str, str] | None:
-    """What the metadata service tells an instance about itself, from moto's record."""
-    inst = next((i for i in all_instances() if i.id == instance_id), None)
-    if inst is None or inst.state == "terminated":
-        return None
-    private = inst.private_ip or ""
-    name = f"ip-{private.replace('.', '-')}.ec2.internal"
-    return {
-        "ami-id": inst.image_id, "instance-id": inst.id, "instance-type": inst.instance_type,
-        "local-ipv4": private, "local-hostname": name, "hostname": name,
-        "public-ipv4": inst.nics[0].public_ip or "",
-        "placement/availability-zone": inst.placement.zone or ZONE,
-        "placement/region": REGION_NAME,
-        "instance-life-cycle": "spot" if inst.lifecycle == "spot" else "on-demand",
-        "http-tokens": inst.metadata_options.http_tokens, "arch": inst.architecture,
-    }
-
-
-class Watcher:
-    """Reconciles namespace hosts with what moto says is running in the subnet."""
-
-    def __init__(self, world: World, imds: Imds, rng: random.Random) -> None:
-        self.world = world
-        self.imds = imds
-        self.rng = rng
-        self.boot_at: dict[str, float] = {}  # instance id -> when its sshd "has booted"
-
-    def _running(self) -> dict[str, Any]:
-        """Private IP -> instance, for instances running in the sim subnet."""
-        subnet = self.world.state.subnet_id if self.world.state else None
-        return {
-            i.private_ip: i for i in all_instances()
-            if i.state == "running" and i.subnet_id == subnet and i.private_ip
-        }
-
-    def _public_key(self, inst: Any) -> str:
-        """The instance key pair's public key: what cloud-init puts in authorized_keys."""
-        kp = backend().key_pairs.get(inst.key_name or "")
-        if kp is None:
-            log.warning("%s: no key pair %r; nobody can log in", inst.id, inst.key_name)
-            return ""
-        return str(kp.public_key)
-
-    def interrupt_due(self) -> None:
-        """Terminate instances whose spot interruption notice has run out."""
-        now = dt.datetime.now(dt.timezone.utc)
-        for f in sorted(INTERRUPTS.glob("*.json")) if INTERRUPTS.exists() else []:
-            iid = f.stem
-            notice = read_notice(INTERRUPTS, iid)
-            if notice is not None and dt.datetime.fromisoformat(notice["time"]) > now:
-                continue
-            inst = next((i for i in all_instances() if i.id == iid), None)
-            if inst is not None and inst.state not in ("shutting-down", "terminated"):
-                backend().terminate_instances([iid])
-                inst.state_reason.message, inst.state_reason.code = model.SPOT_REASON
-                inst._reason = "Server.SpotInstanceTermination"
-                log.info("%s interrupted (spot)", iid)
-            for h in hosts.list_hosts():
-                if host_instance_id(h.name) == iid:
-                    self.imds.stop(h.name)
-                    hosts.stop_host(h.name)
-            f.unlink(missing_ok=True)
-
-    def step(self) -> None:
-        self.interrupt_due()
-        want = self._running()
-        now = time.monotonic()
-        ids = {inst.id for inst in want.values()}
-        self.boot_at = {i: t for i, t in self.boot_at.items() if i in ids}
-        have = set()
-        for host in hosts.list_hosts():
-            inst = want.get(host.ip)
-            iid = host_instance_id(host.name)
-            if inst is not None and inst.id == iid:
-                have.add(host.ip)
-                continue
-            # Terminated, stopped, wiped by a reset, or the IP now belongs to another instance.
-            log.info("host %s (%s, %s) removed: its instance is not running", host.name,
-                     host.ip, iid)
-            self.imds.stop(host.name)
-            hosts.stop_host(host.name)
-        self.imds.keep_only({hosts.netns_name(ip) for ip in have})
-        for ip, inst in sorted(want.items()):
-            due = self.boot_at.setdefault(inst.id, now + self.rng.uniform(*self.world.timing.ssh))
-            if ip in have or now < due:
-                continue
-            login = self.world.logins.get(inst.image_id, DEFAULT_LOGIN)
-            host = hosts.start_host(
-                ip, PREFIXLEN, self._public_key(inst), hostname=f"ip-{ip.replace('.', '-')}",
-                public_ip=inst.nics[0].public_ip, login=login,
-            )
-            set_host_instance_id(host.name, inst.id)
-            self.imds.start(host.name, inst.id)
-            log.info("host %s up for %s at %s/%s as %s (sshd %s)", host.name, inst.id, ip,
-                     host.public_ip or "-", login.user, host.sshd_pid)
 
 
 # --- process plumbing ---------------------------------------------------------------
@@ -256,6 +131,8 @@ def run(timing: Timing, poll: float, seed: int | None = None) -> None:
     hosts.check_requirements()
     rng = random.Random(seed)
     model.install(model.Model(timing, net.PUBLIC_POOL, rng.randrange(2**32)))
+    spot.install()
+    images.install()
     prices.install()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -265,7 +142,8 @@ def run(timing: Timing, poll: float, seed: int | None = None) -> None:
         net.ensure_planes()
         world = World(endpoint, timing)
         world.ensure()
-        watcher = Watcher(world, imds, rng)
+        watcher = Watcher(lambda: world.state.subnet_id if world.state else None, timing, imds,
+                          rng)
         log.info("serving on %s (pid %d); timing: %s", endpoint, os.getpid(), timing.describe())
         while not stop.is_set():
             try:
@@ -281,6 +159,8 @@ def run(timing: Timing, poll: float, seed: int | None = None) -> None:
         imds.stop_all()
         hosts.stop_all_hosts()
         net.remove_planes()
+        disks.remove_all()
+        faults.remove_all()
         server.stop()
         remove_state(os.getpid())
         reap()

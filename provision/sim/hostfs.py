@@ -13,7 +13,14 @@ cloud image booted by cloud-init would:
   empty tmpfs: a host cannot see the laptop's Python, checkouts or keys;
 - an sshd that refuses root (`PermitRootLogin no`), as the clouds' images do;
 - for an image without a usable python3, /usr/bin without python3* (an overlay
-  whose upper layer holds whiteouts).
+  whose upper layer holds whiteouts);
+- its own systemctl, poweroff, halt, reboot and shutdown (an overlay on
+  /usr/sbin, whatever this machine has there): the script of `power`, which
+  asks the daemon to shut the instance down;
+- the files of its root volume from an earlier life (a stop, a reboot, or the
+  baked image it was launched from; see `disks`), unpacked before sshd starts;
+  the instance's key is then added to ~/.ssh/authorized_keys, as cloud-init
+  adds it (a baked image keeps the keys it was baked with).
 
 `user="root"` keeps the base recipe's host (root login, /root and /tmp shared,
 the machine's users): for tests that need namespace hosts, not images.
@@ -35,6 +42,7 @@ OS_DIRS = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc
 PRIVATE_DIRS = {"home": "755", "root": "700", "tmp": "1777", "srv": "755", "mnt": "755",
                 "media": "755"}
 _ETC_FILES = ("passwd", "group", "shadow", "gshadow", "hosts", "hostname")
+POWER_BIN = "power-bin"  # in the host's directory: see `power.install`
 
 
 @dataclass(frozen=True)
@@ -148,16 +156,32 @@ def sshd_config(d: Path, ip: str, login: Login) -> str:
     ])
 
 
+def _power(d: str) -> str:
+    """The host's shutdown commands over this machine's (sudo's PATH finds /usr/sbin first)."""
+    return (f"mount -t overlay overlay -o lowerdir={d}/{POWER_BIN}:/usr/sbin /usr/sbin && "
+            f"{{ [ ! -e /usr/bin/systemctl ] || "
+            f"mount --bind {d}/{POWER_BIN}/systemctl /usr/bin/systemctl; }}")
+
+
+def _restore(d: str) -> str:
+    """Unpack the root volume's earlier files, if the host has any (see `disks`)."""
+    return (f"if [ -f {d}/restore.tar ]; then tar -C / --numeric-owner -xpf {d}/restore.tar"
+            f" && rm -f {d}/restore.tar; fi")
+
+
 def boot_script(d: Path, login: Login, hostname: str, tmpfs_size: str, uid: int) -> str:
     """The shell script a host's mount namespace runs before it execs sshd."""
     q = shlex.quote
     if login.is_root:
-        return (
-            f"hostname {q(hostname)} && "
-            f"mount -t tmpfs -o size={tmpfs_size},mode=755 tmpfs /srv && "
-            "mount -t tmpfs -o mode=755 tmpfs /run && mkdir -p /run/sshd && "
-            f"exec {SSHD} -D -e -f {q(str(d))}/sshd_config"
-        )
+        return "\n".join([
+            "set -e",
+            f"hostname {q(hostname)}",
+            f"mount -t tmpfs -o size={tmpfs_size},mode=755 tmpfs /srv",
+            "mount -t tmpfs -o mode=755 tmpfs /run && mkdir -p /run/sshd",
+            _power(q(str(d))),
+            _restore(q(str(d))),
+            f"exec {SSHD} -D -e -f {q(str(d))}/sshd_config",
+        ])
     steps = [
         "set -e",
         f"hostname {q(hostname)}",
@@ -181,12 +205,18 @@ def boot_script(d: Path, login: Login, hostname: str, tmpfs_size: str, uid: int)
     if not login.python:
         steps.append(f"mount -t overlay overlay -o lowerdir={INSIDE}/no-python:/usr/bin /usr/bin")
     home = f"/home/{login.user}"
+    keys = f"{q(home)}/.ssh/authorized_keys"
     steps += [
+        _power(INSIDE),
+        _restore(INSIDE),
         f"install -d -m 700 /root/.ssh && install -m 600 {INSIDE}/root_authorized_keys"
         " /root/.ssh/authorized_keys",
         f"install -d -m 755 -o {uid} -g {uid} {q(home)} && install -d -m 700 -o {uid} -g {uid}"
         f" {q(home)}/.ssh",
-        f"install -m 600 -o {uid} -g {uid} {INSIDE}/authorized_keys {q(home)}/.ssh/authorized_keys",
+        # cloud-init adds the instance's key to what the image already holds
+        f"touch {keys} && while IFS= read -r k; do grep -qxF \"$k\" {keys} ||"
+        f" printf '%s\\n' \"$k\" >> {keys}; done < {INSIDE}/authorized_keys",
+        f"chown {uid}:{uid} {keys} && chmod 600 {keys}",
         f"exec {SSHD} -D -e -f {INSIDE}/sshd_config",
     ]
     return "\n".join(steps)

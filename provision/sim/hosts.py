@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision.errors import BadInput
-from provision.sim import hostfs
-from provision.sim.hostfs import ROOT_LOGIN, Login
+from provision.sim import hostfs, power
+from provision.sim.hostfs import INSIDE, ROOT_LOGIN, Login
 
 # Several regions can run side by side on one machine (one per checkout, or per
 # test worker), each with its own id 0-9: bridge, namespaces, veths, subnet and
@@ -84,8 +84,9 @@ def check_requirements() -> None:
         problems.append(f"{SSHD} not found: apt-get install -y openssh-server")
     if not Path(SUDO).exists():
         problems.append(f"{SUDO} not found (the images' users sudo): apt-get install -y sudo")
-    if not shutil.which("tc"):
-        problems.append("`tc` not found: apt-get install -y iproute2")
+    for tool, package in (("tc", "iproute2"), ("bridge", "iproute2"), ("nsenter", "util-linux")):
+        if not shutil.which(tool):
+            problems.append(f"`{tool}` not found: apt-get install -y {package}")
     if problems:
         raise SimError("; ".join(problems))
 
@@ -129,8 +130,15 @@ def start_host(
     *,
     public_ip: str | None = None,
     login: Login = ROOT_LOGIN,
+    restore: Path | None = None,
+    host_key: Path | None = None,
 ) -> Host:
-    """Boot a host at `ip` whose sshd accepts `authorized_keys` for `login.user` (idempotent)."""
+    """Boot a host at `ip` whose sshd accepts `authorized_keys` for `login.user` (idempotent).
+
+    `restore`: a tar of the root volume's files from an earlier life (see `disks`).
+    `host_key`: sshd's ed25519 key, kept by the instance across reboots and stops
+    as its root volume keeps it on EC2; made (and written there) if it does not exist.
+    """
     name = netns_name(ip)
     existing = get_host(name)
     if existing and existing.sshd_pid:
@@ -141,8 +149,15 @@ def start_host(
     (d / "authorized_keys").write_text(authorized_keys.strip() + "\n")
     os.chmod(d / "authorized_keys", 0o600)
     key = d / "ssh_host_ed25519_key"
+    if host_key is not None and host_key.exists():
+        for suffix in ("", ".pub"):
+            shutil.copy2(f"{host_key}{suffix}", f"{key}{suffix}")
     if not key.exists():
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+    if host_key is not None and not host_key.exists():
+        host_key.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (".pub", ""):  # the private key last: its presence means both are there
+            shutil.copy2(f"{key}{suffix}", f"{host_key}{suffix}")
     uid = 0
     if not login.is_root:
         uid = hostfs.write_etc(d, login, ip, hostname)
@@ -150,6 +165,10 @@ def start_host(
         if not login.python:
             hostfs.write_whiteouts(d)
     (d / "sshd_config").write_text(hostfs.sshd_config(d, ip, login))
+    inside = Path(str(d) if login.is_root else INSIDE)
+    power.install(d / hostfs.POWER_BIN, str(inside / power.REQUEST))
+    if restore is not None:
+        share(restore, d / "restore.tar")
     (d / "hostname").write_text(hostname)
     (d / "user").write_text(login.user)
     (d / "ip").write_text(ip)
@@ -168,6 +187,8 @@ def start_host(
         run("ip", "-n", name, "addr", "add", f"{public_ip}/24", "dev", "eth1")
         run("ip", "-n", name, "link", "set", "eth1", "up")
         (d / "public_ip").write_text(public_ip)
+        # This machine may remember the address at another host's MAC (or a cut's entry).
+        run("ip", "neigh", "del", public_ip, "dev", PUBLIC_BRIDGE, check=False)
     script = hostfs.boot_script(d, login, hostname, tmpfs_size, uid)
     with open(d / "sshd.log", "ab") as log:
         proc = subprocess.Popen(
@@ -245,18 +266,37 @@ def netns_pids(name: str) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def stop_host(name: str, timeout: float = 5.0) -> None:
-    """Make the host vanish: kill everything in it, then its namespace and veth."""
-    pids = set(netns_pids(name))
-    sshd = _our_sshd(name)  # also if the namespace is gone (crash leftovers)
-    if sshd is not None:
-        pids.add(sshd)
+def share(src: Path, dst: Path) -> None:
+    """`dst` holds what `src` holds: a hard link (our tars never change in place), else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _kill(pids: set[int], timeout: float) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
         time.sleep(0.05)
+
+
+def kill_processes(name: str, timeout: float = 5.0) -> None:
+    """End everything running on the host but its sshd, which holds its mounts (its disk)."""
+    _kill(set(netns_pids(name)) - {_our_sshd(name)}, timeout)
+
+
+def stop_host(name: str, timeout: float = 5.0) -> None:
+    """Make the host vanish: kill everything in it, then its namespace and veth."""
+    pids = set(netns_pids(name))
+    sshd = _our_sshd(name)  # also if the namespace is gone (crash leftovers)
+    if sshd is not None:
+        pids.add(sshd)
+    _kill(pids, timeout)
     for veth in _veths(name):
         if Path(f"/sys/class/net/{veth}").exists():
             run("ip", "link", "del", veth, check=False)

@@ -13,7 +13,15 @@ consistency in the Amazon EC2 API" and "Instance lifecycle" in its docs):
   leave it out;
 - DeleteSecurityGroup fails with `DependencyViolation` while any instance that
   is not yet `terminated` uses the group;
+- StopInstances turns them `stopping`, `stopped` seconds later (the public
+  address is released); StartInstances `pending`, then `running` with a new one;
+  a one-time spot instance cannot be stopped (`UnsupportedOperation`);
 - public addresses come from the sim's public plane, not moto's random ones.
+
+Other modules graft more (`spot`, `images`) with `patch`, which stacks: each
+patch wraps whatever the method is when it is installed. `request()` gives a
+backend patch the parameters of the API call being served, for what moto's
+response layer drops (InstanceMarketOptions' SpotOptions, NoReboot).
 
 The daemon calls `install()` once, then `tick()` on every poll to move due
 transitions along. Patches are on moto's `EC2Backend` class: the daemon is the
@@ -22,20 +30,60 @@ only process that imports them.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from provision.sim.state import Timing
+from provision.sim.state import REGION_NAME, Timing
 
 log = logging.getLogger("provision.sim.model")
 
+# (message, code) of an instance's StateReason, as AWS words them.
 SPOT_REASON = ("Server.SpotInstanceTermination: Spot instance termination",
                "Server.SpotInstanceTermination")
+OS_SHUTDOWN_REASON = ("Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+                      "Client.InstanceInitiatedShutdown")
+STATES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64,
+          "stopped": 80}
+_request: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "request", default=None)
+
+
+def backend() -> Any:
+    """moto's EC2 backend of the sim's region (the daemon's server serves it)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    return ec2_backends[DEFAULT_ACCOUNT_ID][REGION_NAME]
+
+
+def all_instances() -> Iterator[Any]:
+    """Every instance moto holds, hidden ones included (the watcher sees the truth)."""
+    for r in list(backend().reservations.values()):
+        yield from list(r.instances)
+
+
+def find_instance(instance_id: str | None) -> Any:
+    return next((i for i in all_instances() if i.id == instance_id), None)
+
+
+def set_state(inst: Any, name: str) -> None:
+    inst._state.name, inst._state.code = name, STATES[name]
+
+
+def set_reason(inst: Any, reason: tuple[str, str]) -> None:
+    """The instance's StateReason (message, code), e.g. `SPOT_REASON`."""
+    inst.state_reason.message, inst.state_reason.code = reason
+
+
+def request() -> dict[str, Any]:
+    """The parameters of the API call being served (see `keep_params`), {} outside one."""
+    return _request.get() or {}
 
 
 class Model:
@@ -49,7 +97,10 @@ class Model:
         self.visible_at: dict[str, float] = {}  # resource id or "key:NAME" -> monotonic time
         self.due_running: dict[str, tuple[float, Any]] = {}  # instance id -> (when, Instance)
         self.due_terminated: dict[str, tuple[float, Any]] = {}
+        self.due_stopped: dict[str, tuple[float, Any]] = {}
         self.public: dict[str, str] = {}  # instance id -> its public address
+        self.cursor = 0  # where in the public pool the next address is looked for
+        self.reboots: set[str] = set()  # instances RebootInstances asked to reboot
 
     def _after(self, rng: tuple[float, float]) -> float:
         return time.monotonic() + self.rng.uniform(*rng)
@@ -74,53 +125,83 @@ class Model:
                 nic.public_ip = None  # moto's own random one is not ours
                 inst.sim_wants_public = str(nic.public_ip_auto_assign).lower() == "true"
                 self.created(inst.id)
-                if self.timing.pending[1] > 0:
-                    inst._state.name, inst._state.code = "pending", 0
-                    self.due_running[inst.id] = (self._after(self.timing.pending), inst)
-                else:
-                    self._running(inst)
+                self.pending(inst)
+
+    def pending(self, inst: Any) -> None:
+        """`pending` for a few seconds (launch, start), then `running`."""
+        with self.lock:
+            if self.timing.pending[1] > 0:
+                set_state(inst, "pending")
+                self.due_running[inst.id] = (self._after(self.timing.pending), inst)
+            else:
+                self._running(inst)
+
+    def _release_public(self, inst: Any) -> None:
+        self.public.pop(inst.id, None)
+        inst.nics[0].public_ip = None
 
     def _running(self, inst: Any) -> None:
-        inst._state.name, inst._state.code = "running", 16
+        set_state(inst, "running")
         if getattr(inst, "sim_wants_public", False):
-            free = [a for a in self.pool if a not in set(self.public.values())]
+            # Round the pool: an address just released is the last to be handed out again.
+            used = set(self.public.values())
+            free = [a for a in self.pool[self.cursor:] + self.pool[:self.cursor] if a not in used]
             if not free:
                 log.warning("%s: the public pool is exhausted; no public address", inst.id)
                 return
             self.public[inst.id] = inst.nics[0].public_ip = free[0]
+            self.cursor = (self.pool.index(free[0]) + 1) % len(self.pool)
 
     def terminated(self, result: list[tuple[Any, Any]]) -> None:
         """After moto terminated: AWS's `shutting-down` first, and the public IP released."""
         with self.lock:
             for inst, previous in result:
-                self.public.pop(inst.id, None)
-                inst.nics[0].public_ip = None
+                self._release_public(inst)
                 self.due_running.pop(inst.id, None)
+                self.due_stopped.pop(inst.id, None)
                 if previous.name == "terminated" and inst.id not in self.due_terminated:
                     continue
                 if self.timing.shutting_down[1] > 0:
-                    inst._state.name, inst._state.code = "shutting-down", 32
+                    set_state(inst, "shutting-down")
                     if inst.id not in self.due_terminated:
                         when = self._after(self.timing.shutting_down)
                         self.due_terminated[inst.id] = (when, inst)
 
+    def stopped(self, result: list[tuple[Any, Any]]) -> None:
+        """After moto stopped: `stopping` first (as long as shutting-down lasts), no public IP."""
+        with self.lock:
+            for inst, _ in result:
+                self._release_public(inst)
+                self.due_running.pop(inst.id, None)
+                if self.timing.shutting_down[1] > 0:
+                    set_state(inst, "stopping")
+                    self.due_stopped[inst.id] = (self._after(self.timing.shutting_down), inst)
+
+    def take_reboots(self) -> set[str]:
+        with self.lock:
+            asked, self.reboots = self.reboots, set()
+        return asked
+
     def tick(self) -> None:
         now = time.monotonic()
         with self.lock:
-            for iid, (when, inst) in list(self.due_running.items()):
-                if now >= when:
-                    del self.due_running[iid]
-                    if inst.state == "pending":
+            for due, before, after in ((self.due_running, "pending", None),
+                                       (self.due_terminated, "shutting-down", "terminated"),
+                                       (self.due_stopped, "stopping", "stopped")):
+                for iid, (when, inst) in list(due.items()):
+                    if now < when:
+                        continue
+                    del due[iid]
+                    if inst.state != before:
+                        continue
+                    if after is None:
                         self._running(inst)
-            for iid, (when, inst) in list(self.due_terminated.items()):
-                if now >= when:
-                    del self.due_terminated[iid]
-                    inst._state.name, inst._state.code = "terminated", 48
+                    else:
+                        set_state(inst, after)
             self.visible_at = {k: t for k, t in self.visible_at.items() if t > now}
 
 
 _model: Model | None = None
-_originals: dict[str, Callable[..., Any]] = {}
 
 
 def current() -> Model:
@@ -128,12 +209,14 @@ def current() -> Model:
     return _model
 
 
-def _patch(cls: type, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Replace cls.name by the decorated function, which gets the original first."""
+def patch(cls: type, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Replace cls.name by the decorated function, which gets the method it replaces first.
+
+    Patches stack (a second one wraps the first); each module installs its own once.
+    """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        key = f"{cls.__name__}.{name}"
-        orig = _originals.setdefault(key, getattr(cls, name))
+        orig = getattr(cls, name)
 
         @functools.wraps(orig)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -143,6 +226,18 @@ def _patch(cls: type, name: str) -> Callable[[Callable[..., Any]], Callable[...,
         return fn
 
     return deco
+
+
+def keep_params(cls: type, name: str, *params: str) -> None:
+    """Let backend patches see `params` of the calls the response method `name` serves."""
+
+    @patch(cls, name)
+    def serve(orig: Callable[..., Any], self: Any) -> Any:
+        token = _request.set({p: self._get_param(p) for p in params})
+        try:
+            return orig(self)
+        finally:
+            _request.reset(token)
 
 
 def install(model: Model) -> None:
@@ -158,7 +253,7 @@ def _install_patches() -> None:  # noqa: C901 - one place lists every patched ca
     from moto.ec2 import exceptions as ex
     from moto.ec2.models import EC2Backend
 
-    @_patch(EC2Backend, "run_instances")
+    @patch(EC2Backend, "run_instances")
     def run_instances(orig: Callable[..., Any], self: Any, *a: Any, **kw: Any) -> Any:
         # moto invents a group for an unknown id in NetworkInterfaces; AWS refuses.
         for nic in kw.get("nics") or []:
@@ -169,13 +264,45 @@ def _install_patches() -> None:  # noqa: C901 - one place lists every patched ca
         current().launched(reservation.instances)
         return reservation
 
-    @_patch(EC2Backend, "terminate_instances")
+    @patch(EC2Backend, "terminate_instances")
     def terminate_instances(orig: Callable[..., Any], self: Any, ids: list[str]) -> Any:
         result = orig(self, ids)
         current().terminated(result)
         return result
 
-    @_patch(EC2Backend, "all_reservations")
+    def those(self: Any, ids: list[str], verb: str, allowed: tuple[str, ...], todo: str) -> Any:
+        """The instances in state `todo` (the others need nothing); refuse any not `allowed`."""
+        insts = self.get_multi_instances_by_id(ids)
+        for inst in insts:
+            if inst.state not in allowed:
+                raise ex.EC2ClientError("IncorrectInstanceState", f"The instance '{inst.id}' "
+                                        f"is not in a state from which it can be {verb}.")
+        return [i.id for i in insts if i.state == todo]
+
+    @patch(EC2Backend, "stop_instances")
+    def stop_instances(orig: Callable[..., Any], self: Any, ids: list[str]) -> Any:
+        running = those(self, ids, "stopped", ("running", "stopping", "stopped"), "running")
+        result = orig(self, running) if running else []
+        current().stopped(result)
+        return result
+
+    @patch(EC2Backend, "start_instances")
+    def start_instances(orig: Callable[..., Any], self: Any, ids: list[str]) -> Any:
+        stopped = those(self, ids, "started", ("stopped", "pending", "running"), "stopped")
+        result = orig(self, stopped) if stopped else []
+        for inst, _ in result:
+            inst.nics[0].public_ip = None  # a new one when running, from the sim's pool
+            current().pending(inst)
+        return result
+
+    @patch(EC2Backend, "reboot_instances")
+    def reboot_instances(orig: Callable[..., Any], self: Any, ids: list[str]) -> Any:
+        insts = self.get_multi_instances_by_id(ids)  # moto's would "start" a stopped one
+        with current().lock:
+            current().reboots.update(i.id for i in insts if i.state == "running")
+        return insts
+
+    @patch(EC2Backend, "all_reservations")
     def all_reservations(orig: Callable[..., Any], self: Any, filters: Any = None) -> Any:
         m = current()
         out = []
@@ -185,17 +312,17 @@ def _install_patches() -> None:  # noqa: C901 - one place lists every patched ca
                 out.append(r)
         return out
 
-    @_patch(EC2Backend, "create_security_group")
+    @patch(EC2Backend, "create_security_group")
     def create_security_group(orig: Callable[..., Any], self: Any, *a: Any, **kw: Any) -> Any:
         group = orig(self, *a, **kw)
         current().created(group.id)
         return group
 
-    @_patch(EC2Backend, "get_security_group_from_id")
+    @patch(EC2Backend, "get_security_group_from_id")
     def get_security_group_from_id(orig: Callable[..., Any], self: Any, gid: str) -> Any:
         return None if current().hidden(gid) else orig(self, gid)
 
-    @_patch(EC2Backend, "describe_security_groups")
+    @patch(EC2Backend, "describe_security_groups")
     def describe_security_groups(
         orig: Callable[..., Any], self: Any, group_ids: Any = None, *a: Any, **kw: Any
     ) -> Any:
@@ -205,7 +332,7 @@ def _install_patches() -> None:  # noqa: C901 - one place lists every patched ca
                 raise ex.InvalidSecurityGroupNotFoundError(gid)
         return [g for g in orig(self, group_ids, *a, **kw) if not m.hidden(g.id)]
 
-    @_patch(EC2Backend, "delete_security_group")
+    @patch(EC2Backend, "delete_security_group")
     def delete_security_group(
         orig: Callable[..., Any], self: Any, name: str | None = None, group_id: str | None = None
     ) -> Any:
@@ -223,13 +350,13 @@ def _install_patches() -> None:  # noqa: C901 - one place lists every patched ca
 
     for creator in ("import_key_pair", "create_key_pair"):
 
-        @_patch(EC2Backend, creator)
+        @patch(EC2Backend, creator)
         def create_key(orig: Callable[..., Any], self: Any, name: str, *a: Any, **kw: Any) -> Any:
             kp = orig(self, name, *a, **kw)
             current().created(f"key:{name}")
             return kp
 
-    @_patch(EC2Backend, "describe_key_pairs")
+    @patch(EC2Backend, "describe_key_pairs")
     def describe_key_pairs(
         orig: Callable[..., Any], self: Any, key_names: list[str], *a: Any, **kw: Any
     ) -> Any:
@@ -239,12 +366,22 @@ def _install_patches() -> None:  # noqa: C901 - one place lists every patched ca
                 raise ex.InvalidKeyPairNameError({name})
         return [k for k in orig(self, key_names, *a, **kw) if not m.hidden(f"key:{k.key_name}")]
 
-    @_patch(EC2Backend, "create_tags")
+    @patch(EC2Backend, "create_tags")
     def create_tags(orig: Callable[..., Any], self: Any, resource_ids: list[str], tags: Any) -> Any:
         m = current()
         for rid in resource_ids:
             if m.hidden(rid):
-                if rid.startswith("sg-"):
-                    raise ex.InvalidSecurityGroupNotFoundError(rid)
-                raise ex.InvalidInstanceIdError(rid)
+                raise not_found(rid)
         return orig(self, resource_ids, tags)
+
+
+def not_found(rid: str) -> Exception:
+    """AWS's `*.NotFound` error for a resource id it does not know (yet)."""
+    from moto.ec2 import exceptions as ex
+
+    if rid.startswith("sg-"):
+        return ex.InvalidSecurityGroupNotFoundError(rid)
+    if rid.startswith("sir-"):
+        return ex.EC2ClientError("InvalidSpotInstanceRequestID.NotFound",
+                                 f"The spot instance request ID '{rid}' does not exist")
+    return ex.InvalidInstanceIdError(rid)

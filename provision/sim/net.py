@@ -17,12 +17,14 @@ catches it). The metadata address 169.254.169.254 exists only on each host's
 loopback; it is not routed here because this machine may have a real one.
 
 Also here: the WAN between laptop and region (tc on the laptop side of the
-public plane), and sockets opened inside a host's network namespace.
+public plane), outages of one host's link (`block`), and sockets opened inside
+a host's network namespace.
 """
 
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import json
 import re
 import socket
@@ -56,10 +58,21 @@ def ensure_blackholes() -> None:
 
 
 def routes() -> list[str]:
-    """This machine's routes into the region's ranges, as `ip route` prints them."""
+    """This machine's routes into the region's ranges (not another region's), as `ip route`
+    prints them."""
+    ranges = [ipaddress.ip_network(c) for c in SIM_RANGES]
+
+    def dst(line: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        for token in line.split()[:2]:  # "10.80.0.0/24 dev ..." or "blackhole 10.80.0.0/16 ..."
+            try:
+                return ipaddress.ip_network(token, strict=False)
+            except ValueError:
+                continue
+        return None
+
     out = run("ip", "route", "show", "table", "all", check=False).stdout.splitlines()
-    nets = tuple(c.rsplit(".", 2)[0] for c in SIM_RANGES)  # "10.80", "198.18.3"
-    return [line for line in out if any(f" {n}." in f" {line}" for n in nets)]
+    return [line.strip() for line in out
+            if (d := dst(line)) is not None and any(d.overlaps(r) for r in ranges)]
 
 
 def ensure_planes() -> None:
@@ -140,6 +153,57 @@ def read_wan(wan_file: Path) -> dict[str, str]:
 def qdiscs() -> str:
     """What tc says is on the public bridge (for `status`: the truth, not the intent)."""
     return run("tc", "qdisc", "show", "dev", hosts.PUBLIC_BRIDGE, check=False).stdout.strip()
+
+
+# --- outages: a host's link drops every frame -------------------------------------------
+
+_PORT_DISABLED = "0"  # a bridge port's STP state: disabled forwards and learns nothing
+
+
+def _ports(host: hosts.Host, planes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(bridge-side veth, plane) of the host's links on `planes` ("private", "public")."""
+    n = host.name[len(hosts.NETNS_PREFIX):]
+    ports = {"private": f"{hosts.VETH_PREFIX}{n}", "public": f"{hosts.PUBLIC_VETH_PREFIX}{n}"}
+    return [(ports[p], p) for p in planes if Path(f"/sys/class/net/{ports[p]}").exists()]
+
+
+def blocked(host: hosts.Host, plane: str = "public") -> bool:
+    for veth, _ in _ports(host, (plane,)):
+        try:
+            return Path(f"/sys/class/net/{veth}/brport/state").read_text().strip() == _PORT_DISABLED
+        except OSError:
+            return False
+    return False
+
+
+def block(host: hosts.Host, planes: tuple[str, ...] = ("public",)) -> None:
+    """Drop every frame to and from the host on `planes`, silently, as a dead link does.
+
+    The bridge port stops forwarding (no RST, no ICMP: TCP just retransmits), and
+    both ends keep a permanent ARP entry for the other, so neither learns "no
+    route to host" from unanswered ARP: a connect times out, as across the internet.
+    """
+    for veth, plane in _ports(host, planes):
+        run("bridge", "link", "set", "dev", veth, "state", _PORT_DISABLED)
+        if plane == "public" and host.public_ip:
+            mac = Path(f"/sys/class/net/{hosts.PUBLIC_BRIDGE}/address").read_text().strip()
+            run("ip", "neigh", "replace", host.public_ip, "lladdr", _host_mac(host, "eth1"),
+                "dev", hosts.PUBLIC_BRIDGE, "nud", "permanent")
+            run("ip", "-n", host.name, "neigh", "replace", PUBLIC_GATEWAY, "lladdr", mac,
+                "dev", "eth1", "nud", "permanent")
+
+
+def unblock(host: hosts.Host, planes: tuple[str, ...] = ("public",)) -> None:
+    for veth, plane in _ports(host, planes):
+        run("bridge", "link", "set", "dev", veth, "state", "3", check=False)  # forwarding
+        if plane == "public" and host.public_ip:
+            run("ip", "neigh", "del", host.public_ip, "dev", hosts.PUBLIC_BRIDGE, check=False)
+            run("ip", "-n", host.name, "neigh", "del", PUBLIC_GATEWAY, "dev", "eth1", check=False)
+
+
+def _host_mac(host: hosts.Host, dev: str) -> str:
+    out = run("ip", "-n", host.name, "-o", "link", "show", dev).stdout
+    return out.split("link/ether", 1)[1].split()[0]
 
 
 # --- sockets inside a host ------------------------------------------------------------

@@ -103,6 +103,8 @@ class SimHost:
     sshd_alive: bool
     public_ip: str | None = None
     user: str = "root"  # the image's login user
+    halted: bool = False  # `halt` ran on it: the instance runs, the host is dead
+    cut_until: float | None = None  # its laptop link is cut until then (inf: until healed)
 
 
 @dataclass(frozen=True)
