@@ -233,3 +233,49 @@ def _log_spaced(values: list) -> bool:
         return False
     ratios = arr[1:] / arr[:-1]
     return bool(np.allclose(ratios, ratios[0], rtol=0.05) and ratios[0] >= 3)
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy arrays, scalars and masked values as plain JSON values
+    (masked and NaN become null)."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ma.MaskedArray):
+        return [
+            None if m else jsonable(v)
+            for v, m in zip(obj.data.tolist(), np.ma.getmaskarray(obj).tolist())
+        ]
+    if isinstance(obj, np.ndarray):
+        return [jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> Path:
+    """``obj`` as indented JSON (see `jsonable`); values JSON lacks become strings."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(obj), indent=2, default=str) + "\n")
+    return path
+
+
+def save_cv_results(cv_results: Mapping[str, Any], directory: str | os.PathLike) -> list[Path]:
+    """``cv_results.json`` and ``cv_results.csv`` (one row per candidate) in ``directory``."""
+    import csv
+
+    directory = Path(directory)
+    clean = jsonable(cv_results)
+    paths = [save_json(clean, directory / "cv_results.json"), directory / "cv_results.csv"]
+    keys = [k for k in clean if k != "params"]
+    with open(paths[1], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(keys)
+        writer.writerows(zip(*(clean[k] for k in keys)))
+    return paths
