@@ -274,3 +274,18 @@ def test_partition_cuts_stratified_shards_and_keeps_a_held_out_part(tmp_path, mo
     assert all(sorted(set(p[1])) == [0, 1, 2] for p in parts)  # every shard sees every class
     rows = np.concatenate([p[0][:, 0] for p in parts] + [X_test[:, 0]])
     assert sorted(rows) == list(np.arange(0.0, 240.0, 2.0)) and local.name == digest
+
+
+def test_the_memory_table_shows_free_memory_per_host_and_per_engine():
+    from rich.console import Console
+
+    from payload import HostMemory
+    from provision.cli import tables
+
+    console = Console(width=120, record=True)
+    host = HostMemory("ip-10-84-0-4", total=2 * 2**30, available=2**30, engines=(0, 3),
+                      engines_rss=300 * 2**20)
+    console.print(tables.host_memory("memory per host, cluster c", [host]))
+    row = next(line for line in console.export_text().splitlines() if "ip-10-84-0-4" in line)
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    assert cells == ["ip-10-84-0-4", "0, 3", "2,048 MiB", "1,024 MiB", "512 MiB", "300 MiB"]
