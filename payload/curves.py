@@ -105,11 +105,11 @@ def present_validation_curve(result: dict, out: Path) -> list[str]:
     from .report import save_json
 
     name, values = result["param_name"], result["param_range"]
-    data = save_json(result, out / "validation_curve.json")
     lines = _curve_lines([f"{name}={value!r}" for value in values], result)
+    lines.append(f"results: {save_json(result, out / 'validation_curve.json')}")
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         lines.append(f"plot: {plot_curve(values, result, out / 'validation_curve.png', name)}")
-    return [*lines, f"results: {data}"]
+    return lines
 
 
 @payload_kind(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .registry import payload_kind
-from .report import plot_heatmap, plot_param_boxplots, report_text, save_cv_results
+from .report import plain, plot_heatmap, plot_param_boxplots, report_text, save_cv_results
 from .search import DistributedSearch
 
 SEED_HELP = (
@@ -33,7 +33,7 @@ def present_search(search: DistributedSearch, out: Path, *, top: int = 5) -> lis
         plots.append(plot_heatmap(results, out / "heatmap.png", x=names[1], y=names[0]))
     return [
         report_text(results, top=top),
-        f"best: {search.best_params_} validation {search.best_score_:.5f}",
+        f"best: {plain(search.best_params_)} validation {search.best_score_:.5f}",
         f"results: {', '.join(map(str, files))}",
         f"plots: {', '.join(map(str, plots))}",
     ]

@@ -37,7 +37,7 @@ def _mean_sem(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return scores.mean(axis=1), np.atleast_1d(sem(scores, axis=1))
 
 
-def _plain(params: Mapping[str, Any]) -> dict:
+def plain(params: Mapping[str, Any]) -> dict:
     """numpy scalars print as ``np.float64(...)``; show them as Python numbers."""
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()}
 
@@ -60,7 +60,7 @@ def report_text(cv_results: Mapping[str, Any], top: int = 5, metric: str = "scor
         line = f"Rank {rank}: validation: {test_mean[i]:.5f} (+/-{test_sem[i]:.5f})"
         if train is not None:
             line += f" train: {train_mean[i]:.5f} (+/-{train_sem[i]:.5f})"
-        lines.append(f"{line}: {_plain(cv_results['params'][i])}")
+        lines.append(f"{line}: {plain(cv_results['params'][i])}")
     return "\n".join(lines)
 
 
