@@ -79,9 +79,10 @@ def toy_kind(monkeypatch):
         return [line.upper() if shout else line]
 
     def toy(client: Any, estimator: Any, split_paths: list[str], *, depth: int = 3,
-            ratio: float | None = None, timeout: float | None = None) -> dict:
+            ratio: float | None = None, random_state: int | None = None,
+            timeout: float | None = None) -> dict:
         calls.append({"estimator": estimator, "split_paths": split_paths, "depth": depth,
-                      "ratio": ratio, "timeout": timeout})
+                      "ratio": ratio, "random_state": random_state, "timeout": timeout})
         return {"depth": depth}
 
     monkeypatch.setitem(registry._KINDS, "toy", registry.PayloadKind(
@@ -117,6 +118,7 @@ def test_a_new_payload_kind_runs_from_the_cli_with_its_own_flags(case, toy_kind,
     assert call["split_paths"] == ["/srv/provision/data/abc/s0", "/srv/provision/data/abc/s1"]
     assert type(call["estimator"]).__name__ == "SVR"  # the default for a continuous target
     assert call["estimator"].C == 2.0 and call["ratio"] is None and call["timeout"] == 3600
+    assert call["random_state"] == 0  # reproducible (and a randomized search resumable)
     assert (tmp_path / "provision-results" / "unit-toy-digits-SVR").is_dir()
 
 

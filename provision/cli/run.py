@@ -46,7 +46,9 @@ SPECIAL: dict[str, tuple[str, Any, str]] = {
     "error_score": ("--error-score", float, "Score recorded for a fit that fails "
                                             "(nan: the fit's row shows nan)."),
 }
-DEFAULT_TIMEOUT = 3600.0
+# The command line's own defaults, where the payload's (None) would not do: every wait
+# has a timeout, and a run is reproducible, so a randomized search resumes from its journal.
+CLI_DEFAULTS = {"timeout": 3600.0, "random_state": 0}
 REGRESSION_TARGETS = ("continuous", "continuous-multioutput")
 MODEL_HELP = (
     "The estimator: a dotted class path (sklearn.svm.SVC), module:factory, or a Python file "
@@ -72,9 +74,9 @@ def option(name: str, param: inspect.Parameter, kind: PayloadKind) -> click.Opti
         return None
     help_text = kind.option_help.get(name, help_text or f"Payload option {name}.")
     has_default = param.default is not inspect.Parameter.empty
-    if name == "timeout":
-        return click.Option([flag, name], type=float, default=DEFAULT_TIMEOUT, show_default=True,
-                            help=help_text)
+    if name in CLI_DEFAULTS:
+        return click.Option([flag, name], type=ptype, default=CLI_DEFAULTS[name],
+                            show_default=True, help=help_text)
     if has_default and param.default is not None:  # shown, not passed: the payload's applies
         shown = param.default.tolist() if hasattr(param.default, "tolist") else param.default
         help_text += f"  [default: {shown}]"
