@@ -229,7 +229,7 @@ def _log_spaced(values: list) -> bool:
         arr = np.asarray(values, dtype=float)
     except (TypeError, ValueError):
         return False
-    if arr.size < 2 or (arr <= 0).any():
+    if arr.ndim != 1 or arr.size < 2 or (arr <= 0).any():  # tuples (ngram_range) are not
         return False
     ratios = arr[1:] / arr[:-1]
     return bool(np.allclose(ratios, ratios[0], rtol=0.05) and ratios[0] >= 3)

@@ -134,3 +134,20 @@ def test_every_kind_takes_data_on_the_hosts_and_says_how_to_show_its_result():
         assert not {"X", "y"} & set(kind.options), kind.name
     assert list(kinds["gridsearch"].present_options) == ["top"]
     assert kinds["forest"].output == kinds["sgd-average"].output == "file"
+
+
+def test_a_heatmap_takes_tuple_valued_parameters_such_as_ngram_range(tmp_path):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import Pipeline
+
+    from payload import plot_heatmap
+
+    X = np.array(["aa bb cc", "bb cc dd", "cc dd ee", "dd ee ff", "aa aa bb", "ff ff ee"] * 5)
+    y = np.array([0, 0, 1, 1, 0, 1] * 5)
+    pipe = Pipeline([("tfidf", TfidfVectorizer()), ("clf", LogisticRegression())])
+    grid = {"clf__C": [0.1, 1.0], "tfidf__ngram_range": [(1, 1), (1, 2)]}
+    results = GridSearchCV(pipe, grid, cv=3).fit(X, y).cv_results_
+    path = plot_heatmap(results, tmp_path / "h.png", x="tfidf__ngram_range", y="clf__C")
+    assert path.stat().st_size > 1000
