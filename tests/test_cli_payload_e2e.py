@@ -157,7 +157,8 @@ def test_gridsearch_over_group_kfold_from_the_cli_equals_sklearn(files, tmp_path
 def test_a_text_pipeline_from_a_python_file_searches_nested_parameters(files, tmp_path):
     done = cli("run", NAME, "gridsearch", "--data", "reviews", "--model",
                "pipeline.py:make_pipeline", "--param", "clf__C=logspace(-1,1,3)",
-               "--set", "tfidf__sublinear_tf=True", "--out", str(tmp_path), cwd=files)
+               "--param", "tfidf__ngram_range=[(1,1),(1,2)]", "--set",
+               "tfidf__sublinear_tf=True", "--out", str(tmp_path), cwd=files)
     assert done.stdout.startswith("Rank 1: validation: "), done.stdout
     sys.path.insert(0, str(files))
     try:
@@ -166,11 +167,13 @@ def test_a_text_pipeline_from_a_python_file_searches_nested_parameters(files, tm
         sys.path.remove(str(files))
     X, y = _csv(files / "reviews.csv")
     ref = ms.GridSearchCV(make_pipeline().set_params(tfidf__sublinear_tf=True),
-                          {"clf__C": list(np.logspace(-1, 1, 3))},
+                          {"clf__C": list(np.logspace(-1, 1, 3)),
+                           "tfidf__ngram_range": [(1, 1), (1, 2)]},
                           cv=ms.KFold(3, shuffle=True, random_state=42)).fit(X, y)
     ours = json.loads((tmp_path / "cv_results.json").read_text())
     np.testing.assert_array_equal(ours["mean_test_score"], ref.cv_results_["mean_test_score"])
     assert ref.best_score_ > 0.8  # the words do separate the classes
+    assert (tmp_path / "heatmap.png").stat().st_size > 1000
 
 
 def test_multi_output_y_over_time_series_splits_equals_sklearn(files, tmp_path):
