@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                    n_informative=args.features // 2, random_state=0)
         label = f"synthetic {args.samples}x{args.features}"
     else:
-        X, y, label = data.load_dataset("digits")
+        digits = data.load_dataset("digits")
+        X, y, label = digits.X, digits.y, digits.label
     results: dict[str, Any] = {"dataset": label, "shape": list(X.shape), "splits": args.splits,
                                "quick": args.quick, "runs": []}
     with sim_session("bench-putdata") as (st, tmp):

@@ -82,3 +82,8 @@ def host_memory() -> dict:
         "available": int(vm.available),
         "engine_rss": int(psutil.Process().memory_info().rss),
     }
+
+
+def existing_paths(paths: list[str]) -> list[str]:
+    """Those of ``paths`` that are files on this host."""
+    return [path for path in paths if os.path.isfile(path)]

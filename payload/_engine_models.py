@@ -71,3 +71,26 @@ def fit_shard(estimator: Any, path: str) -> dict:
     model = clone(estimator).fit(X, y)
     return {"model": cloudpickle.dumps(model), "seconds": time.perf_counter() - start,
             "n_samples": int(X.shape[0])}
+
+
+def targets(path: str) -> Any:
+    """``y`` of the data file in ``path`` (a split's training targets)."""
+    import numpy as np
+
+    return np.asarray(_load(path)[1])
+
+
+def score_models(blob: bytes, path: str, first: int) -> list[float]:
+    """``model.score`` of each model pickled in ``blob`` on items ``first`` and
+    ``first + 1`` (X, y) of the data file in ``path``: a split's test rows
+    (``first=2``) or a held-out file (``first=0``)."""
+    import cloudpickle
+
+    data = _load(path)
+    X, y = data[first], data[first + 1]
+    return [float(model.score(X, y)) for model in cloudpickle.loads(blob)]
+
+
+def count_rows(path: str) -> int:
+    """Rows in the data file at ``path``."""
+    return int(_load(path)[0].shape[0])

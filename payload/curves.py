@@ -46,7 +46,78 @@ def train_sizes_absolute(train_sizes: Any, n_max: int) -> np.ndarray:
     return sizes
 
 
-@payload_kind("learning-curve", "train and validation scores against training-set size")
+def plot_curve(
+    x: Any, result: dict, path: str | os.PathLike, xlabel: str, title: str | None = None
+) -> Path:
+    """Mean train and validation score against ``x``, +/- one std (log axis when
+    ``x`` is positive and spans more than two decades)."""
+    from matplotlib.figure import Figure
+
+    from .report import save_png
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.asarray(x, dtype=float)
+    for key, label, color in (
+        ("train_scores", "train", "tab:orange"),
+        ("test_scores", "validation", "tab:blue"),
+    ):
+        scores = np.asarray(result[key], dtype=float)
+        mean, std = scores.mean(axis=1), scores.std(axis=1)
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
+        ax.plot(x, mean, "o-", color=color, label=label)
+    if x.min() > 0 and x.max() / x.min() > 100:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("score")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="best")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def plot_learning_curve(result: dict, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Mean train and validation score against training-set size, +/- one std."""
+    return plot_curve(result["train_sizes_abs"], result, path, "training examples", title)
+
+
+def _curve_lines(labels: list[str], result: dict) -> list[str]:
+    return [
+        f"{label}: train {np.mean(tr):.5f}  validation {np.mean(te):.5f}"
+        for label, tr, te in zip(labels, result["train_scores"], result["test_scores"])
+    ]
+
+
+def present_learning_curve(result: dict, out: Path) -> list[str]:
+    """Mean scores per training-set size; the curve as JSON and a plot under ``out``."""
+    from .report import save_json
+
+    data = save_json(result, out / "learning_curve.json")
+    plot = plot_learning_curve(result, out / "learning_curve.png")
+    labels = [f"{int(size):>6} samples" for size in result["train_sizes_abs"]]
+    return [*_curve_lines(labels, result), f"results: {data}", f"plot: {plot}"]
+
+
+def present_validation_curve(result: dict, out: Path) -> list[str]:
+    """Mean scores per parameter value; the curve as JSON and a plot under ``out``."""
+    from .report import save_json
+
+    name, values = result["param_name"], result["param_range"]
+    lines = _curve_lines([f"{name}={value!r}" for value in values], result)
+    lines.append(f"results: {save_json(result, out / 'validation_curve.json')}")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        lines.append(f"plot: {plot_curve(values, result, out / 'validation_curve.png', name)}")
+    return lines
+
+
+@payload_kind(
+    "learning-curve", "train and validation scores against training-set size",
+    present=present_learning_curve, models=("sklearn.svm.SVC", "sklearn.svm.SVR"),
+    option_help={"train_sizes": "Training-set sizes: fractions of the largest, or row counts, "
+                                "e.g. 'linspace(0.1,1,5)' or '[100,300,900]'."},
+)
 def learning_curve_distributed(
     view_or_client: Any,
     estimator: Any,
@@ -104,34 +175,10 @@ def learning_curve_distributed(
     }
 
 
-def plot_learning_curve(result: dict, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Mean train and validation score against training-set size, +/- one std."""
-    from matplotlib.figure import Figure
-
-    from .report import save_png
-
-    sizes = result["train_sizes_abs"]
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot(1, 1, 1)
-    for key, label, color in (
-        ("train_scores", "train", "tab:orange"),
-        ("test_scores", "validation", "tab:blue"),
-    ):
-        scores = np.asarray(result[key], dtype=float)
-        mean, std = scores.mean(axis=1), scores.std(axis=1)
-        ax.fill_between(sizes, mean - std, mean + std, color=color, alpha=0.2)
-        ax.plot(sizes, mean, "o-", color=color, label=label)
-    ax.set_xlabel("training examples")
-    ax.set_ylabel("score")
-    if title:
-        ax.set_title(title)
-    ax.legend(loc="best")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    return save_png(fig, path)
-
-
-@payload_kind("validation-curve", "train and validation scores against one parameter's values")
+@payload_kind(
+    "validation-curve", "train and validation scores against one parameter's values",
+    present=present_validation_curve, models=("sklearn.svm.SVC", "sklearn.svm.SVR"),
+)
 def validation_curve_distributed(
     view_or_client: Any,
     estimator: Any,

@@ -37,7 +37,7 @@ def _mean_sem(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return scores.mean(axis=1), np.atleast_1d(sem(scores, axis=1))
 
 
-def _plain(params: Mapping[str, Any]) -> dict:
+def plain(params: Mapping[str, Any]) -> dict:
     """numpy scalars print as ``np.float64(...)``; show them as Python numbers."""
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()}
 
@@ -60,7 +60,7 @@ def report_text(cv_results: Mapping[str, Any], top: int = 5, metric: str = "scor
         line = f"Rank {rank}: validation: {test_mean[i]:.5f} (+/-{test_sem[i]:.5f})"
         if train is not None:
             line += f" train: {train_mean[i]:.5f} (+/-{train_sem[i]:.5f})"
-        lines.append(f"{line}: {_plain(cv_results['params'][i])}")
+        lines.append(f"{line}: {plain(cv_results['params'][i])}")
     return "\n".join(lines)
 
 
@@ -229,7 +229,53 @@ def _log_spaced(values: list) -> bool:
         arr = np.asarray(values, dtype=float)
     except (TypeError, ValueError):
         return False
-    if arr.size < 2 or (arr <= 0).any():
+    if arr.ndim != 1 or arr.size < 2 or (arr <= 0).any():  # tuples (ngram_range) are not
         return False
     ratios = arr[1:] / arr[:-1]
     return bool(np.allclose(ratios, ratios[0], rtol=0.05) and ratios[0] >= 3)
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy arrays, scalars and masked values as plain JSON values
+    (masked and NaN become null)."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ma.MaskedArray):
+        return [
+            None if m else jsonable(v)
+            for v, m in zip(obj.data.tolist(), np.ma.getmaskarray(obj).tolist())
+        ]
+    if isinstance(obj, np.ndarray):
+        return [jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> Path:
+    """``obj`` as indented JSON (see `jsonable`); values JSON lacks become strings."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(obj), indent=2, default=str) + "\n")
+    return path
+
+
+def save_cv_results(cv_results: Mapping[str, Any], directory: str | os.PathLike) -> list[Path]:
+    """``cv_results.json`` and ``cv_results.csv`` (one row per candidate) in ``directory``."""
+    import csv
+
+    directory = Path(directory)
+    clean = jsonable(cv_results)
+    paths = [save_json(clean, directory / "cv_results.json"), directory / "cv_results.csv"]
+    keys = [k for k in clean if k != "params"]
+    with open(paths[1], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(keys)
+        writer.writerows(zip(*(clean[k] for k in keys)))
+    return paths

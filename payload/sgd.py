@@ -9,13 +9,20 @@ the linear model (``SGDClassifier``, ``SGDRegressor``, or any estimator with
 distribution the average is close to a model fitted on all rows, at a fraction
 of the memory per host; the result says how close, against one model on all
 the training rows and on a held-out split.
+
+`sgd_average_distributed` takes ``X, y`` in memory and places the shards itself;
+`run_sgd_average` (the ``sgd-average`` kind a front end runs) works on shards
+already on the hosts (``provision put-data --partition``): each is fitted where
+it lies, and nothing is shipped.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -23,9 +30,9 @@ import numpy as np
 from sklearn.base import clone, is_classifier
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
-from . import _engine_models
+from . import _engine_files, _engine_models
 from ._remote import call_on
-from .hosts import client_of, engines_by_host
+from .hosts import client_of, engines_by_host, leaders
 from .registry import payload_kind
 from .ship import Shipment, ship_objects
 
@@ -41,7 +48,8 @@ class AverageResult:
     shard_scores: list[float]  # held-out score of each shard's own model
     shard_sizes: list[int]
     engines: list[int]  # engine that fitted each shard
-    shipment: Shipment
+    shipment: Shipment | None  # None when the shards were already on the hosts
+    test_size: int | None = None  # held-out rows scored
 
 
 def shard_name(index: int) -> str:
@@ -62,7 +70,25 @@ def average_linear_models(models: list[Any]) -> Any:
     return merged
 
 
-@payload_kind("sgd-average", "linear models fitted per data partition, averaged")
+def partition_rows(
+    y: Any, n_shards: int, *, test_size: float | int, random_state: Any = None,
+    stratify: bool = False,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Row indices ``(train, test, shards)``: ``test`` held out and ``train`` kept,
+    as ``train_test_split`` draws them, and the training rows cut into
+    ``n_shards`` shuffled parts (positions in ``train``), stratified by ``y``
+    when ``stratify`` so that every shard sees every class."""
+    y = np.asarray(y)
+    train, test = train_test_split(
+        np.arange(len(y)), test_size=test_size, random_state=random_state,
+        stratify=y if stratify else None,
+    )
+    splitter = (StratifiedKFold if stratify else KFold)(
+        n_shards, shuffle=True, random_state=random_state
+    )
+    return train, test, [part for _, part in splitter.split(train, y[train])]
+
+
 def sgd_average_distributed(
     view_or_client: Any,
     estimator: Any,
@@ -86,15 +112,12 @@ def sgd_average_distributed(
     hosts = engines_by_host(client)
     engines = _spread(hosts)
     n_shards = n_shards or len(engines)
-    classifier = is_classifier(estimator)
-    X_train, X_test, y_train, y_test = train_test_split(
-        np.asarray(X), np.asarray(y), test_size=test_size, random_state=random_state,
-        stratify=y if classifier else None,
+    X, y = np.asarray(X), np.asarray(y)
+    train, test, shards = partition_rows(
+        y, n_shards, test_size=test_size, random_state=random_state,
+        stratify=is_classifier(estimator),
     )
-    splitter = (StratifiedKFold if classifier else KFold)(
-        n_shards, shuffle=True, random_state=random_state
-    )
-    shards = [rows for _, rows in splitter.split(X_train, y_train)]
+    X_train, y_train, X_test, y_test = X[train], y[train], X[test], y[test]
     owner = [engines[i % len(engines)] for i in range(n_shards)]
     host_of = {engine: host for host, ids in hosts.items() for engine in ids}
     placement: dict[str, list[str]] = {}
@@ -115,6 +138,100 @@ def sgd_average_distributed(
         model=model, score=float(model.score(X_test, y_test)), reference_score=reference,
         shard_models=models, shard_scores=[float(m.score(X_test, y_test)) for m in models],
         shard_sizes=[len(rows) for rows in shards], engines=owner, shipment=shipment,
+    )
+
+
+def present_average(result: AverageResult, out: Path) -> list[str]:
+    """Pickle the averaged model to ``out`` (cloudpickle: loads with
+    ``pickle.load``), its scores in ``out`` + ``.json``; the lines to print."""
+    from .report import save_json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(cloudpickle.dumps(result.model))
+    metric = "accuracy" if is_classifier(result.model) else "R^2"
+    info = save_json({
+        "model": str(out), "score": result.score, "reference_score": result.reference_score,
+        "shard_scores": result.shard_scores, "shard_sizes": result.shard_sizes,
+        "engines": result.engines, "test_size": result.test_size,
+    }, out.with_name(out.name + ".json"))
+    rows = f" ({result.test_size} rows)" if result.test_size else ""
+    lines = [
+        f"{type(result.model).__name__}: {len(result.shard_models)} shards of "
+        f"{', '.join(map(str, result.shard_sizes))} rows, fitted on engines "
+        f"{', '.join(map(str, result.engines))}, coef_ and intercept_ averaged",
+        f"averaged model: held-out {metric} {result.score:.5f}{rows}",
+    ]
+    if result.reference_score is not None:
+        gap = result.score - result.reference_score
+        lines.append(f"one model on all {sum(result.shard_sizes)} training rows: "
+                     f"{result.reference_score:.5f} (averaged {gap:+.5f})")
+    lines.append("each shard's own model: " + ", ".join(f"{s:.5f}" for s in result.shard_scores))
+    return [*lines, f"model: {out} (scores: {info})"]
+
+
+@payload_kind(
+    "sgd-average", "linear models fitted per data partition, averaged",
+    present=present_average, output="file",
+    models=("sklearn.linear_model.SGDClassifier", "sklearn.linear_model.SGDRegressor"),
+)
+def run_sgd_average(
+    view_or_client: Any,
+    estimator: Any,
+    shard_paths: Sequence[str | os.PathLike],
+    test_path: str | os.PathLike,
+    *,
+    reference_data: tuple[Any, Any] | None = None,
+    timeout: float | None = None,
+) -> AverageResult:
+    """Fit ``estimator`` on each partition already on the hosts, average the models.
+
+    Each shard is fitted by an engine of a host that holds it (found by asking
+    one engine per host; nothing is shipped), the hosts' engines taken in turn.
+    The held-out rows in ``test_path`` (on every host) score the averaged model,
+    each shard's model and, with ``reference_data`` (every training row, where
+    the client holds them), one model fitted here on all of them, all on an
+    engine.
+    """
+    client = client_of(view_or_client)
+    hosts = engines_by_host(client)
+    paths = [str(p) for p in shard_paths]
+    heads = leaders(hosts)
+    held = {
+        host: call_on(client[heads[host]], _engine_files.existing_paths, paths)
+        for host in hosts
+    }
+    held = {host: set(ar.get(timeout=timeout)) for host, ar in held.items()}
+    turn = {host: 0 for host in hosts}
+    owner = []
+    for path in paths:
+        holders = [host for host in hosts if path in held[host]]
+        if not holders:
+            raise FileNotFoundError(
+                f"{path} is on no host with engines (its node may be gone): partition again"
+            )
+        host = min(holders, key=lambda h: turn[h])  # spread shards over the hosts holding them
+        owner.append(hosts[host][turn[host] % len(hosts[host])])
+        turn[host] += 1
+    calls = [
+        call_on(client[engine], _engine_models.fit_shard, estimator, path)
+        for engine, path in zip(owner, paths, strict=True)
+    ]
+    fitted = [ar.get(timeout=timeout) for ar in calls]
+    models = [cloudpickle.loads(f["model"]) for f in fitted]
+    model = average_linear_models(models)
+    scored = [model, *models]
+    if reference_data is not None:
+        scored.append(clone(estimator).fit(*reference_data))
+    blob = cloudpickle.dumps(scored)
+    n_test = call_on(client[owner[0]], _engine_models.count_rows, str(test_path))
+    scores = call_on(client[owner[0]], _engine_models.score_models, blob, str(test_path), 0)
+    scores = scores.get(timeout=timeout)
+    return AverageResult(
+        model=model, score=scores[0],
+        reference_score=scores[-1] if reference_data is not None else None,
+        shard_models=models, shard_scores=scores[1 : 1 + len(models)],
+        shard_sizes=[f["n_samples"] for f in fitted], engines=owner, shipment=None,
+        test_size=n_test.get(timeout=timeout),
     )
 
 

@@ -1,4 +1,5 @@
-"""put-data: cross-validation splits persisted once, shipped once per host.
+"""put-data: a dataset's CV splits, or its rows partitioned, persisted once and
+shipped once per host.
 
 Splits are written with `payload.persist_cv_splits` (uncompressed joblib, so
 engines open them with ``mmap_mode='r'`` and every engine on a host shares one
@@ -6,151 +7,122 @@ copy in the page cache). The directory is named by the content hash of its
 files, both locally and on the nodes; a node that already holds a directory
 with that name and a matching manifest gets nothing, so a second run moves no
 bytes, and nodes added later receive exactly what the others have.
+
+A *partitioned* dataset (``--partition``, for ``run NAME sgd-average``) is
+different: a held-out part goes to every node, and the other rows are cut into
+one shard per node, each node receiving its own shard only. Nodes added later
+get none of it (the shards were cut for the nodes there were).
+
+The splitter is anything scikit-learn takes as ``cv``: a name from
+`provision.splitters` with its flags, a splitter object, or an iterable of
+(train, test) indices. Loading, splitting and partitioning are checked before
+anything is written or shipped (`plan`): bad input creates nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from provision import cloud, state
+from provision import cloud, splitters, state
 from provision.cloud.common import InstanceInfo
 from provision.context import Context
+from provision.datasets import Dataset, load_dataset
 from provision.errors import BadInput
 from provision.nodes import fanout, transfer
 from provision.nodes.remote import Endpoint
 
-BUILTIN = ("digits", "iris", "wine", "breast_cancer")
-CV_KINDS = ("shuffle", "kfold", "stratified")
+__all__ = ["Dataset", "load_dataset", "make_cv", "plan", "put_data"]
+PARTITION = "partition"  # the layout of a partitioned dataset's record
 
 
-def _check_xy(X: Any, y: Any, where: str) -> tuple[Any, np.ndarray]:
-    import scipy.sparse as sp
-
-    if not sp.issparse(X):
-        X = np.asarray(X)
-        if X.ndim != 2:
-            raise BadInput(f"{where}: X must be 2-D (samples x features), got shape {X.shape}")
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise BadInput(f"{where}: y must be 1-D, got shape {y.shape}")
-    if X.shape[0] != y.shape[0]:
-        raise BadInput(f"{where}: X has {X.shape[0]} rows but y has {y.shape[0]}")
-    if X.shape[0] < 2:
-        raise BadInput(f"{where}: needs at least 2 samples, got {X.shape[0]}")
-    if y.dtype.kind == "f" and np.isnan(y).any():
-        raise BadInput(f"{where}: y contains {int(np.isnan(y).sum())} NaN value(s)")
-    return X, y
+def make_cv(
+    kind: str = "shuffle",
+    n_splits: int | None = None,
+    test_size: float | None = None,
+    seed: int | None = None,
+    *,
+    n_repeats: int | None = None,
+    shuffle: bool | None = None,
+    groups: bool = False,
+) -> Any:
+    """The splitter a user names on the command line (see `provision.splitters`)."""
+    spec = splitters.CVSpec(kind, n_splits, n_repeats, test_size, seed, shuffle, groups)
+    return splitters.make_splitter(spec)
 
 
-def load_dataset(spec: str, target: str | None = None) -> tuple[Any, np.ndarray, str]:
-    """(X, y, label) from a scikit-learn dataset name or a local file.
+@dataclass
+class Plan:
+    """A dataset loaded, checked and split (indices only): ready to persist."""
 
-    Files: ``.npz`` with arrays X and y; ``X.npy,y.npy``; ``.csv`` with a
-    header and a target column (``target`` or the last one); a joblib dump of
-    ``(X, y)`` (``.joblib``/``.pkl``, sparse X allowed).
+    dataset: Dataset
+    cv: Any  # the splitter object (or the iterable the caller gave)
+    splits: list[tuple[np.ndarray, np.ndarray]]
+    warnings: list[str]  # scikit-learn's, e.g. a class smaller than the folds
+
+
+def plan(
+    dataset: str | Dataset | tuple,
+    cv: Any = "shuffle",
+    *,
+    n_splits: int | None = None,
+    n_repeats: int | None = None,
+    test_size: float | None = None,
+    seed: int | None = None,
+    shuffle: bool | None = None,
+    groups: Any = None,
+    target: str | None = None,
+    label: str | None = None,
+) -> Plan:
+    """Load `dataset` and compute its splits; everything wrong with them is BadInput.
+
+    `dataset`: a name or file (see `provision.datasets`), a loaded `Dataset`, or
+    ``(X, y)``. `cv`: a splitter name with its flags, or any splitter object or
+    iterable of (train, test) pairs (then the flags must be left unset).
+    `groups`: a column/array name or .npy file for a named dataset, labels for
+    ``(X, y)``.
     """
-    if spec in BUILTIN:
-        import sklearn.datasets
-
-        X, y = getattr(sklearn.datasets, f"load_{spec}")(return_X_y=True)
-        return X, y, spec
-    if "," in spec:
-        xs, ys = (Path(p).expanduser() for p in spec.split(",", 1))
-        for p in (xs, ys):
-            if not p.is_file():
-                raise BadInput(f"{p}: no such file")
-        try:
-            X, y = np.load(xs, allow_pickle=False), np.load(ys, allow_pickle=False)
-        except ValueError as e:
-            raise BadInput(f"{xs}: cannot read as .npy ({e})") from e
-        return (*_check_xy(X, y, str(xs)), xs.stem)
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        hint = (
-            f" (built-in datasets: {', '.join(BUILTIN)})"
-            if "/" not in spec and "." not in spec
-            else ""
-        )
-        raise BadInput(f"{spec}: no such file or dataset{hint}")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as f:
-                missing = {"X", "y"} - set(f.files)
-                if missing:
-                    lacks, has = ", ".join(sorted(missing)), ", ".join(f.files)
-                    raise BadInput(f"{path}: missing array(s) {lacks} (has {has})")
-                X, y = f["X"], f["y"]
-        elif suffix == ".csv":
-            X, y = _read_csv(path, target)
-        elif suffix in (".joblib", ".pkl", ".pickle"):
-            import joblib
-
-            obj = joblib.load(path)
-            if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
-                raise BadInput(
-                    f"{path}: expected a joblib dump of (X, y), got {type(obj).__name__}"
-                )
-            X, y = obj
-        else:
-            raise BadInput(
-                f"{path}: unknown data format {suffix or '(none)'} "
-                "(use .npz, .csv, .joblib or X.npy,y.npy)"
-            )
-    except BadInput:
-        raise
-    except Exception as e:  # noqa: BLE001 - a corrupt file is bad input
-        raise BadInput(f"{path}: cannot read ({type(e).__name__}: {e})") from e
-    return (*_check_xy(X, y, str(path)), path.stem)
+    data = as_dataset(dataset, target, groups, label)
+    if isinstance(cv, str):
+        splitter = make_cv(cv, n_splits, test_size, seed, n_repeats=n_repeats, shuffle=shuffle,
+                           groups=data.groups is not None)
+    else:
+        flags = {"n_splits": n_splits, "n_repeats": n_repeats, "test_size": test_size,
+                 "seed": seed, "shuffle": shuffle}
+        given = [name for name, value in flags.items() if value is not None]
+        if given:
+            raise BadInput(f"{', '.join(given)}: do not apply when cv is a splitter object")
+        splitter = cv
+    pairs, caught = splitters.compute_splits(splitter, data.X, data.y, data.groups, data.label)
+    return Plan(data, splitter, pairs, caught)
 
 
-def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
-    import csv
+def as_dataset(
+    dataset: str | Dataset | tuple, target: str | None, groups: Any, label: str | None
+) -> Dataset:
+    """A loaded `Dataset` from a name or file, ``(X, y)``, or one already loaded."""
+    if isinstance(dataset, Dataset):
+        return dataset
+    if isinstance(dataset, str):
+        return load_dataset(dataset, target, groups, label)
+    from provision.datasets import check_xy
 
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if len(rows) < 2:
-        raise BadInput(f"{path}: needs a header row and data rows")
-    header, body = rows[0], rows[1:]
-    col = len(header) - 1 if target is None else (header.index(target) if target in header else -1)
-    if col < 0:
-        raise BadInput(f"{path}: no target column {target!r} (columns: {', '.join(header)})")
-    try:
-        data = np.array([[float(v) if v != "" else np.nan for v in r] for r in body])
-    except ValueError as e:
-        raise BadInput(f"{path}: non-numeric value ({e})") from e
-    if data.ndim != 2 or data.shape[1] != len(header):
-        raise BadInput(f"{path}: rows do not all have {len(header)} columns")
-    return np.delete(data, col, axis=1), data[:, col]
-
-
-def make_cv(kind: str, n_splits: int, test_size: float, seed: int) -> Any:
-    """The splitter a user names on the command line."""
-    from sklearn.model_selection import KFold, ShuffleSplit, StratifiedShuffleSplit
-
-    if kind not in CV_KINDS:
-        raise BadInput(f"--cv: must be one of {', '.join(CV_KINDS)} (got {kind!r})")
-    if n_splits < 2 and kind == "kfold" or n_splits < 1:
-        raise BadInput(f"--n-splits: too small ({n_splits})")
-    if not 0 < test_size < 1:
-        raise BadInput(f"--test-size: must be between 0 and 1 (got {test_size})")
-    if kind == "kfold":
-        return KFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    cls = ShuffleSplit if kind == "shuffle" else StratifiedShuffleSplit
-    return cls(n_splits=n_splits, test_size=test_size, random_state=seed)
+    X, y = dataset
+    return Dataset(*check_xy(X, y, label or "dataset", groups), label=label or "dataset")
 
 
 def _digest(directory: Path) -> str:
-    """Content hash of the split files (names and bytes)."""
+    """Content hash of the data files (names and bytes)."""
     h = hashlib.sha256()
     for p in sorted(directory.iterdir()):
         if p.name == "manifest.json":
@@ -162,25 +134,34 @@ def _digest(directory: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def persist_local(X: Any, y: np.ndarray, cv: Any) -> tuple[Path, str]:
-    """Write the splits once into the local cache, named by their content hash."""
-    from payload import persist_cv_splits
-
+@contextmanager
+def new_cache_dir() -> Iterator[tuple[Path, list[Path]]]:
+    """A temp dir in the local cache; on success the caller's ``final[0]`` is its
+    content-named home (an existing one with the same content is reused)."""
     cache = state.root() / "data"
     state.mkdir_private(cache)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".new-"))
+    final: list[Path] = []
     try:
-        persist_cv_splits(X, y, cv, tmp)
+        yield tmp, final
         digest = _digest(tmp)
-        final = cache / digest
-        if final.exists():
+        final.append(cache / digest)
+        if final[0].exists():
             shutil.rmtree(tmp)
         else:
-            tmp.rename(final)
-        return final, digest
+            tmp.rename(final[0])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def persist_local(X: Any, y: Any, cv: Any, groups: Any = None) -> tuple[Path, str]:
+    """Write the splits once into the local cache, named by their content hash."""
+    from payload import persist_cv_splits
+
+    with new_cache_dir() as (tmp, final):
+        persist_cv_splits(X, y, cv, tmp, groups=groups)
+    return final[0], final[0].name
 
 
 def remote_dir(remote_root: str, digest: str) -> str:
@@ -195,6 +176,7 @@ class ShipResult:
     remote_dir: str
     files: list[str]
     bytes_per_host: dict[str, int] = field(default_factory=dict)
+    shards: dict[str, str] = field(default_factory=dict)  # node name -> its shard (partitions)
 
     @property
     def remote_paths(self) -> list[str]:
@@ -205,21 +187,34 @@ class ShipResult:
         return sum(self.bytes_per_host.values())
 
 
-def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: str) -> ShipResult:
-    """Put the split directory on each node once, in parallel; skip nodes that have it."""
+def ship(
+    ctx: Context,
+    nodes: Sequence[InstanceInfo],
+    local_dir: Path,
+    digest: str,
+    files_for: dict[str, list[str]] | None = None,
+) -> ShipResult:
+    """Put the data directory on each node once, in parallel; skip nodes that have it.
+
+    ``files_for`` (node name -> file names) gives each node only those files
+    (partitions); by default every node gets the whole directory.
+    """
     root = ctx.config.remote_root
     target = remote_dir(root, digest)
     names = sorted(p.name for p in local_dir.iterdir())
-    total = sum((local_dir / n).stat().st_size for n in names)
+    wanted = {n.label: (files_for or {}).get(n.label, names) for n in nodes}
+    size = {n: (local_dir / n).stat().st_size for n in names}
+    per_node = {node: sum(size[f] for f in files) for node, files in wanted.items()}
     result = ShipResult(
         digest=digest, remote_dir=target, files=[n for n in names if n != "manifest.json"]
     )
     lock = threading.Lock()
     done_bytes = [0]
+    each = max(per_node.values(), default=0)
 
     with ctx.reporter.wait(
-        f"put-data {digest}: {len(nodes)} host(s), {total / 1e6:.1f} MB each",
-        total=total * len(nodes),
+        f"put-data {digest}: {len(nodes)} host(s), {each / 1e6:.1f} MB each",
+        total=sum(per_node.values()),
         unit="bytes",
     ) as advance:
 
@@ -229,9 +224,9 @@ def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: s
                 advance(done_bytes[0])
 
         def one(ep: Endpoint) -> int:
-            # One connection: nothing is sent where the manifest is there, else one
+            # One connection: nothing is sent where the marker file is there, else one
             # tar stream into a temp dir renamed into place (a directory is complete).
-            sent = [0]
+            total, sent = per_node[ep.name], [0]
 
             def step(n: int) -> None:  # tar headers and padding are not data: cap at `total`
                 grow = min(n, total - sent[0])
@@ -239,9 +234,12 @@ def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: s
                 if grow:
                     progress(grow)
 
-            moved = transfer.push_tree(
-                ep, local_dir, target, unless_exists=f"{target}/manifest.json", on_bytes=step
-            )
+            files = wanted[ep.name]
+            marker = "manifest.json" if files is names else files[-1]
+            with _staged(local_dir, files, files is names) as source:
+                moved = transfer.push_tree(
+                    ep, source, target, unless_exists=f"{target}/{marker}", on_bytes=step
+                )
             progress(total - sent[0])
             return 0 if moved is None else total
 
@@ -251,14 +249,34 @@ def ship(ctx: Context, nodes: Sequence[InstanceInfo], local_dir: Path, digest: s
     return result
 
 
+@contextmanager
+def _staged(local_dir: Path, files: list[str], whole: bool) -> Iterator[Path]:
+    """`local_dir` itself, or a sibling temp dir holding hard links to `files` only."""
+    if whole:
+        yield local_dir
+        return
+    tmp = Path(tempfile.mkdtemp(dir=local_dir.parent, prefix=".stage-"))
+    try:
+        for name in files:
+            try:
+                os.link(local_dir / name, tmp / name)
+            except OSError:
+                shutil.copy2(local_dir / name, tmp / name)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ship_recorded(ctx: Context, nodes: Sequence[InstanceInfo]) -> None:
-    """Give new nodes the datasets already put on the cluster (addnode, replacements)."""
+    """Give new nodes the datasets already put on the cluster (addnode, replacements);
+    partitions were cut for the nodes of their time, so new ones get none."""
     for entry in state.load(ctx.name).get("datasets", {}).values():
-        ship(ctx, nodes, Path(entry["local_dir"]), entry["digest"])
+        if entry.get("layout") != PARTITION:
+            ship(ctx, nodes, Path(entry["local_dir"]), entry["digest"])
 
 
-def split_paths(name: str, label: str) -> list[str]:
-    """The split files of dataset `label` on cluster `name`'s nodes, as put-data left them."""
+def dataset_entry(name: str, label: str) -> dict[str, Any]:
+    """The record of dataset `label` on cluster `name`, as put-data left it."""
     datasets = state.load(name).get("datasets", {})
     if label not in datasets:
         have = ", ".join(sorted(datasets)) or "none"
@@ -266,34 +284,54 @@ def split_paths(name: str, label: str) -> list[str]:
             f"--data: {label!r} is not on cluster {name!r} (have: {have}); "
             f"run `provision put-data {name} {label}` first"
         )
-    entry = datasets[label]
+    return datasets[label]
+
+
+def split_paths(name: str, label: str) -> list[str]:
+    """The split files of dataset `label` on cluster `name`'s nodes."""
+    entry = dataset_entry(name, label)
+    if entry.get("layout") == PARTITION:
+        raise BadInput(f"--data: {label!r} is partitioned (put-data --partition); this payload "
+                       f"needs CV splits: put it again without --partition (--label to keep both)")
     return [f"{entry['remote_dir']}/{f}" for f in entry["files"]]
 
 
-def put_data(
-    ctx: Context,
-    dataset: str,
-    *,
-    cv: str = "shuffle",
-    n_splits: int = 5,
-    test_size: float = 0.25,
-    seed: int = 42,
-    target: str | None = None,
-) -> ShipResult:
-    """Load, split, persist and ship a dataset to every node of the cluster."""
-    splitter = make_cv(cv, n_splits, test_size, seed)
-    X, y, label = load_dataset(dataset, target)
-    local_dir, digest = persist_local(X, y, splitter)
+def running_nodes(ctx: Context) -> list[InstanceInfo]:
+    """The cluster's running nodes, or bad input if there are none."""
     info = cloud.describe_cluster(ctx.region, ctx.name)
     if not info.nodes:
         raise BadInput(f"NAME: cluster {ctx.name!r} has no running nodes: run `provision up` first")
-    result = ship(ctx, info.nodes, local_dir, digest)
-    record = state.load(ctx.name)
-    datasets = record.get("datasets", {})
-    datasets[label] = {
-        "digest": digest, "local_dir": str(local_dir), "remote_dir": result.remote_dir,
-        "files": result.files, "cv": cv, "n_splits": n_splits, "test_size": test_size, "seed": seed,
-        "n_samples": int(X.shape[0]), "n_features": int(X.shape[1]),
-    }
+    return list(info.nodes)
+
+
+def record_dataset(ctx: Context, label: str, entry: dict[str, Any]) -> None:
+    """Remember dataset `label` in the cluster's local record (`run --data` finds it)."""
+    datasets = state.load(ctx.name).get("datasets", {})
+    datasets[label] = entry
     state.update(ctx.name, datasets=datasets)
+
+
+def summary(data: Dataset) -> dict[str, Any]:
+    """What a record says about the rows (the target type picks a default model)."""
+    from sklearn.utils.multiclass import type_of_target
+
+    return {"n_samples": int(data.X.shape[0]), "n_features": data.n_features,
+            "target_type": type_of_target(data.y)}
+
+
+def put_data(ctx: Context, dataset: str | Dataset | tuple | Plan, **options: Any) -> ShipResult:
+    """Load, split, persist and ship a dataset to every node of the cluster.
+
+    `dataset` and `options` are those of `plan` (or a `Plan` already made).
+    """
+    ready = dataset if isinstance(dataset, Plan) else plan(dataset, **options)
+    data = ready.dataset
+    local_dir, digest = persist_local(data.X, data.y, ready.splits)
+    result = ship(ctx, running_nodes(ctx), local_dir, digest)
+    record_dataset(ctx, data.label, {
+        "layout": "splits", "digest": digest, "local_dir": str(local_dir),
+        "remote_dir": result.remote_dir, "files": result.files,
+        "cv": splitters.describe(ready.cv) if hasattr(ready.cv, "split") else "given splits",
+        "n_splits": len(ready.splits), "groups": data.groups is not None, **summary(data),
+    })
     return result

@@ -110,6 +110,7 @@ def build(
         "datasets": [
             {"digest": d["digest"], "local_dir": d["local_dir"]}
             for _, d in sorted(record.get("datasets", {}).items())
+            if d.get("layout") != "partition"  # each node holds its own shard: not for all
         ],
     }
     groups: dict[str, list[str]] = {g: [] for g in GROUPS}

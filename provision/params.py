@@ -1,4 +1,5 @@
-"""Parse what a user types for `provision run`: a model path and `--param` specs.
+"""Parse what a user types for `provision run`: the model (`--model`, `--set`),
+`--param` specs and `--train-sizes`.
 
 `--param 'C=logspace(-1,2,4)'` must not be `eval`: the right-hand side is
 parsed with `ast` and only a handful of calls and literals are accepted, so a
@@ -10,6 +11,12 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -25,22 +32,157 @@ GRIDS = {
 DISTRIBUTIONS = ("loguniform", "uniform", "randint")
 
 
-def load_estimator(path: str, params: dict[str, Any] | None = None) -> Any:
-    """An instance of the estimator class at dotted `path` (e.g. sklearn.svm.SVC)."""
-    module, _, cls = path.rpartition(".")
-    if not module:
-        raise BadInput(f"--model: give a dotted path such as sklearn.svm.SVC (got {path!r})")
-    try:
-        obj = getattr(importlib.import_module(module), cls)
-    except (ImportError, AttributeError) as e:
-        raise BadInput(f"--model: cannot import {path} ({e})") from e
-    try:
-        est = obj(**(params or {}))
-    except TypeError as e:
-        raise BadInput(f"--model: {path}: {e}") from e
-    if not (hasattr(est, "fit") and hasattr(est, "get_params")):
-        raise BadInput(f"--model: {path} is not a scikit-learn estimator (no fit/get_params)")
+def load_estimator(spec: str, params: dict[str, Any] | None = None) -> Any:
+    """The estimator `--model` names, with the `--set` parameters applied.
+
+    ``spec`` is a dotted class path (``sklearn.svm.SVC``), ``module:factory`` (an
+    importable module, the current directory included, and a callable in it
+    returning an estimator), or a Python file: ``pipeline.py:make_pipeline``, or
+    ``pipeline.py`` exposing a module-level ``estimator``. Code from the user's
+    own files travels to the engines by value (cloudpickle), since the nodes do
+    not have it; classes it imports from other local modules must be importable
+    on the nodes too.
+    """
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep and spec.endswith(".py"):
+        module_name, attr = spec, "estimator"
+    if module_name.endswith(".py"):
+        obj = _from_file(Path(module_name).expanduser(), attr, spec)
+    elif sep:
+        obj = _attribute(_import_user_module(module_name, spec), attr, spec)
+    else:
+        module_name, _, attr = spec.rpartition(".")
+        if not module_name:
+            raise BadInput(f"--model: give a dotted path such as sklearn.svm.SVC, module:factory "
+                           f"or file.py[:factory] (got {spec!r})")
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise BadInput(f"--model: cannot import {spec} ({e})") from e
+    est = _instantiate(obj, spec)
+    if params:
+        for name, value in params.items():
+            check_name(name, est, f"--set {name}={value!r}")
+        try:
+            est.set_params(**params)
+        except (TypeError, ValueError) as e:
+            raise BadInput(f"--set: {spec}: {e}") from e
     return est
+
+
+def _instantiate(obj: Any, spec: str) -> Any:
+    """An unfitted estimator from a class, a factory or an estimator instance."""
+    if hasattr(obj, "fit") and hasattr(obj, "get_params") and not isinstance(obj, type):
+        from sklearn.base import clone
+
+        return clone(obj)
+    if not callable(obj):
+        raise BadInput(f"--model: {spec} is not a scikit-learn estimator (no fit/get_params)")
+    try:
+        est = obj()
+    except Exception as e:  # noqa: BLE001 - the user's factory: any failure is one line
+        raise BadInput(f"--model: {spec}: calling it failed ({type(e).__name__}: {e})") from e
+    if not (hasattr(est, "fit") and hasattr(est, "get_params")):
+        raise BadInput(f"--model: {spec} is not a scikit-learn estimator (no fit/get_params)")
+    return est
+
+
+def _attribute(module: ModuleType, attr: str, spec: str) -> Any:
+    if not hasattr(module, attr):
+        names = [n for n in vars(module) if not n.startswith("_")]
+        close = difflib.get_close_matches(attr, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise BadInput(f"--model: {spec}: {module.__name__} has no {attr!r}{hint}")
+    return getattr(module, attr)
+
+
+def _from_file(path: Path, attr: str, spec: str) -> Any:
+    """``attr`` of the Python file at ``path``, run as a module of its own."""
+    if not path.is_file():
+        raise BadInput(f"--model: {path}: no such file")
+    name = f"provision_model_{path.stem}_{abs(hash(str(path.resolve()))):x}"
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise BadInput(f"--model: {path}: not a Python file")
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = module  # cloudpickle ships by value only modules it can find
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - the user's file: any failure is one line
+        del sys.modules[name]
+        raise BadInput(f"--model: {path}: {type(e).__name__}: {e}") from e
+    _by_value(module)
+    if attr == "estimator" and not hasattr(module, attr):
+        raise BadInput(f"--model: {path} defines no module-level `estimator`; "
+                       f"name a factory instead: {path}:make_pipeline")
+    return _attribute(module, attr, spec)
+
+
+def _import_user_module(name: str, spec: str) -> ModuleType:
+    """Module ``name``, the current directory searched too (as ``python -m`` does);
+    a module of no installed distribution is the user's own and goes by value."""
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(name)
+    except ImportError as e:
+        raise BadInput(f"--model: cannot import {name} for {spec} ({e})") from e
+    except Exception as e:  # noqa: BLE001 - the user's module: any failure is one line
+        raise BadInput(f"--model: {spec}: importing {name} failed ({type(e).__name__}: {e})") from e
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    if name.partition(".")[0] not in importlib.metadata.packages_distributions():
+        _by_value(module)
+    return module
+
+
+def _by_value(module: ModuleType) -> None:
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
+
+
+def check_name(name: str, estimator: Any, where: str) -> None:
+    """`name` must be a parameter of the estimator, nested ones too (``clf__C``,
+    from ``get_params(deep=True)``); else one line citing `where`, with a did-you-mean."""
+    valid = sorted(estimator.get_params(deep=True))
+    if name not in valid:
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise BadInput(f"{where}: {type(estimator).__name__} has no parameter {name!r}{hint}")
+
+
+def parse_fixed(specs: Iterable[str]) -> dict[str, Any]:
+    """``--set NAME=VALUE`` specs as {name: value} (one literal each)."""
+    fixed = {}
+    for spec in specs:
+        key, sep, expr = spec.partition("=")
+        if not key.strip() or not sep:
+            raise BadInput(f"--set {spec}: expected NAME=VALUE")
+        values, _dist = parse_value(expr, spec, flag="--set")
+        if values is None or len(values) != 1:
+            raise BadInput(f"--set {spec}: expected NAME=VALUE")
+        fixed[key.strip()] = values[0]
+    return fixed
+
+
+def parse_train_sizes(expr: str) -> list[float] | list[int]:
+    """``--train-sizes``: fractions in (0, 1] or row counts, e.g. 'linspace(0.1,1,5)'."""
+    values, dist = parse_value(expr, expr, flag="--train-sizes")
+    if values is None:
+        raise BadInput(f"--train-sizes {expr}: give values, not a distribution")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        if min(values) < 1:
+            raise BadInput(f"--train-sizes {expr}: row counts must be at least 1")
+        return values
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        if not all(0 < v <= 1 for v in values):
+            raise BadInput(f"--train-sizes {expr}: fractions must be in (0, 1]")
+        return [float(v) for v in values]
+    raise BadInput(f"--train-sizes {expr}: numbers only")
 
 
 def _literal(node: ast.AST, spec: str, flag: str = "--param") -> Any:
@@ -87,20 +229,15 @@ def parse_value(expr: str, spec: str, flag: str = "--param") -> tuple[list[Any] 
 
 
 def parse_params(specs: list[str], estimator: Any) -> dict[str, Any]:
-    """{name: values or distribution}, each name checked against the estimator."""
-    valid = sorted(estimator.get_params())
+    """{name: values or distribution}, each name checked against the estimator's
+    parameters, nested ones included (``clf__C`` for a pipeline step ``clf``)."""
     out: dict[str, Any] = {}
     for spec in specs:
         name, sep, expr = spec.partition("=")
         name = name.strip()
         if not sep or not name or not expr.strip():
             raise BadInput(f"--param {spec}: expected NAME=VALUES, e.g. C=logspace(-1,2,4)")
-        if name not in valid:
-            close = difflib.get_close_matches(name, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise BadInput(
-                f"--param {spec}: {type(estimator).__name__} has no parameter {name!r}{hint}"
-            )
+        check_name(name, estimator, f"--param {spec}")
         values, dist = parse_value(expr.strip(), spec)
         if values is not None and not values:
             raise BadInput(f"--param {spec}: empty grid")

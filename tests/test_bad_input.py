@@ -335,9 +335,9 @@ CASES: dict[str, tuple[Args, tuple[str, ...]]] = {
         put_data(lambda c: c.npz(X=np.arange(10.0), y=Y)),
         ("data.npz", "X must be 2-D", "(10,)"),
     ),
-    "data-y-2d": (
-        put_data(lambda c: c.npz(X=X, y=np.zeros((10, 2)))),
-        ("data.npz", "y must be 1-D", "(10, 2)"),
+    "data-y-3d": (
+        put_data(lambda c: c.npz(X=X, y=np.zeros((10, 2, 2)))),
+        ("data.npz", "y must be 1-D, or 2-D", "(10, 2, 2)"),
     ),
     "data-nan-in-y": (
         put_data(lambda c: c.npz(X=X, y=np.where(Y == 1, np.nan, 0.0))),
@@ -364,7 +364,7 @@ CASES: dict[str, tuple[Args, tuple[str, ...]]] = {
         ("data.csv", "no target column 'label'"),
     ),
     "data-csv-not-numeric": (
-        put_data(lambda c: c.write("data.csv", "a,y\n1,0\nabc,1\n")),
+        put_data(lambda c: c.write("data.csv", "a,b,y\n1,2,0\nabc,3,1\n")),
         ("data.csv", "non-numeric", "abc"),
     ),
     # --- parameter specs -----------------------------------------------------------

@@ -148,7 +148,9 @@ def test_registry_dispatches_every_kind_by_name_and_checks_options(rc, dense_pat
     )
     assert search.progress == (1, 1)
     with pytest.raises(ValueError, match="payload 'forest' has no option trees; it takes: "):
-        payload.kind("forest")(rc, estimator=RandomForestClassifier(), X=X, y=Y, trees=3)
+        payload.kind("forest")(
+            rc, estimator=RandomForestClassifier(), split_paths=dense_paths, trees=3
+        )
     with pytest.raises(ValueError, match="payload 'validation-curve' needs param_name"):
         payload.kind("validation-curve")(rc, estimator=SVC(), split_paths=dense_paths)
     with pytest.raises(ValueError, match="unknown payload kind 'nope'; known: forest, "):

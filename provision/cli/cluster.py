@@ -3,6 +3,7 @@ inventory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -126,23 +127,44 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, kee
 
 @click.command()
 @click.argument("name", required=False)
+@click.option("--memory", is_flag=True,
+              help="Also each host's memory as its engines see it: total, available, per engine.")
 @config_options
 @json_option
-def status(name: str | None, config_path: Path | None, template: str | None, as_json: bool) -> None:
+def status(name: str | None, memory: bool, config_path: Path | None, template: str | None,
+           as_json: bool) -> None:
     """Nodes of a cluster: id, role, type, zone, lifecycle, state, IPs, uptime, cost."""
     cfg = settings(config_path, template, name)
     found = query.cluster_status(cfg)
     region = found.info.region.name
+    hosts = _host_memory(cfg.name) if memory and found.info.instances else None
     if as_json:
+        extra = {} if hosts is None else {"memory": [
+            {**dataclasses.asdict(h), "available_per_engine": h.available_per_engine}
+            for h in hosts
+        ]}
         out.print_json(json.dumps({
             "name": cfg.name, "region": region, "expected_engines": found.expected_engines,
-            "datasets": found.datasets, "nodes": found.rows,
+            "datasets": found.datasets, "nodes": found.rows, **extra,
         }))
         return
     if not found.info.instances:
         out.print(f"no instances tagged with cluster {cfg.name!r} in {region}")
         return
     out.print(tables.nodes(f"cluster {cfg.name} ({region})", found.rows))
+    if hosts is not None:
+        out.print(tables.host_memory(f"memory per host, cluster {cfg.name}", hosts))
+
+
+def _host_memory(name: str) -> list[Any]:
+    """`payload.host_memory` through a client of the cluster: one call per engine."""
+    from payload import host_memory
+
+    rc = lifecycle.connect(name)
+    try:
+        return sorted(host_memory(rc).values(), key=lambda h: min(h.engines))
+    finally:
+        rc.close()
 
 
 @click.command(name="list")

@@ -1,273 +1,120 @@
-"""Commands on data and runs: put-data and run, what the cluster exists for."""
+"""Commands on data and runs: put-data (here) and run (`provision.cli.run`)."""
 
 from __future__ import annotations
 
-import csv
-import json
-import time
 from pathlib import Path
-from typing import Any
 
 import click
-import numpy as np
 
-from provision import context, data, lifecycle, progress
+from provision import context, data, partition, progress, splitters
 from provision.cli.common import config_options, err, out, settings
-from provision.errors import BadInput, ProvisionError
-from provision.params import load_estimator, parse_params, parse_value
+from provision.cli.run import run
+from provision.errors import BadInput
+from provision.schema import ClusterConfig
+
+CV_HELP = (
+    "The scikit-learn splitter: " + ", ".join(splitters.SPLITTERS) + " (`stratified`, the old "
+    "name of stratified-shuffle, still works). The k-fold splitters shuffle unless --no-shuffle."
+)
 
 
 @click.command(name="put-data")
 @click.argument("name")
 @click.argument("dataset")
-@click.option(
-    "--cv",
-    type=click.Choice(["shuffle", "kfold", "stratified"]),
-    default="shuffle",
-    show_default=True,
-)
-@click.option("--n-splits", type=int, default=5, show_default=True)
-@click.option(
-    "--test-size", type=float, default=0.25, show_default=True, help="For shuffle and stratified."
-)
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--target", help="Target column of a .csv (default: the last).")
+@click.option("--cv", default="shuffle", show_default=True, metavar="SPLITTER", help=CV_HELP)
+@click.option("--n-splits", type=int, help="Splits (folds) [default: 5].")
+@click.option("--n-repeats", type=int,
+              help="repeated-kfold, repeated-stratified-kfold: rounds [default: 10, sklearn's].")
+@click.option("--test-size", type=float,
+              help="shuffle splitters: a fraction [default: 0.25] or a number of rows; "
+                   "time-series: rows; --partition: the held-out fraction [default: 0.2].")
+@click.option("--seed", type=int,
+              help="Seeds the splitter's shuffling [default: 42]; with --partition, the "
+                   "held-out draw and the shards.")
+@click.option("--shuffle/--no-shuffle", default=None,
+              help="k-fold splitters: shuffle the rows before cutting folds [default: shuffle].")
+@click.option("--groups", metavar="COLUMN",
+              help="Group labels for the group-* splitters: a .csv column, an .npz array, "
+                   "or a .npy file.")
+@click.option("--target", metavar="COLUMN[,COLUMN...]",
+              help="Target column(s) of a .csv (default: the last); several make a "
+                   "multi-output y.")
+@click.option("--label", help="The dataset's name on the cluster, for run --data "
+                              "(default: the file's stem or the built-in name).")
+@click.option("--partition", is_flag=True,
+              help="Instead of CV splits: hold out --test-size of the rows for every host and "
+                   "cut the rest into one shard per host, each host holding its own only "
+                   "(for `run NAME sgd-average`).")
 @config_options
 def put_data(
     name: str,
     dataset: str,
     cv: str,
-    n_splits: int,
-    test_size: float,
-    seed: int,
+    n_splits: int | None,
+    n_repeats: int | None,
+    test_size: float | None,
+    seed: int | None,
+    shuffle: bool | None,
+    groups: str | None,
     target: str | None,
+    label: str | None,
+    partition: bool,
     config_path: Path | None,
     template: str | None,
 ) -> None:
     """Persist DATASET's CV splits (memmappable) and ship them once to every host.
 
     DATASET is a scikit-learn dataset (digits, iris, wine, breast_cancer) or a
-    file: .npz with X and y, X.npy,y.npy, .csv with a target column, or a
-    joblib dump of (X, y). A second run moves no bytes.
+    file: .npz with X and y, X.npy,y.npy, .csv with a header (numeric columns,
+    or one text column for a text pipeline), or a joblib dump of (X, y). y may
+    be 2-D (multi-output). A second run moves no bytes.
     """
     cfg = settings(config_path, template, name)
-    data.make_cv(cv, n_splits, test_size, seed)  # bad flags fail before any work
-    data.load_dataset(dataset, target)
+    source = click.get_current_context().get_parameter_source("cv")
+    if partition:
+        _put_partition(cfg, dataset, cv_given=source != click.core.ParameterSource.DEFAULT,
+                       flags={"--n-splits": n_splits, "--n-repeats": n_repeats,
+                              "--shuffle/--no-shuffle": shuffle, "--groups": groups},
+                       test_size=test_size, seed=seed, target=target, label=label)
+        return
+    _, warning = splitters.canonical(cv)
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    ready = data.plan(  # bad input fails here, before any work
+        dataset, cv, n_splits=n_splits, n_repeats=n_repeats, test_size=test_size, seed=seed,
+        shuffle=shuffle, groups=groups, target=target, label=label,
+    )
+    for message in ready.warnings:
+        err.print(f"[yellow]warning:[/] --cv {cv}: {message}", highlight=False)
     with progress.for_console(err) as reporter:
         ctx = context.prepare(cfg, reporter)
-        result = data.put_data(
-            ctx, dataset, cv=cv, n_splits=n_splits, test_size=test_size, seed=seed, target=target
-        )
-    moved = result.bytes_moved
-    out.print(f"{dataset}: {len(result.remote_paths)} splits in {result.remote_dir} on "
-              f"{len(result.bytes_per_host)} host(s); moved {moved / 1e6:.2f} MB")
+        result = data.put_data(ctx, ready)
+    out.print(f"{ready.dataset.label}: {len(result.remote_paths)} splits "
+              f"({splitters.describe(ready.cv)}) in {result.remote_dir} on "
+              f"{len(result.bytes_per_host)} host(s); moved {result.bytes_moved / 1e6:.2f} MB",
+              highlight=False)
 
 
-def _out_dir(out_dir: Path | None, name: str, kind: str, label: str, model: str) -> Path:
-    short = model.rsplit(".", 1)[-1]
-    d = out_dir or Path("provision-results") / f"{name}-{kind}-{label}-{short}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-@click.command()
-@click.argument("name")
-@click.argument("kind", type=click.Choice(["gridsearch", "learning-curve"]))
-@click.option("--data", "label", required=True, help="A dataset put on the cluster with put-data.")
-@click.option(
-    "--model",
-    default="sklearn.svm.SVC",
-    show_default=True,
-    help="Dotted path of the estimator class.",
-)
-@click.option(
-    "--param",
-    "params",
-    multiple=True,
-    metavar="NAME=VALUES",
-    help="e.g. 'C=logspace(-1,2,4)', 'kernel=[\"rbf\",\"linear\"]', "
-    "'C=loguniform(1e-2,1e2)'. Repeatable.",
-)
-@click.option(
-    "--set",
-    "fixed",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Fixed estimator parameter. Repeatable.",
-)
-@click.option("--n-iter", type=int, help="Randomized search with this many candidates.")
-@click.option("--scoring", help="A scikit-learn scorer name (default: the estimator's score).")
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="For randomized search order and sampling.",
-)
-@click.option("--top", type=int, default=5, show_default=True, help="Candidates in the report.")
-@click.option(
-    "--timeout",
-    type=float,
-    default=3600,
-    show_default=True,
-    help="Seconds before the search gives up.",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    help="Results directory (re-running resumes from its journal).",
-)
-@config_options
-def run(
-    name: str,
-    kind: str,
-    label: str,
-    model: str,
-    params: tuple[str, ...],
-    fixed: tuple[str, ...],
-    n_iter: int | None,
-    scoring: str | None,
-    seed: int,
-    top: int,
-    timeout: float,
-    out_dir: Path | None,
-    config_path: Path | None,
-    template: str | None,
-) -> None:
-    """Run the bundled payload (grid search or learning curve) on the cluster's engines.
-
-    Hands a connected ipyparallel Client to the payload, shows progress,
-    prints the report and writes results (JSON, CSV) and plots to --out.
-    """
-    settings(config_path, template, name)
-    fixed_params = {}
-    for spec in fixed:
-        key, sep, expr = spec.partition("=")
-        if not key or not sep:
-            raise BadInput(f"--set {spec}: expected NAME=VALUE")
-        values, _dist = parse_value(expr, spec, flag="--set")
-        if values is None or len(values) != 1:
-            raise BadInput(f"--set {spec}: expected NAME=VALUE")
-        fixed_params[key] = values[0]
-    estimator = load_estimator(model, fixed_params)
-    if scoring is not None:
-        from sklearn.metrics import get_scorer_names
-
-        if scoring not in get_scorer_names():
-            raise BadInput(f"--scoring: unknown scorer {scoring!r}")
-    grid = parse_params(list(params), estimator) if kind == "gridsearch" else {}
-    if (
-        kind == "gridsearch"
-        and n_iter is None
-        and any(not isinstance(v, list) for v in grid.values())
-    ):
-        raise BadInput("--param: distributions need --n-iter (randomized search)")
-    if n_iter is not None and n_iter < 1:
-        raise BadInput(f"--n-iter: must be at least 1 (got {n_iter})")
-    split_paths = data.split_paths(name, label)
-    target = _out_dir(out_dir, name, kind, label, model)
-    rc = lifecycle.connect(name)
-    try:
-        if kind == "gridsearch":
-            _gridsearch(
-                rc, estimator, grid, split_paths, n_iter, scoring, seed, top, timeout, target
-            )
-        else:
-            _learning_curve(rc, estimator, split_paths, scoring, target)
-    finally:
-        rc.close()
-
-
-def _gridsearch(
-    rc: Any,
-    estimator: Any,
-    grid: dict[str, Any],
-    split_paths: list[str],
-    n_iter: int | None,
-    scoring: str | None,
-    seed: int,
-    top: int,
-    timeout: float,
-    target: Path,
-) -> None:
-    from payload import DistributedSearch
-    from payload.report import plot_heatmap, plot_param_boxplots, report_text
-
-    search = DistributedSearch(
-        rc.load_balanced_view(), estimator, grid, split_paths, scoring=scoring, n_iter=n_iter,
-        random_state=seed, journal=target / "journal.jsonl",
-    )
-    started = time.perf_counter()
+def _put_partition(cfg: ClusterConfig, dataset: str, *, cv_given: bool, flags: dict[str, object],
+                   test_size: float | None, seed: int | None, target: str | None,
+                   label: str | None) -> None:
+    given = [flag for flag, value in flags.items() if value is not None]
+    if cv_given:
+        given.insert(0, "--cv")
+    if given:
+        raise BadInput(f"{given[0]}: does not apply with --partition (it takes --test-size, "
+                       "--seed, --target, --label)")
+    loaded = data.load_dataset(dataset, target, None, label)  # bad input fails before any work
+    split = splitters.fraction_or_rows(partition.DEFAULT_TEST_SIZE if test_size is None
+                                       else test_size)
     with progress.for_console(err) as reporter:
-        search.start()
-        done, total = search.progress
-        with reporter.wait(
-            f"{type(estimator).__name__}: {total} fits on {len(rc.ids)} engines", total=total
-        ) as advance:
-            finished = search.wait(timeout=timeout, progress=lambda d, t: advance(d))
-    if not finished:
-        search.abort()
-        raise ProvisionError(f"the search did not finish within {timeout:.0f} s (--timeout); "
-                             f"re-run the same command to resume from {target / 'journal.jsonl'}")
-    wall = time.perf_counter() - started
-    results = search.cv_results_
-    out.print(report_text(results, top=top))
-    _write_results(results, target)
-    plots = [plot_param_boxplots(results, target / "boxplots.png")]
-    names = [k[len("param_"):] for k in results if k.startswith("param_")]
-    if len(names) == 2:
-        plots.append(plot_heatmap(results, target / "heatmap.png", x=names[1], y=names[0]))
-    out.print(f"best: {search.best_params_} validation {search.best_score_:.5f}; {wall:.1f} s")
-    out.print(f"results: {target / 'cv_results.json'}, {target / 'cv_results.csv'}")
-    out.print("plots: " + ", ".join(str(p) for p in plots))
-
-
-def _learning_curve(
-    rc: Any, estimator: Any, split_paths: list[str], scoring: str | None, target: Path
-) -> None:
-    from payload.curves import learning_curve_distributed, plot_learning_curve
-
-    result = learning_curve_distributed(
-        rc.load_balanced_view(), estimator, split_paths, scoring=scoring
-    )
-    (target / "learning_curve.json").write_text(json.dumps(_jsonable(result), indent=2))
-    path = plot_learning_curve(result, target / "learning_curve.png")
-    for size, tr, te in zip(
-        result["train_sizes_abs"], result["train_scores"], result["test_scores"]
-    ):
-        out.print(f"{int(size):>6} samples: train {np.mean(tr):.5f}  validation {np.mean(te):.5f}")
-    out.print(f"plot: {path}")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ma.MaskedArray):
-        return [
-            None if m else _jsonable(v)
-            for v, m in zip(obj.data.tolist(), np.ma.getmaskarray(obj).tolist())
-        ]
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
-
-
-def _write_results(results: dict[str, Any], target: Path) -> None:
-    clean = _jsonable(results)
-    (target / "cv_results.json").write_text(json.dumps(clean, indent=2, default=str))
-    keys = [k for k in clean if k != "params"]
-    with open(target / "cv_results.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(keys)
-        for row in zip(*(clean[k] for k in keys)):
-            w.writerow(row)
+        ctx = context.prepare(cfg, reporter)
+        result = partition.put_partition(ctx, loaded, test_size=split,
+                                         seed=42 if seed is None else seed)
+    shards = ", ".join(f"{node} {shard}" for node, shard in sorted(result.shards.items()))
+    out.print(f"{loaded.label}: {len(result.shards)} shards and a held-out part in "
+              f"{result.remote_dir}, each host its own shard ({shards}); moved "
+              f"{result.bytes_moved / 1e6:.2f} MB", highlight=False)
 
 
 COMMANDS = (put_data, run)

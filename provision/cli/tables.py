@@ -80,3 +80,19 @@ def plan(title: str, lines: list[Any], hourly: float | None, source: str) -> Tab
     table.add_row("total", "", "", _money(hourly, "[bold]{:.4f}[/]"))
     return table
 
+
+def host_memory(title: str, hosts: list[Any]) -> Table:
+    """Memory per host (`payload.HostMemory`): what is free, and per engine if all fit at once."""
+    table = Table(title=title, title_justify="left")
+    for c in ("host", "engines", "total", "available", "per engine", "engines' RSS"):
+        table.add_column(c, justify="left" if c in ("host", "engines") else "right")
+    for h in hosts:
+        table.add_row(
+            h.hostname, ", ".join(map(str, h.engines)), _mib(h.total), _mib(h.available),
+            _mib(h.available_per_engine), _mib(h.engines_rss),
+        )
+    return table
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"

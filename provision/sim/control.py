@@ -29,6 +29,7 @@ from provision.sim.hosts import SimError
 from provision.sim.imds import notice_file
 from provision.sim.state import (
     ACCESS_KEY,
+    DAEMON_MODULE,
     INTERRUPTS,
     LOCK_FILE,
     LOG_FILE,
@@ -41,12 +42,11 @@ from provision.sim.state import (
     Timing,
     client,
     host_instance_id,
+    is_daemon,
     read_state,
     remove_state,
+    running_state,
 )
-
-NOT_RUNNING = "the simulated region is not running: start it with `provision sim up`"
-DAEMON_MODULE = "provision.sim.daemon"
 
 _children: dict[int, subprocess.Popen[bytes]] = {}  # daemons this process started
 
@@ -58,16 +58,6 @@ def _lock() -> Iterator[None]:
     with open(LOCK_FILE, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
-
-
-def _is_daemon(pid: int) -> bool:
-    """Whether `pid` is a live sim daemon (not a zombie, not a recycled PID)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return DAEMON_MODULE.encode() in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _answers(st: SimState) -> bool:
@@ -98,7 +88,7 @@ def _wait_gone(pid: int, timeout: float) -> bool:
         del _children[pid]
         return True
     deadline = time.monotonic() + timeout
-    while _is_daemon(pid):
+    while is_daemon(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -107,7 +97,7 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 def _teardown(st: SimState | None) -> None:
     """Stop the daemon (it cleans up after itself), then sweep whatever a crash left."""
-    if st is not None and _is_daemon(st.pid):
+    if st is not None and is_daemon(st.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(st.pid, signal.SIGTERM)
         if not _wait_gone(st.pid, 20):
@@ -203,14 +193,6 @@ def _observed(st: SimState, **kw: object) -> SimState:
                    **kw)
 
 
-def running_state() -> SimState:
-    """The state of the running region, or SimError saying how to start it."""
-    st = read_state()
-    if st is None or not _is_daemon(st.pid):
-        raise SimError(NOT_RUNNING)
-    return st
-
-
 # --- public API (re-exported by provision.sim) ---------------------------------------
 
 
@@ -241,7 +223,7 @@ def up(
     )
     with _lock():
         st = read_state()
-        if st is not None and _is_daemon(st.pid) and _answers(st):
+        if st is not None and is_daemon(st.pid) and _answers(st):
             if want is not None and want != st.timings:
                 raise SimError(
                     f"the simulated region is running with timing {st.timings.describe()}; "
@@ -275,7 +257,7 @@ def status() -> SimState | None:
     st = read_state()
     if st is None:
         return None
-    return _observed(st, alive=_is_daemon(st.pid))
+    return _observed(st, alive=is_daemon(st.pid))
 
 
 def _iso(t: float) -> str:
@@ -314,7 +296,7 @@ def interrupt(instance_id: str, notice: float = 0, timeout: float = 15) -> str:
         while path.exists() or any(
             host_instance_id(h.name) == instance_id for h in hosts.list_hosts()
         ):
-            if time.monotonic() > deadline or not _is_daemon(st.pid):
+            if time.monotonic() > deadline or not is_daemon(st.pid):
                 raise SimError(f"{instance_id} was not interrupted within {timeout:.0f}s; "
                                f"see {LOG_FILE}")
             time.sleep(0.05)

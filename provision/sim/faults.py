@@ -24,7 +24,7 @@ from pathlib import Path
 
 from provision.sim import disks, hosts, net
 from provision.sim.hosts import STATE_ROOT, SimError
-from provision.sim.state import host_instance_id
+from provision.sim.state import host_instance_id, running_state
 
 CUTS = STATE_ROOT / "cuts"
 HALTED = "halted"  # marker in a host's directory: `halt` ran on it (see `power`)
@@ -39,8 +39,6 @@ def halted(host: hosts.Host) -> bool:
 
 
 def _live_host(instance_id: str) -> hosts.Host:
-    from provision.sim.control import running_state
-
     running_state()
     host = host_for(instance_id)
     if host is None or host.sshd_pid is None:

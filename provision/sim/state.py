@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from provision.sim.hosts import STATE_ROOT, host_dir
+from provision.sim.hosts import STATE_ROOT, SimError, host_dir
 from provision.sim.net import (
     GATEWAY,
     PREFIXLEN,
@@ -183,3 +183,25 @@ def host_instance_id(netns: str) -> str | None:
 
 def set_host_instance_id(netns: str, instance_id: str) -> None:
     (host_dir(netns) / "instance_id").write_text(instance_id)
+
+
+NOT_RUNNING = "the simulated region is not running: start it with `provision sim up`"
+DAEMON_MODULE = "provision.sim.daemon"
+
+
+def is_daemon(pid: int) -> bool:
+    """Whether `pid` is a live sim daemon (not a zombie, not a recycled PID)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return DAEMON_MODULE.encode() in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def running_state() -> SimState:
+    """The state of the running region, or SimError saying how to start it."""
+    st = read_state()
+    if st is None or not is_daemon(st.pid):
+        raise SimError(NOT_RUNNING)
+    return st
