@@ -13,6 +13,7 @@ payload module with one decorated function is a new command.
 from __future__ import annotations
 
 import difflib
+import fcntl
 import inspect
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import payload
 from payload.registry import PayloadKind
 from provision import data, lifecycle, partition, progress, state
 from provision.cli.common import config_options, err, out, settings
-from provision.errors import BadInput
+from provision.errors import BadInput, ProvisionError
 from provision.params import load_estimator, parse_fixed, parse_params, parse_train_sizes
 from provision.progress import Reporter
 
@@ -197,6 +198,8 @@ def _run(kind: PayloadKind, label: str, model: str | None, fixed: tuple[str, ...
         kind.check(options)
     except ValueError as e:
         raise BadInput(str(e)) from e
+    if "journal" in options:
+        _refuse_if_running(options["journal"])
     rc = lifecycle.connect(name)
     try:
         started = time.perf_counter()
@@ -210,6 +213,24 @@ def _run(kind: PayloadKind, label: str, model: str | None, fixed: tuple[str, ...
         if line:
             out.print(line, highlight=False)
     out.print(f"{kind.name}: {wall:.1f} s on {len(rc.ids)} engines", highlight=False)
+
+
+def _refuse_if_running(journal: Path) -> None:
+    """A second `run` of the same search (same --out) while the first still appends
+    to its journal: one line now, before connecting. The journal's own lock (the
+    payload's `flock`) is what keeps it safe; this says so plainly. Runs with
+    different --out share the engines and each finish (the hub schedules both)."""
+    if not journal.exists():
+        return
+    with open(journal, "rb") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ProvisionError(
+                f"--out {journal.parent}: another `provision run` is writing this search's "
+                "journal; wait for it to finish (then run this again to resume), or give "
+                "another --out"
+            ) from None
 
 
 def _show(result: Any, target: Path) -> list[str]:
