@@ -50,6 +50,7 @@ SPECIAL: dict[str, tuple[str, Any, str]] = {
 # The command line's own defaults, where the payload's (None) would not do: every wait
 # has a timeout, and a run is reproducible, so a randomized search resumes from its journal.
 CLI_DEFAULTS = {"timeout": 3600.0, "random_state": 0}
+MAX_CANDIDATES = 100_000  # more is almost always a typo in a range, and hours of fits
 REGRESSION_TARGETS = ("continuous", "continuous-multioutput")
 MODEL_HELP = (
     "The estimator: a dotted class path (sklearn.svm.SVC), module:factory, or a Python file "
@@ -108,6 +109,11 @@ def build_command(kind: PayloadKind) -> click.Command:
                   "e.g. 'C=logspace(-1,2,4)', 'clf__kernel=[\"rbf\",\"linear\"]', "
                   "'C=loguniform(1e-2,1e2)' (with --n-iter). Nested names for pipelines. "
                   "Repeatable."),
+        ))
+    if "param_grid" in kind.options:
+        params.append(click.Option(
+            ["--max-candidates"], type=click.IntRange(min=1), default=MAX_CANDIDATES,
+            show_default=True, help="Refuse a grid (or --n-iter) of more candidates than this.",
         ))
     for name, param in {**kind.options, **kind.present_options}.items():
         if name in INPUTS:
@@ -180,6 +186,7 @@ def _run(kind: PayloadKind, label: str, model: str | None, fixed: tuple[str, ...
          out_path: Path | None, config_path: Path | None, template: str | None,
          params: Any = (), **flags: Any) -> None:
     name = click.get_current_context().obj
+    limit = flags.pop("max_candidates", MAX_CANDIDATES)
     settings(config_path, template, name)
     entry = state.load(name).get("datasets", {}).get(label, {})
     spec = model or _default_model(kind, entry.get("target_type"))
@@ -188,7 +195,7 @@ def _run(kind: PayloadKind, label: str, model: str | None, fixed: tuple[str, ...
     present_opts = {k: options.pop(k) for k in list(options) if k in kind.present_options}
     _convert(options)
     options["estimator"] = estimator
-    options.update(_variations(kind, params, estimator, options))
+    options.update(_variations(kind, params, estimator, options, limit))
     options.update(_data_inputs(kind, name, label))
     target = out_path or _default_out(kind, name, label, spec)
     (target if kind.output == "directory" else target.parent).mkdir(parents=True, exist_ok=True)
@@ -271,7 +278,8 @@ def _number_or_word(text: str) -> int | float | str:
 
 
 def _variations(
-    kind: PayloadKind, params: Any, estimator: Any, options: dict[str, Any]
+    kind: PayloadKind, params: Any, estimator: Any, options: dict[str, Any],
+    limit: int = MAX_CANDIDATES,
 ) -> dict[str, Any]:
     """``param_grid``, or ``param_name`` and ``param_range``, from ``--param``."""
     if "param_name" in kind.options:
@@ -287,6 +295,13 @@ def _variations(
     sampled = any(not isinstance(v, list) for v in grid.values())
     if sampled and options.get("n_iter") is None:
         raise BadInput("--param: distributions need --n-iter (randomized search)")
+    from sklearn.model_selection import ParameterGrid
+
+    n = options["n_iter"] if options.get("n_iter") is not None else len(ParameterGrid(grid))
+    if n > limit:  # nothing is submitted: a typo in a range is not hours of fits
+        what = "--n-iter asks for" if options.get("n_iter") is not None else "--param: the grid has"
+        raise BadInput(f"{what} {n} candidates, more than --max-candidates {limit}; narrow it, "
+                       "or raise --max-candidates")
     return {"param_grid": grid}
 
 
