@@ -204,6 +204,7 @@ def ship(
     names = sorted(p.name for p in local_dir.iterdir())
     wanted = {n.label: (files_for or {}).get(n.label, names) for n in nodes}
     size = {n: (local_dir / n).stat().st_size for n in names}
+    sums = file_hashes(local_dir, names)
     per_node = {node: sum(size[f] for f in files) for node, files in wanted.items()}
     result = ShipResult(
         digest=digest, remote_dir=target, files=[n for n in names if n != "manifest.json"]
@@ -236,9 +237,16 @@ def ship(
 
             files = wanted[ep.name]
             marker = "manifest.json" if files is names else files[-1]
+
+            def resend() -> None:
+                ctx.reporter.warn(f"{ep.name}: {target} failed its manifest's hashes; "
+                                  "sending it again")
+
             with _staged(local_dir, files, files is names) as source:
                 moved = transfer.push_tree(
-                    ep, source, target, unless_exists=f"{target}/{marker}", on_bytes=step
+                    ep, source, target, unless_exists=f"{target}/{marker}", on_bytes=step,
+                    verify={f: sums[f] for f in files}, need_bytes=footprint(size, files),
+                    on_resend=resend,
                 )
             progress(total - sent[0])
             return 0 if moved is None else total
@@ -247,6 +255,30 @@ def ship(
     result.bytes_per_host = dict(group.succeeded)
     group.raise_for_failures()
     return result
+
+
+BLOCK = 4096  # a file takes whole blocks of the node's filesystem
+
+
+def footprint(size: dict[str, int], files: list[str]) -> int:
+    """Bytes `files` take on a node's disk (whole blocks, and one for the directory)."""
+    return BLOCK + sum(-(-size[f] // BLOCK) * BLOCK for f in files)
+
+
+def file_hashes(local_dir: Path, names: list[str]) -> dict[str, str]:
+    """sha256 of each file: the manifest's where it lists the file (written with
+    the splits, so never read again here), else computed."""
+    from payload import read_manifest
+
+    listed = read_manifest(local_dir)["files"]
+    sums = {}
+    for name in names:
+        known = listed.get(name, {}).get("sha256")
+        if known is None:
+            with open(local_dir / name, "rb") as f:
+                known = hashlib.file_digest(f, "sha256").hexdigest()
+        sums[name] = known
+    return sums
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from provision import check as checks
-from provision import cloud, configure, query, rollback, state
+from provision import cloud, configure, locks, query, rollback, state
 from provision.client import CONNECT_TIMEOUT_S, connect_client
 from provision.cloud.common import (
     MASTER,
@@ -178,6 +178,7 @@ def _settle(
     return failed
 
 
+@locks.exclusive('up')
 def up(
     config: ClusterConfig,
     reporter: Reporter | None = None,
@@ -264,6 +265,7 @@ def _connection_files(ctx: Context, master: InstanceInfo, wanted: Path) -> None:
         )
 
 
+@locks.exclusive('addnode')
 def addnode(
     name: str,
     count: int,
@@ -290,6 +292,7 @@ def addnode(
     return _finish(ctx, failed)
 
 
+@locks.exclusive('removenode')
 def removenode(
     name: str, node: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None
 ) -> InstanceInfo:
@@ -316,6 +319,7 @@ def removenode(
     return inst
 
 
+@locks.exclusive('restart-engines')
 def restart_engines(
     name: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None
 ) -> int:
@@ -335,6 +339,7 @@ def restart_engines(
     return sum(group.succeeded.values())
 
 
+@locks.exclusive('down')
 def down(
     name: str, *, region: Region | None = None, reporter: Reporter | None = None
 ) -> dict[str, Any]:
@@ -366,6 +371,7 @@ def connect(name: str, *, timeout: float = CONNECT_TIMEOUT_S, n_engines: int | N
     return connect_client(client_file, ctx.endpoint(master), n_engines=want, timeout=timeout)
 
 
+@locks.exclusive('watch')
 def keep_size(
     name: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None
 ) -> int:

@@ -419,6 +419,14 @@ CASES: dict[str, tuple[Args, tuple[str, ...]]] = {
         run("--param", "C={[1]: 2}"),
         ("--param C={[1]: 2}", "not a literal value"),
     ),
+    "grid-over-max-candidates": (
+        run("--param", "C=logspace(-3,3,400)", "--param", "gamma=logspace(-3,3,400)"),
+        ("--param: the grid has 160000 candidates", "--max-candidates 100000"),
+    ),
+    "n-iter-over-max-candidates": (
+        run("--param", "C=loguniform(1e-2,1e2)", "--n-iter", "20", "--max-candidates", "10"),
+        ("--n-iter asks for 20 candidates", "--max-candidates 10"),
+    ),
     "set-without-value": (
         run("--param", "C=[1]", "--set", "kernel"),
         ("--set kernel", "NAME=VALUE"),

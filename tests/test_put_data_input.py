@@ -189,7 +189,7 @@ def test_partitioned_shipping_gives_each_host_its_own_shard_only(tmp_path, monke
         (local / name).write_bytes(name.encode() * 10)
     sent: dict[str, tuple[list[str], str | None]] = {}
 
-    def push_tree(ep, source, target, *, unless_exists=None, on_bytes=None):
+    def push_tree(ep, source, target, *, unless_exists=None, on_bytes=None, **checks):
         sent[ep.name] = (sorted(p.name for p in source.iterdir()), unless_exists)
         return 1
 

@@ -291,3 +291,41 @@ def test_the_memory_table_shows_free_memory_per_host_and_per_engine():
     row = next(line for line in console.export_text().splitlines() if "ip-10-84-0-4" in line)
     cells = [cell.strip() for cell in row.split("│")[1:-1]]
     assert cells == ["ip-10-84-0-4", "0, 3", "2,048 MiB", "1,024 MiB", "512 MiB", "300 MiB"]
+
+
+def test_a_second_run_of_the_same_search_refuses_in_one_line_while_the_first_writes_its_journal(
+    case, monkeypatch, tmp_path
+):
+    """The first run is another process holding the journal open (the payload's
+    Journal, with its lock); the second refuses before connecting to the cluster."""
+    state.update("unit", datasets={"digits": {
+        "layout": "splits", "remote_dir": "/srv/provision/data/abc", "files": ["s0", "s1"],
+        "target_type": "multiclass",
+    }})
+    out = tmp_path / "search"
+    journal = out / "journal.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from payload.journal import Journal; "
+         "j, _ = Journal.open(sys.argv[1], {'key': 'k'}); print('held', flush=True); "
+         "sys.stdin.read()", str(journal)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"  # type: ignore[union-attr]
+
+        def connect(name: str) -> Any:
+            raise AssertionError("the second run connected to the cluster")
+
+        monkeypatch.setattr(lifecycle, "connect", connect)
+        args = ("run", "unit", "gridsearch", "--data", "digits", "--param", "C=[1]",
+                "--out", str(out), "--config", str(case.cfg))
+        result = invoke(*args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 1 and len(lines) == 1, result.output
+        assert f"--out {out}: another `provision run` is writing this search's journal" in lines[0]
+    finally:
+        holder.stdin.close()  # type: ignore[union-attr]
+        holder.wait(timeout=30)
+    after = invoke(*args).output  # released: it goes on, to connect
+    assert "the second run connected" in after and "another `provision run`" not in after

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from provision import files, lifecycle, progress
+from provision import files, lifecycle, locks, progress
 from provision.cli.common import config_options, err, out, settings
 from provision.errors import ProvisionError
 from provision.nodes import transfer
@@ -62,7 +62,13 @@ def watch(name: str, interval: float, once: bool, timeout: float | None, config_
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         with progress.for_console(err) as reporter:
-            launched = lifecycle.keep_size(name, config=cfg, reporter=reporter)
+            try:
+                launched = lifecycle.keep_size(name, config=cfg, reporter=reporter)
+            except locks.ClusterBusy as busy:  # e.g. an `up` or `addnode` at work: not fatal
+                if once:
+                    raise
+                reporter.warn(f"{busy}; checking again in {interval:g} s")
+                launched = 0
         if launched:
             out.print(f"{name}: replaced {launched} worker(s)")
         if once or (deadline is not None and time.monotonic() >= deadline):

@@ -13,6 +13,7 @@ payload module with one decorated function is a new command.
 from __future__ import annotations
 
 import difflib
+import fcntl
 import inspect
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import payload
 from payload.registry import PayloadKind
 from provision import data, lifecycle, partition, progress, state
 from provision.cli.common import config_options, err, out, settings
-from provision.errors import BadInput
+from provision.errors import BadInput, ProvisionError
 from provision.params import load_estimator, parse_fixed, parse_params, parse_train_sizes
 from provision.progress import Reporter
 
@@ -49,6 +50,7 @@ SPECIAL: dict[str, tuple[str, Any, str]] = {
 # The command line's own defaults, where the payload's (None) would not do: every wait
 # has a timeout, and a run is reproducible, so a randomized search resumes from its journal.
 CLI_DEFAULTS = {"timeout": 3600.0, "random_state": 0}
+MAX_CANDIDATES = 100_000  # more is almost always a typo in a range, and hours of fits
 REGRESSION_TARGETS = ("continuous", "continuous-multioutput")
 MODEL_HELP = (
     "The estimator: a dotted class path (sklearn.svm.SVC), module:factory, or a Python file "
@@ -107,6 +109,11 @@ def build_command(kind: PayloadKind) -> click.Command:
                   "e.g. 'C=logspace(-1,2,4)', 'clf__kernel=[\"rbf\",\"linear\"]', "
                   "'C=loguniform(1e-2,1e2)' (with --n-iter). Nested names for pipelines. "
                   "Repeatable."),
+        ))
+    if "param_grid" in kind.options:
+        params.append(click.Option(
+            ["--max-candidates"], type=click.IntRange(min=1), default=MAX_CANDIDATES,
+            show_default=True, help="Refuse a grid (or --n-iter) of more candidates than this.",
         ))
     for name, param in {**kind.options, **kind.present_options}.items():
         if name in INPUTS:
@@ -179,6 +186,7 @@ def _run(kind: PayloadKind, label: str, model: str | None, fixed: tuple[str, ...
          out_path: Path | None, config_path: Path | None, template: str | None,
          params: Any = (), **flags: Any) -> None:
     name = click.get_current_context().obj
+    limit = flags.pop("max_candidates", MAX_CANDIDATES)
     settings(config_path, template, name)
     entry = state.load(name).get("datasets", {}).get(label, {})
     spec = model or _default_model(kind, entry.get("target_type"))
@@ -187,7 +195,7 @@ def _run(kind: PayloadKind, label: str, model: str | None, fixed: tuple[str, ...
     present_opts = {k: options.pop(k) for k in list(options) if k in kind.present_options}
     _convert(options)
     options["estimator"] = estimator
-    options.update(_variations(kind, params, estimator, options))
+    options.update(_variations(kind, params, estimator, options, limit))
     options.update(_data_inputs(kind, name, label))
     target = out_path or _default_out(kind, name, label, spec)
     (target if kind.output == "directory" else target.parent).mkdir(parents=True, exist_ok=True)
@@ -197,6 +205,8 @@ def _run(kind: PayloadKind, label: str, model: str | None, fixed: tuple[str, ...
         kind.check(options)
     except ValueError as e:
         raise BadInput(str(e)) from e
+    if "journal" in options:
+        _refuse_if_running(options["journal"])
     rc = lifecycle.connect(name)
     try:
         started = time.perf_counter()
@@ -210,6 +220,24 @@ def _run(kind: PayloadKind, label: str, model: str | None, fixed: tuple[str, ...
         if line:
             out.print(line, highlight=False)
     out.print(f"{kind.name}: {wall:.1f} s on {len(rc.ids)} engines", highlight=False)
+
+
+def _refuse_if_running(journal: Path) -> None:
+    """A second `run` of the same search (same --out) while the first still appends
+    to its journal: one line now, before connecting. The journal's own lock (the
+    payload's `flock`) is what keeps it safe; this says so plainly. Runs with
+    different --out share the engines and each finish (the hub schedules both)."""
+    if not journal.exists():
+        return
+    with open(journal, "rb") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ProvisionError(
+                f"--out {journal.parent}: another `provision run` is writing this search's "
+                "journal; wait for it to finish (then run this again to resume), or give "
+                "another --out"
+            ) from None
 
 
 def _show(result: Any, target: Path) -> list[str]:
@@ -250,7 +278,8 @@ def _number_or_word(text: str) -> int | float | str:
 
 
 def _variations(
-    kind: PayloadKind, params: Any, estimator: Any, options: dict[str, Any]
+    kind: PayloadKind, params: Any, estimator: Any, options: dict[str, Any],
+    limit: int = MAX_CANDIDATES,
 ) -> dict[str, Any]:
     """``param_grid``, or ``param_name`` and ``param_range``, from ``--param``."""
     if "param_name" in kind.options:
@@ -266,6 +295,13 @@ def _variations(
     sampled = any(not isinstance(v, list) for v in grid.values())
     if sampled and options.get("n_iter") is None:
         raise BadInput("--param: distributions need --n-iter (randomized search)")
+    from sklearn.model_selection import ParameterGrid
+
+    n = options["n_iter"] if options.get("n_iter") is not None else len(ParameterGrid(grid))
+    if n > limit:  # nothing is submitted: a typo in a range is not hours of fits
+        what = "--n-iter asks for" if options.get("n_iter") is not None else "--param: the grid has"
+        raise BadInput(f"{what} {n} candidates, more than --max-candidates {limit}; narrow it, "
+                       "or raise --max-candidates")
     return {"param_grid": grid}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import posixpath
 import shlex
 import shutil
 import signal
@@ -39,6 +40,9 @@ def push_tree(
     unless_exists: str | None = None,
     timeout: float | None = PUSH_TIMEOUT_S,
     on_bytes: Callable[[int], None] | None = None,
+    verify: dict[str, str] | None = None,
+    need_bytes: int | None = None,
+    on_resend: Callable[[], None] | None = None,
 ) -> int | None:
     """Stream `local_dir` to `remote_dir` as one uncompressed tar; return the bytes sent.
 
@@ -54,28 +58,42 @@ def push_tree(
     handshake alone costs more CPU than ssh's), with the same key, user and
     per-cluster host keys; else through paramiko. ``on_bytes(n)`` is called as
     data leaves.
+
+    `verify` (file name -> sha256): ``unless_exists`` counts only when the files
+    there have these hashes; otherwise the directory is removed and sent again,
+    and ``on_resend()`` is called (a flipped byte is never silently kept).
+    `need_bytes`: checked against the free space next to `remote_dir` (``df``,
+    same connection) before a byte is sent; `NoSpace` when short, and also when
+    the disk fills mid-stream (the partial copy is removed).
     """
     tmp = f"{remote_dir}.tmp"
     q = shlex.quote
     cmd = (
-        f"rm -rf {q(tmp)} && mkdir -p {q(tmp)} && tar -x -f - -C {q(tmp)} && "
+        f"rm -rf {q(tmp)} && mkdir -p {q(tmp)} && "
+        f"{{ tar -x -f - -C {q(tmp)} || {{ s=$?; rm -rf {q(tmp)}; exit $s; }}; }} && "
         f"rm -rf {q(remote_dir)} && mv {q(tmp)} {q(remote_dir)}"
     )
-    skip = f"if [ -e {q(unless_exists)} ]; then echo have; exit 0; fi; " if unless_exists else ""
-    script = f"{skip}echo send; {cmd}"
+    script = f"{_preamble(remote_dir, unless_exists, verify, need_bytes)}; {cmd}"
     with Borrowed(target) as b:
+
+        def have(line: bytes) -> bool:
+            return _answer(b.ep, line, remote_dir, need_bytes, on_resend)
+
+        def fail(code: int | None, stderr: str, what: str = "") -> NodeError:
+            return _failure(b.ep, cmd, code, stderr, remote_dir, need_bytes, what)
+
         argv = _openssh_argv(b.ep, script)
         if argv is not None:
             if not all(host_known(hop) for hop in _hops(b.ep)):
                 b.conn.open()  # trust on first use records the keys that ssh(1) then checks
-            return _push_openssh(b.ep, argv, cmd, local_dir, timeout, on_bytes)
+            return _push_openssh(argv, local_dir, timeout, on_bytes, have, fail)
         b.conn.open()
         chan = b.conn.transport.open_session(
             window_size=CHANNEL_WINDOW, timeout=CHANNEL_OPEN_TIMEOUT_S
         )
         chan.settimeout(timeout)
         chan.exec_command(script)
-        if chan.makefile("rb").readline().strip() == b"have":
+        if have(chan.makefile("rb").readline()):
             chan.recv_exit_status()
             chan.close()
             return None
@@ -89,8 +107,71 @@ def push_tree(
         code = chan.recv_exit_status()
         chan.close()
         if code != 0:
-            raise NodeError.from_command(b.ep, cmd, code, stderr.decode(errors="replace"))
+            raise fail(code, stderr.decode(errors="replace"))
         return sink.count
+
+
+class NoSpace(NodeError):
+    """A node's disk cannot hold what is being sent: one line with the bytes needed."""
+
+
+def _preamble(
+    remote_dir: str, unless_exists: str | None, verify: dict[str, str] | None,
+    need_bytes: int | None,
+) -> str:
+    """The shell that answers first, in one line: ``have`` (nothing to send), ``send``,
+    ``resend`` (it was there but failed its hashes: removed) or ``nospace FREE``."""
+    q = shlex.quote
+    parts = []
+    if unless_exists:
+        there = f"[ -e {q(unless_exists)} ]"
+        if verify:
+            sums = " ".join(q(f"{digest}  {name}") for name, digest in sorted(verify.items()))
+            intact = f"(cd {q(remote_dir)} && printf '%s\\n' {sums} | sha256sum -c --status -)"
+            parts += [f"if {there} && {intact}; then echo have; exit 0; fi",
+                      f"again=; if {there}; then rm -rf {q(remote_dir)}; again=re; fi"]
+        else:
+            parts.append(f"if {there}; then echo have; exit 0; fi")
+    if need_bytes:
+        parent = posixpath.dirname(remote_dir.rstrip("/")) or "/"
+        parts += [f"rm -rf {q(remote_dir + '.tmp')}; mkdir -p {q(parent)}",
+                  f"free=$(( $(df -Pk {q(parent)} | awk 'NR==2 {{print $4}}') * 1024 ))",
+                  f'if [ "$free" -lt {need_bytes} ]; then echo "nospace $free"; exit 0; fi']
+    parts.append('echo "${again}send"' if verify and unless_exists else "echo send")
+    return "; ".join(parts)
+
+
+def _answer(
+    ep: Endpoint, line: bytes, remote_dir: str, need: int | None,
+    on_resend: Callable[[], None] | None,
+) -> bool:
+    """Whether the node already has the tree (see `_preamble`); NoSpace when it cannot."""
+    word, _, rest = line.decode(errors="replace").strip().partition(" ")
+    if word == "nospace":
+        raise NoSpace(
+            f"{ep.name} ({ep.host}): not enough disk for {remote_dir}: needs {need} bytes, "
+            f"has {rest} free; free space there (or use a bigger volume), then run the same "
+            "command again", node=ep.name, host=ep.host,
+        )
+    if word == "resend" and on_resend is not None:
+        on_resend()
+    return word == "have"
+
+
+def _failure(
+    ep: Endpoint, cmd: str, code: int | None, stderr: str, remote_dir: str,
+    need_bytes: int | None, what: str = "",
+) -> NodeError:
+    """The push's error: NoSpace when the disk filled mid-stream, else the command's."""
+    if "No space left on device" in stderr:
+        need = f"needs {need_bytes} bytes" if need_bytes else "needs more space"
+        return NoSpace(
+            f"{ep.name} ({ep.host}): disk full while writing {remote_dir} ({need}; the partial "
+            "copy was removed); free space there (or use a bigger volume), then run the same "
+            "command again", node=ep.name, host=ep.host, command=cmd, command_status=code,
+            stderr=stderr,
+        )
+    return NodeError.from_command(ep, cmd, code, stderr, what=what)
 
 
 def _write_tar(sink: io.RawIOBase, local_dir: Path) -> None:
@@ -168,8 +249,9 @@ def _openssh_argv(ep: Endpoint, command: str) -> list[str] | None:
 
 
 def _push_openssh(
-    ep: Endpoint, argv: list[str], cmd: str, local_dir: Path, timeout: float | None,
-    on_bytes: Callable[[int], None] | None,
+    argv: list[str], local_dir: Path, timeout: float | None,
+    on_bytes: Callable[[int], None] | None, have: Callable[[bytes], bool],
+    fail: Callable[..., NodeError],
 ) -> int | None:
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
@@ -180,7 +262,7 @@ def _push_openssh(
         assert proc.stdin is not None and proc.stdout is not None
         sink = _CountingWriter(proc.stdin.write, on_bytes)
         try:
-            if proc.stdout.readline().strip() == b"have":
+            if have(proc.stdout.readline()):
                 sink = None
             else:
                 _write_tar(sink, local_dir)
@@ -197,7 +279,7 @@ def _push_openssh(
         stderr = err.read().decode(errors="replace")
     if code != 0:
         what = f"timed out after {timeout:.0f}s" if code == -signal.SIGKILL else ""
-        raise NodeError.from_command(ep, cmd, code, stderr, what=what)
+        raise fail(code, stderr, what)
     return None if sink is None else sink.count
 
 
