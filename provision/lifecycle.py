@@ -30,8 +30,9 @@ from provision.configure import Results, Step, Strategy
 from provision.configure.base import stage
 from provision.context import Context, context_for, prepare, resolve_region
 from provision.errors import BadInput, ProvisionError
-from provision.nodes import engines, fanout, remote
+from provision.nodes import engines, fanout
 from provision.progress import Reporter
+from provision.removal import removenode  # noqa: F401 - part of the API (`lifecycle.removenode`)
 from provision.schema import ClusterConfig
 
 
@@ -288,32 +289,6 @@ def addnode(
     strategy.start(ctx)
     failed = _add_workers(ctx, strategy, info, count, None)  # None: check the SSH rule first
     return _finish(ctx, failed)
-
-
-def removenode(
-    name: str, node: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None
-) -> InstanceInfo:
-    """Stop a worker's engines (their tasks are retried elsewhere), then terminate it."""
-    ctx = _context(name, config, reporter)
-    info = cloud.describe_cluster(ctx.region, name)
-    inst = info.find(node)
-    if inst is None:
-        have = ", ".join(i.name for i in info.nodes)
-        raise BadInput(f"NODE: no node {node!r} in cluster {name!r} (have: {have})")
-    if inst.role == MASTER:
-        raise BadInput(
-            f"NODE: {node} is the master; use `provision down {name}` to remove the cluster"
-        )
-    try:
-        engines.stop_engines(ctx.endpoint(inst, info.master), ctx.config.remote_root)
-    except (ProvisionError, *remote.TRANSIENT_ERRORS) as err:  # the node is going anyway
-        ctx.reporter.warn(f"could not stop engines on {node} cleanly: {err}")
-    cloud.terminate_instances(
-        ctx.region, [inst.instance_id], wait=True, timeout=ctx.config.launch_timeout
-    )
-    left = max(0, state.load(name).get("expected_engines", 0) - ctx.engines_on(inst))
-    state.update(name, expected_engines=left)
-    return inst
 
 
 def restart_engines(
