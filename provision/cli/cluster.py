@@ -145,6 +145,7 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, kee
     launching duplicates.
     """
     cfg = load_config(config_path, template, {k: v for k, v in flags.items() if v is not None})
+    configure.strategy(configure_with).check()  # a missing tool is bad input, before the plan
     report = checks.check(cfg)
     if dry_run:
         _print_check(report, cfg.name, cfg.region)
@@ -170,11 +171,12 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, kee
 def _plan_and_confirm(cfg: ClusterConfig, report: checks.CheckReport, yes: bool) -> None:
     """Print what `up` will launch; ask first when it costs more than `confirm_above`.
 
-    A failed check is left to `up` itself, which runs the checks again (and may
-    fix what `check` only reports, such as the spot service-linked role).
+    A failed check stops here, as in `up` itself (what `up` fixes and `check`
+    only reports, the spot service-linked role, is a warning).
     """
+    report.raise_for_failures()
     if not any(line.count for line in report.plan):
-        return  # nothing to launch (or a failed check, which `up` reports)
+        return  # nothing to launch: `up` finishes what a previous one started
     zone = cfg.zone or "any zone (spot priced at the cheapest)"
     out.print(tables.plan(f"`up` will launch {cfg.instance_type} in {cfg.region}, {zone}",
                           report.plan, report.hourly, report.price_source))
