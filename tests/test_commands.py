@@ -38,6 +38,7 @@ def ssh_calls(monkeypatch, tmp_path):
         calls.append({"node": node})
         return ep
 
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/agent.sock")
     monkeypatch.setattr(nodes_cli, "settings", lambda *a, **k: None)
     monkeypatch.setattr(nodes_cli.files, "node_endpoint", endpoint)
     monkeypatch.setattr(nodes_cli.subprocess, "call",
@@ -65,17 +66,22 @@ def test_ssh_takes_its_options_anywhere_and_the_command_after_dash_dash(
     argv = call["argv"]
     assert call["node"] == node
     assert argv[argv.index("-l") + 1] == user
-    assert ("ForwardAgent=yes" in argv) is agent and ("-A" in argv) is agent
+    # The socket itself: ssh drops SSH_AUTH_SOCK under IdentityAgent=none, and a
+    # plain -A would win over (and so forward nothing but) that.
+    assert ("ForwardAgent=/run/agent.sock" in argv) is agent and "-A" not in argv
     if command is None:
         assert argv[-1] == "198.51.100.1" and "-T" not in argv
     else:
         assert argv[-2:] == ["198.51.100.1", command]
 
 
-def test_ssh_forwards_no_agent_unless_asked(ssh_calls):
+def test_ssh_forwards_no_agent_unless_asked_and_says_when_there_is_none(ssh_calls, monkeypatch):
     invoke("ssh", "c1", "node001")
     argv = ssh_calls[-1]["argv"]
-    assert "IdentityAgent=none" in argv and "ForwardAgent=yes" not in argv
+    assert "IdentityAgent=none" in argv and not any("ForwardAgent" in a for a in argv)
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    result = invoke("ssh", "c1", "-A")
+    assert result.exit_code == 2 and "SSH_AUTH_SOCK is not set" in result.output
 
 
 def test_nodes_are_found_by_alias_index_name_or_address(aws, cfg_file):

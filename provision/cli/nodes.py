@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -134,7 +135,12 @@ def ssh(name: str, node: str | None, command: tuple[str, ...], forward_agent: bo
     if args is None:
         raise ProvisionError("ssh: no OpenSSH client (ssh) on PATH")
     if forward_agent:
-        args[1:1] = ["-A", "-o", "ForwardAgent=yes"]
+        # The agent's socket itself: `IdentityAgent=none` (keep the agent out of
+        # provision's own logins) makes ssh drop SSH_AUTH_SOCK, so `-A` would forward nothing.
+        sock = os.environ.get("SSH_AUTH_SOCK")
+        if not sock:
+            raise BadInput("-A: no SSH agent to forward (SSH_AUTH_SOCK is not set)")
+        args[1:1] = ["-o", f"ForwardAgent={sock}"]
     sys.exit(subprocess.call(args))
 
 
