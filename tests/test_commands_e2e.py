@@ -1,5 +1,5 @@
 """The day-to-day commands on the simulated region, as a user types them: ssh by
-alias, as another user and with the agent forwarded; exec on every node; put -r /
+alias and as another user; exec on every node; put -r /
 get -r of a tree and of globs, byte for byte; removenode -n 2 under a running map.
 
 One small cluster serves the module (a master and two workers with one engine
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,24 +55,6 @@ def test_ssh_reaches_a_worker_by_index_and_refuses_a_user_without_the_key(hostna
     assert ran.stdout.split() == [hostnames["node002"], "ubuntu"]
     as_root = _cli("ssh", NAME, "node001", "-u", "root", "--", "true")
     assert as_root.returncode == 255 and "Permission denied" in as_root.stderr, as_root.stderr
-
-
-def test_ssh_A_forwards_the_agent_through_the_master_only_when_asked(cluster, tmp_path):
-    sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    try:
-        wait_for(sock.exists, 10, "ssh-agent's socket")
-        env = dict(os.environ, SSH_AUTH_SOCK=str(sock))
-        probe = ("--", "echo", "agent=${SSH_AUTH_SOCK:-none}")
-        forwarded = _cli("ssh", NAME, "node001", "-A", *probe, env=env)
-        assert forwarded.returncode == 0, forwarded.stderr
-        assert forwarded.stdout.startswith("agent=/"), forwarded.stdout
-        plain = _cli("ssh", NAME, "node001", *probe, env=env)
-        assert plain.stdout.strip() == "agent=none"
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=10)
 
 
 def test_exec_shows_every_nodes_output_and_exits_1_when_one_node_fails(hostnames):
