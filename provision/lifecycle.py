@@ -30,8 +30,9 @@ from provision.configure import Results, Step, Strategy
 from provision.configure.base import stage
 from provision.context import Context, context_for, prepare, resolve_region
 from provision.errors import BadInput, ProvisionError
-from provision.nodes import engines, fanout, remote
+from provision.nodes import engines, fanout
 from provision.progress import Reporter
+from provision.removal import removenode  # noqa: F401 - part of the API (`lifecycle.removenode`)
 from provision.schema import ClusterConfig
 
 
@@ -178,7 +179,7 @@ def _settle(
     return failed
 
 
-@locks.exclusive('up')
+@locks.exclusive("up")
 def up(
     config: ClusterConfig,
     reporter: Reporter | None = None,
@@ -265,7 +266,7 @@ def _connection_files(ctx: Context, master: InstanceInfo, wanted: Path) -> None:
         )
 
 
-@locks.exclusive('addnode')
+@locks.exclusive("addnode")
 def addnode(
     name: str,
     count: int,
@@ -292,34 +293,7 @@ def addnode(
     return _finish(ctx, failed)
 
 
-@locks.exclusive('removenode')
-def removenode(
-    name: str, node: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None
-) -> InstanceInfo:
-    """Stop a worker's engines (their tasks are retried elsewhere), then terminate it."""
-    ctx = _context(name, config, reporter)
-    info = cloud.describe_cluster(ctx.region, name)
-    inst = info.find(node)
-    if inst is None:
-        have = ", ".join(i.name for i in info.nodes)
-        raise BadInput(f"NODE: no node {node!r} in cluster {name!r} (have: {have})")
-    if inst.role == MASTER:
-        raise BadInput(
-            f"NODE: {node} is the master; use `provision down {name}` to remove the cluster"
-        )
-    try:
-        engines.stop_engines(ctx.endpoint(inst, info.master), ctx.config.remote_root)
-    except (ProvisionError, *remote.TRANSIENT_ERRORS) as err:  # the node is going anyway
-        ctx.reporter.warn(f"could not stop engines on {node} cleanly: {err}")
-    cloud.terminate_instances(
-        ctx.region, [inst.instance_id], wait=True, timeout=ctx.config.launch_timeout
-    )
-    left = max(0, state.load(name).get("expected_engines", 0) - ctx.engines_on(inst))
-    state.update(name, expected_engines=left)
-    return inst
-
-
-@locks.exclusive('restart-engines')
+@locks.exclusive("restart-engines")
 def restart_engines(
     name: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None
 ) -> int:
@@ -339,7 +313,7 @@ def restart_engines(
     return sum(group.succeeded.values())
 
 
-@locks.exclusive('down')
+@locks.exclusive("down")
 def down(
     name: str, *, region: Region | None = None, reporter: Reporter | None = None
 ) -> dict[str, Any]:
@@ -371,7 +345,7 @@ def connect(name: str, *, timeout: float = CONNECT_TIMEOUT_S, n_engines: int | N
     return connect_client(client_file, ctx.endpoint(master), n_engines=want, timeout=timeout)
 
 
-@locks.exclusive('watch')
+@locks.exclusive("watch")
 def keep_size(
     name: str, *, config: ClusterConfig | None = None, reporter: Reporter | None = None
 ) -> int:

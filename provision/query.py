@@ -23,16 +23,26 @@ log = logging.getLogger(__name__)
 
 
 def spot_prices(
-    config: ClusterConfig, instance_type: str, days: float
+    config: ClusterConfig, instance_type: str, days: float, end: dt.datetime | None = None
 ) -> tuple[Region, list[ZonePrice]]:
-    """Spot prices of `instance_type` per zone over `days`, cheapest current first;
-    `BadInput` naming INSTANCE_TYPE when the region does not offer it."""
+    """Spot prices of `instance_type` per zone over the `days` before `end` (default:
+    now), cheapest current first; `BadInput` naming INSTANCE_TYPE when the region
+    does not offer it."""
     region = resolve_region(config)
     try:
         cloud.describe_instance_type(region, instance_type)
     except cloud.CloudError as err:
         raise BadInput(f"INSTANCE_TYPE: {err}") from err
-    return region, cloud.spot_price_history(region, instance_type, days=days)
+    return region, cloud.spot_price_history(region, instance_type, days=days, end=end)
+
+
+def price_series(
+    region: Region, instance_type: str, zones: list[str], start: dt.datetime, end: dt.datetime
+) -> dict[str, list[tuple[dt.datetime, float]]]:
+    """Zone -> its spot price changes over [start, end], oldest first, the last price
+    held to `end` (for a plot)."""
+    found = {z: cloud.spot_price_series(region, instance_type, z, start, end) for z in zones}
+    return {z: s + [(end, s[-1][1])] if s and s[-1][0] < end else s for z, s in found.items()}
 
 
 def cluster_costs(region: Region, info: ClusterInfo, config: ClusterConfig) -> dict[str, NodeCost]:
@@ -91,13 +101,43 @@ def cluster_status(config: ClusterConfig) -> ClusterStatus:
     )
 
 
+def _summary(region: Region, name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Size, engines (as the local record expects them; None without one), age and
+    cost so far of one cluster, from its tags and prices."""
+    info = cloud.describe_cluster(region, name)
+    alive = info.alive
+    launched = [i.launch_time for i in alive if i.launch_time]
+    now = dt.datetime.now(dt.timezone.utc)
+    costs: dict[str, NodeCost] = {}
+    config = record.get("config") or {}
+    for itype in sorted({i.instance_type for i in alive}):
+        try:
+            sheet = cloud.price_sheet(region, itype)
+        except cloud.CloudError as err:
+            log.info("no prices of %s in %s: %s", itype, region.name, err)
+            continue
+        same = [i for i in alive if i.instance_type == itype]
+        costs |= node_costs(region, same, sheet, config.get("volume_size", 0))
+    spent = [c.so_far for c in costs.values() if c.so_far is not None]
+    return {
+        "nodes": len(alive),
+        "engines": record.get("expected_engines") if alive else 0,
+        "age_hours": round((now - min(launched)).total_seconds() / 3600, 3) if launched else None,
+        # Only a complete sum: a node without a price would make it an underestimate.
+        "cost_so_far": round(sum(spent), 6) if alive and len(spent) == len(alive) else None,
+    }
+
+
 def clusters(config: ClusterConfig) -> tuple[Region, list[dict[str, Any]]]:
-    """Clusters in the region of `config` (from tags) and the ones this machine remembers."""
+    """Clusters in the region of `config` (from tags) and the ones this machine
+    remembers: whether live, size, engines, age, cost so far."""
     region = resolve_region(config)
     live = cloud.list_clusters(region)
     known = state.known_clusters()
-    rows = [
-        {"name": n, "region": region.name, "live": n in live, "local_record": n in known}
-        for n in sorted(set(live) | set(known))
-    ]
+    rows = []
+    for n in sorted(set(live) | set(known)):
+        record = state.load(n) if n in known else {}
+        row = {"name": n, "region": region.name, "live": n in live, "local_record": n in known}
+        empty = {"nodes": 0, "engines": 0, "age_hours": None, "cost_so_far": None}
+        rows.append(row | (_summary(region, n, record) if n in live else empty))
     return region, rows

@@ -76,6 +76,8 @@ class ClusterConfig(pydantic.BaseModel):
     python_install_mirror: str | None = None  # UV_PYTHON_INSTALL_MIRROR
     python_downloads_json_url: str | None = None  # uv's --python-downloads-json-url
     launch_timeout: float = Field(600, gt=0)  # seconds to wait for "running"
+    # `up` asks before launching more than this many USD/hour (None: never asks).
+    confirm_above: float | None = Field(None, ge=0)
 
     @field_validator("name")
     @classmethod

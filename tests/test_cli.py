@@ -174,10 +174,19 @@ def test_status_json_lists_every_node(aws, cfg_file):
     assert "testing" not in result.output  # no credentials in output
 
 
-def test_list_shows_the_cluster(aws, cfg_file):
+def test_list_shows_the_cluster_with_its_size_age_and_cost_so_far(aws, cfg_file):
     _launch_unit_cluster(cfg_file)
+    state.update("unit", expected_engines=6)
     doc = json.loads(invoke("list", "--config", str(cfg_file), "--json").output)
-    assert doc == [{"name": "unit", "region": "us-east-1", "live": True, "local_record": True}]
+    assert len(doc) == 1
+    row = doc[0]
+    assert {k: row[k] for k in ("name", "region", "live", "local_record", "nodes", "engines")} == {
+        "name": "unit", "region": "us-east-1", "live": True, "local_record": True, "nodes": 3,
+        "engines": 6,
+    }
+    assert row["age_hours"] >= 0 and row["cost_so_far"] > 0
+    table = invoke("list", "--config", str(cfg_file)).output
+    assert "cost so far" in table and "unit" in table
 
 
 def test_down_leaves_nothing_tagged_and_twice_is_a_no_op(aws, cfg_file):

@@ -219,9 +219,14 @@ def test_provision_up_exits_1_with_one_line_when_an_ec2_call_fails(
     faults, region, cfg, name, op, monkeypatch
 ):
     monkeypatch.setitem(configure.STRATEGIES, "fabric", StopAtSSH)  # what `provision up` picks
-    faults.arm(OPS.index(op) + 1, "generic")
+    # The op's first request, wherever it falls: the CLI asks for the plan (as
+    # `provision check`) before `up` makes the requests SEQUENCE lists.
+    faults.arm(0, "generic")  # counts, never fires by position
+    count = faults.take
+    monkeypatch.setattr(faults, "take", lambda o: count(o) or (
+        "generic" if o == op and faults.calls.count(op) == 1 else None))
     result = CliRunner().invoke(main, ["up", "--config", str(cfg)], catch_exceptions=False)
-    faults.disarm()
+    monkeypatch.setattr(faults, "take", count)
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]

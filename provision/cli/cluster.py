@@ -4,6 +4,7 @@ inventory."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -13,11 +14,12 @@ import click
 
 from provision import check as checks
 from provision import configure, inventory, lifecycle, progress, query
-from provision.cli import tables
+from provision.cli import plots, tables
 from provision.cli.common import config_options, err, json_option, out, settings
 from provision.config import load_config, write_starter
 from provision.context import resolve_region
 from provision.errors import BadInput
+from provision.schema import ClusterConfig
 
 MAX_HISTORY_DAYS = 90  # what DescribeSpotPriceHistory keeps
 
@@ -32,25 +34,59 @@ def init(force: bool, path: Path | None) -> None:
     out.print(f"wrote {written}\nedit it, then: provision up")
 
 
+WHEN = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"])
+
+
 @click.command()
 @click.argument("instance_type")
 @click.option("--region", help="AWS region, or `sim` (default: from the cluster file).")
 @click.option("--days", type=click.FloatRange(min=0.01, max=MAX_HISTORY_DAYS), default=1.0,
-              show_default=True, help="History window.")
+              show_default=True, help="History window, ending at --end.")
+@click.option("--start", type=WHEN, help="Window start, UTC (e.g. 2026-11-20T08:00); "
+                                         "overrides --days.")
+@click.option("--end", type=WHEN, help="Window end, UTC (default: now).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png",
+              help="Also draw the price per zone over the window into FILE.png.")
 @config_options
 @json_option
-def spothistory(instance_type: str, region: str | None, days: float, config_path: Path | None,
+def spothistory(instance_type: str, region: str | None, days: float, start: dt.datetime | None,
+                end: dt.datetime | None, plot: Path | None, config_path: Path | None,
                 template: str | None, as_json: bool) -> None:
     """Spot prices of INSTANCE_TYPE per availability zone: current, average, max."""
+    first, last = _window(days, start, end)
     cfg = settings(config_path, template, region=region, instance_type=instance_type)
-    where, prices = query.spot_prices(cfg, instance_type, days)
+    where, prices = query.spot_prices(cfg, instance_type, (last - first) / ONE_DAY, last)
+    if plot is not None:
+        series = query.price_series(where, instance_type, [p.zone for p in prices], first, last)
+        plots.price_history(series, plot, f"{instance_type} spot price, {where.name}")
     if as_json:
         out.print_json(json.dumps([p.__dict__ for p in prices]))
         return
-    title = f"{instance_type} spot prices, last {days:g} day(s), {where.name} (USD/hour)"
-    out.print(tables.spot_prices(title, prices))
+    span = f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC"
+    out.print(tables.spot_prices(f"{instance_type} spot prices, {span}, {where.name} (USD/hour)",
+                                 prices))
     if prices:
         out.print(f"cheapest zone: {prices[0].zone}")
+    if plot is not None:
+        out.print(f"plot: {plot}")
+
+
+ONE_DAY = dt.timedelta(days=1)
+
+
+def _window(days: float, start: dt.datetime | None,
+            end: dt.datetime | None) -> tuple[dt.datetime, dt.datetime]:
+    """[start, end] in UTC from the options; `BadInput` for a window EC2 cannot answer."""
+    now = dt.datetime.now(dt.timezone.utc)
+    last = now if end is None else end.replace(tzinfo=dt.timezone.utc)
+    first = last - days * ONE_DAY if start is None else start.replace(tzinfo=dt.timezone.utc)
+    if last > now:
+        raise BadInput(f"--end: {last:%Y-%m-%d %H:%M} is in the future")
+    if first >= last:
+        raise BadInput(f"--start: {first:%Y-%m-%d %H:%M} is not before the end of the window")
+    if now - first > MAX_HISTORY_DAYS * ONE_DAY:
+        raise BadInput(f"--start: EC2 keeps {MAX_HISTORY_DAYS} days of spot prices")
+    return first, last
 
 
 def _print_check(report: checks.CheckReport, name: str, region: str) -> None:
@@ -89,26 +125,33 @@ def check(config_path: Path | None, template: str | None) -> None:
               help="Keep what a failed up launched, to look at it (it bills until `down`).")
 @click.option("--dry-run", is_flag=True,
               help="Run the checks of `provision check` and show the plan; launch nothing.")
+@click.option("--yes", "-y", is_flag=True,
+              help="Do not ask before launching more than the cluster file's `confirm_above:` "
+                   "USD/hour.")
 @click.option("--configure-with", type=click.Choice(list(configure.STRATEGIES)),
               default=configure.DEFAULT, show_default=True,
               help="Configure nodes over Fabric, or with ansible/site.yml (needs ansible-core); "
                    "same result.")
 @config_options
 def up(config_path: Path | None, template: str | None, replace_failed: bool, keep_failed: bool,
-       dry_run: bool, configure_with: str, **flags: Any) -> None:
+       dry_run: bool, yes: bool, configure_with: str, **flags: Any) -> None:
     """Launch the cluster, configure every node, start the controller and engines.
 
-    Checks first (as `provision check`) and launches nothing when one fails. A
+    Checks first (as `provision check`) and launches nothing when one fails;
+    prints what it will launch and its price per hour, and asks first when that
+    passes the cluster file's `confirm_above:` (--yes skips the question). A
     failed up terminates what it launched (unless --keep-failed). Idempotent:
     run it again after a crash or Ctrl-C and it finishes the job without
     launching duplicates.
     """
     cfg = load_config(config_path, template, {k: v for k, v in flags.items() if v is not None})
+    configure.strategy(configure_with).check()  # a missing tool is bad input, before the plan
+    report = checks.check(cfg)
     if dry_run:
-        report = checks.check(cfg)
         _print_check(report, cfg.name, cfg.region)
         report.raise_for_failures("nothing was launched (--dry-run launches nothing anyway)")
         return
+    _plan_and_confirm(cfg, report, yes)
     with progress.for_console(err) as reporter:
         result = lifecycle.up(cfg, reporter, replace_failed=replace_failed,
                               keep_failed=keep_failed, configure_with=configure_with)
@@ -123,6 +166,28 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, kee
     out.print(
         f"connect from a notebook:\n  import provision\n  rc = provision.connect({cfg.name!r})"
     )
+
+
+def _plan_and_confirm(cfg: ClusterConfig, report: checks.CheckReport, yes: bool) -> None:
+    """Print what `up` will launch; ask first when it costs more than `confirm_above`.
+
+    A failed check stops here, as in `up` itself (what `up` fixes and `check`
+    only reports, the spot service-linked role, is a warning).
+    """
+    report.raise_for_failures()
+    if not any(line.count for line in report.plan):
+        return  # nothing to launch: `up` finishes what a previous one started
+    zone = cfg.zone or "any zone (spot priced at the cheapest)"
+    out.print(tables.plan(f"`up` will launch {cfg.instance_type} in {cfg.region}, {zone}",
+                          report.plan, report.hourly, report.price_source))
+    limit, hourly = cfg.confirm_above, report.hourly
+    if yes or limit is None or (hourly is not None and hourly <= limit):
+        return
+    cost = "an unknown price" if hourly is None else f"${hourly:.4f}/hour"
+    if not sys.stdin.isatty():
+        raise BadInput(f"--yes: {cost} passes confirm_above (${limit:.2f}/hour) and there is no "
+                       "terminal to confirm on; nothing was launched")
+    click.confirm(f"launch it, at {cost} (above confirm_above: ${limit:.2f}/hour)?", abort=True)
 
 
 @click.command()

@@ -43,13 +43,21 @@ def spot_prices(title: str, prices: list[ZonePrice]) -> Table:
 
 
 def clusters(title: str, rows: list[dict[str, Any]]) -> Table:
-    """Clusters live in the region and known locally."""
+    """Clusters live in the region and known locally: size, engines, age, cost so far."""
     table = Table(title=title)
-    for c in ("name", "live", "local record"):
-        table.add_column(c)
+    for c in ("name", "live", "nodes", "engines", "age", "cost so far", "local record"):
+        table.add_column(c, justify="right" if c in ("nodes", "engines", "age") else "left")
     for r in rows:
-        table.add_row(r["name"], "yes" if r["live"] else "no", "yes" if r["local_record"] else "no")
+        engines = "-" if r["engines"] is None else str(r["engines"])
+        age = "-" if r["age_hours"] is None else _age(r["age_hours"])
+        table.add_row(r["name"], "yes" if r["live"] else "no", str(r["nodes"]), engines, age,
+                      _money(r["cost_so_far"], "${:.4f}"), "yes" if r["local_record"] else "no")
     return table
+
+
+def _age(hours: float) -> str:
+    minutes = round(hours * 60)
+    return f"{minutes} min" if minutes < 120 else f"{hours:.1f} h"
 
 
 STATUS_STYLE = {OK: "green", FAIL: "red"}  # anything else (a warning) is yellow

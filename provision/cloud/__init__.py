@@ -99,8 +99,11 @@ def describe_instance_type(region: Region, instance_type: str) -> InstanceTypeIn
 
 
 @_route
-def spot_price_history(region: Region, instance_type: str, *, days: float = 1.0) -> list[ZonePrice]:
-    """Spot prices per zone over the last `days`, cheapest current price first.
+def spot_price_history(
+    region: Region, instance_type: str, *, days: float = 1.0, end: dt.datetime | None = None
+) -> list[ZonePrice]:
+    """Spot prices per zone over the `days` before `end` (default: now), cheapest
+    current (at `end`) price first.
 
     Ties on the current price go to the lower average, then the zone name.
     `days=0` asks only for the price in effect now. An empty list when the

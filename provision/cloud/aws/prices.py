@@ -33,9 +33,11 @@ def _history(
 
 
 @api.api_errors
-def spot_price_history(region: Region, instance_type: str, *, days: float = 1.0) -> list[ZonePrice]:
+def spot_price_history(
+    region: Region, instance_type: str, *, days: float = 1.0, end: dt.datetime | None = None
+) -> list[ZonePrice]:
     """See the contract."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = end or dt.datetime.now(dt.timezone.utc)
     start = now - dt.timedelta(days=days)
     return summarize(_history(region, instance_type, start, now), start=start, now=now)
 
