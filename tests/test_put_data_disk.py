@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import psutil
 import pytest
 from conftest import namespace_hosts
 
@@ -79,6 +80,10 @@ def _left(ep: Endpoint) -> list[str]:
     return remote.run(ep, f"mkdir -p {ROOT}/data && ls -A {ROOT}/data").split()
 
 
+def _zombies() -> list[psutil.Process]:
+    return [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE]
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("via", ["openssh", "paramiko"])
 def test_put_data_on_a_full_disk_fails_in_one_line_and_finishes_once_space_is_freed(
@@ -104,6 +109,7 @@ def test_put_data_on_a_full_disk_fails_in_one_line_and_finishes_once_space_is_fr
                           [p.name for p in local.iterdir()])
     assert f"needs {need} bytes" in message and " free" in message, message
     assert _left(host) == [] and "datasets" not in state.load("unit")  # nothing marked complete
+    assert _zombies() == []  # the refused push's ssh was waited for
 
     # The disk fills mid-stream (the free-space check fooled): one line, the partial copy gone.
     with monkeypatch.context() as fooled:

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from provision import check as checks
-from provision import configure, inventory, lifecycle, progress, query
+from provision import configure, inventory, lifecycle, locks, progress, query
 from provision.cli import plots, tables
 from provision.cli.common import config_options, err, json_option, out, settings
 from provision.config import load_config, write_starter
@@ -146,15 +146,16 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, kee
     """
     cfg = load_config(config_path, template, {k: v for k, v in flags.items() if v is not None})
     configure.strategy(configure_with).check()  # a missing tool is bad input, before the plan
-    report = checks.check(cfg)
     if dry_run:
+        report = checks.check(cfg)
         _print_check(report, cfg.name, cfg.region)
         report.raise_for_failures("nothing was launched (--dry-run launches nothing anyway)")
         return
-    _plan_and_confirm(cfg, report, yes)
-    with progress.for_console(err) as reporter:
-        result = lifecycle.up(cfg, reporter, replace_failed=replace_failed,
-                              keep_failed=keep_failed, configure_with=configure_with)
+    with locks.cluster_lock(cfg.name, "up"):  # the plan and the launch: one `up` at a time
+        _plan_and_confirm(cfg, checks.check(cfg), yes)
+        with progress.for_console(err) as reporter:
+            result = lifecycle.up(cfg, reporter, replace_failed=replace_failed,
+                                  keep_failed=keep_failed, configure_with=configure_with)
     info = result.cluster
     rows = query.node_rows(info, query.cluster_costs(info.region, info, cfg))
     out.print(tables.nodes(f"cluster {info.name} ({info.region.name})", rows))

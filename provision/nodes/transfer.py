@@ -262,19 +262,25 @@ def _push_openssh(
         assert proc.stdin is not None and proc.stdout is not None
         sink = _CountingWriter(proc.stdin.write, on_bytes)
         try:
-            if have(proc.stdout.readline()):
-                sink = None
-            else:
-                _write_tar(sink, local_dir)
-        except OSError:
-            pass  # ssh or the remote tar quit early; its exit code and stderr say why
-        finally:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        proc.stdout.read()
-        code = proc.wait()
-        if killer is not None:
-            killer.cancel()
+            try:
+                if have(proc.stdout.readline()):
+                    sink = None
+                else:
+                    _write_tar(sink, local_dir)
+            except OSError:
+                pass  # ssh or the remote tar quit early; its exit code and stderr say why
+            finally:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            proc.stdout.read()
+            code = proc.wait()
+        finally:  # `have` may refuse (no space): never leave ssh running or a zombie
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            if killer is not None:
+                killer.cancel()
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     if code != 0:
