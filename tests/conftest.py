@@ -286,3 +286,15 @@ def namespace_hosts(
                 hosts.stop_host(hosts.netns_name(ip))
             hosts.remove_bridge()
 
+
+@contextlib.contextmanager
+def namespace_host(
+    tmp: Path, tag: str, bridge_cidr: str, ip: str, hostname: str, label: str
+) -> Iterator[Any]:
+    """One host of `namespace_hosts`, answering SSH as root: its `Endpoint` (named `label`)."""
+    from provision.nodes import remote
+
+    with namespace_hosts(tmp, tag, bridge_cidr, {ip: hostname}) as key:
+        ep = remote.Endpoint(label, ip, "root", key, tmp / "known_hosts")
+        remote.wait_for_ssh(ep, 30)
+        yield ep

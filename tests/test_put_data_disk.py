@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import psutil
 import pytest
-from conftest import namespace_hosts
+from conftest import namespace_host
 
 from provision import data, state
 from provision.nodes import remote, transfer
@@ -58,9 +58,7 @@ def test_the_space_a_dataset_needs_counts_whole_blocks():
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     tmp = tmp_path_factory.mktemp("disk")
-    with namespace_hosts(tmp, "pdk", f"{BRIDGE_IP}/{PREFIX}", {HOST_IP: "smalldisk"}) as key:
-        ep = Endpoint("node1", HOST_IP, "root", key, tmp / "known_hosts")
-        remote.wait_for_ssh(ep, 30)
+    with namespace_host(tmp, "pdk", f"{BRIDGE_IP}/{PREFIX}", HOST_IP, "smalldisk", "node1") as ep:
         yield ep
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import namespace_hosts
+from conftest import namespace_host
 from python_mirror import build_mirror
 
 from provision.nodes import python, remote, setup
@@ -103,9 +103,7 @@ def test_the_install_command_carries_the_configured_source():
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     """One namespace host whose python3 is hidden, on a bridge of its own."""
     tmp = tmp_path_factory.mktemp("nopython")
-    with namespace_hosts(tmp, "ppy", f"{BRIDGE_IP}/{PREFIX}", {HOST_IP: "nopython"}) as key:
-        ep = Endpoint("nopython", HOST_IP, "root", key, tmp / "known_hosts")
-        remote.wait_for_ssh(ep, 30)
+    with namespace_host(tmp, "ppy", f"{BRIDGE_IP}/{PREFIX}", HOST_IP, "nopython", "nopython") as ep:
         remote.run(ep, HIDE_PYTHON)
         yield ep
 
