@@ -22,7 +22,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ SELECT_S = 0.5  # how often the tunnel's threads look up from waiting, to notice
 BUFFER = 1 << 16
 JOIN_S = 2  # for the accept thread, on close
 CONNECT_TIMEOUT_S = 120  # the controller answers and the engines register
+# An engine that gave up registering (IPEngine.timeout, 30 s) has exited by then.
+REVIVE_S = 45
 # Ports of the client connection file that the client connects to.
 CLIENT_PORTS = ("registration", "control", "mux", "task", "iopub", "notification", "broadcast")
 
@@ -200,8 +202,12 @@ def connect_client(
     n_engines: int | None = None,
     timeout: float = CONNECT_TIMEOUT_S,
     tunnel: bool = True,
+    revive: Callable[[], object] | None = None,
 ) -> ipyparallel.Client:
     """A client connected to the controller, with at least `n_engines` registered.
+
+    `revive` is called every `REVIVE_S` while engines are missing: it starts again
+    engines that exited before registering (`provision.nodes.engines.revive_engines`).
 
     ``tunnel=True`` reaches the controller through SSH to `master` (its ports are
     open only inside the VPC); ``tunnel=False`` connects to the address in the
@@ -232,9 +238,8 @@ def connect_client(
         with _curve_replaces_signing(info):
             rc = ipyparallel.Client(str(client_json), timeout=max(1, timeout))
     if n_engines:
-        remaining = max(0.0, timeout - (time.monotonic() - start))
         try:
-            rc.wait_for_engines(n_engines, timeout=remaining)
+            _wait_for_engines(rc, n_engines, start + timeout, revive)
         except TimeoutError:
             got = len(rc.ids)
             rc.close()
@@ -245,3 +250,19 @@ def connect_client(
                 "on each node)"
             ) from None
     return rc
+
+
+def _wait_for_engines(
+    rc: ipyparallel.Client, n: int, deadline: float, revive: Callable[[], object] | None
+) -> None:
+    """Until `n` engines registered (TimeoutError at `deadline`), reviving between waits."""
+    while True:
+        remaining = deadline - time.monotonic()
+        step = remaining if revive is None else min(remaining, REVIVE_S)
+        try:
+            rc.wait_for_engines(n, timeout=max(0.0, step))
+            return
+        except TimeoutError:
+            if revive is None or time.monotonic() >= deadline:
+                raise
+            revive()

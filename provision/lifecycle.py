@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import paramiko
+
 from provision import check as checks
 from provision import cloud, configure, locks, query, rollback, state
 from provision.client import CONNECT_TIMEOUT_S, connect_client
@@ -239,7 +241,8 @@ def _finish(ctx: Context, failed: list[str]) -> UpResult:
         master = info.master
         assert master is not None
         rc = connect_client(
-            client_file, ctx.endpoint(master), n_engines=want, timeout=ctx.config.ssh_timeout
+            client_file, ctx.endpoint(master), n_engines=want, timeout=ctx.config.ssh_timeout,
+            revive=lambda: _revive(ctx, info),
         )
         n = len(rc.ids)
         rc.close()
@@ -248,6 +251,23 @@ def _finish(ctx: Context, failed: list[str]) -> UpResult:
         cluster=info, engines=n, hourly_cost=hourly_cost(ctx, info), failed=failed,
         client_file=client_file,
     )
+
+
+def _revive(ctx: Context, info: ClusterInfo) -> None:
+    """Start again, with a warning saying why, engines that exited before registering."""
+    for inst in info.nodes:
+        n = ctx.engines_on(inst)
+        if not n:
+            continue
+        try:
+            lines = engines.revive_engines(
+                ctx.endpoint(inst), ctx.config.remote_root, n, ctx.connection_files[1]
+            )
+        except (ProvisionError, OSError, paramiko.SSHException) as err:
+            ctx.reporter.warn(f"{inst.label}: could not look at its engines: {err}")
+            continue
+        for line in lines:
+            ctx.reporter.warn(f"{inst.label}: {line}; started it again")
 
 
 def _running_master(ctx: Context, missing: str) -> tuple[ClusterInfo, InstanceInfo]:

@@ -7,6 +7,7 @@ The fixtures that launch instances (`sim_ec2`, `sim_launch`) are in conftest.py.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -18,6 +19,7 @@ import psutil
 from botocore.exceptions import ClientError
 
 from provision import sim
+from provision.sim import hosts
 from provision.sim.state import STATE_ROOT
 
 UBUNTU = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
@@ -129,10 +131,31 @@ def background(ip: str, key: Path, jump: str | None = None) -> int:
     return int(ssh(ip, key, "nohup sleep 1000 >/dev/null 2>&1 & echo $!", jump=jump).stdout)
 
 
-def our_processes() -> list[psutil.Process]:
-    """Live processes the region made: the daemon and every host's sshd."""
+def region_netns() -> set[int]:
+    """This region's host namespaces, as nsfs inodes: a process in one belongs to the region.
+
+    A host's sshd is seen by its namespace, not its command line: every region's sshd reads
+    ``/run/sim/sshd_config``, and another region (the suite's other e2e group) may be up.
+    An inode stays taken while a process is in the namespace, so it still names a leftover
+    after the namespace's name is gone.
+    """
+    root = Path("/run/netns")
+    names = os.listdir(root) if root.is_dir() else []
+    return {os.stat(root / n).st_ino for n in names if n.startswith(hosts.NETNS_PREFIX)}
+
+
+def _netns(p: psutil.Process) -> int | None:
+    try:
+        return os.stat(f"/proc/{p.pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def our_processes(netns: set[int] | None = None) -> list[psutil.Process]:
+    """Live processes of this region: its daemon (by state path) and anything in `netns`."""
+    netns = region_netns() if netns is None else netns
     return [p for p in psutil.process_iter(["cmdline"])
-            if any(m in " ".join(p.info["cmdline"] or []) for m in (str(STATE_ROOT), "/run/sim/"))]
+            if str(STATE_ROOT) in " ".join(p.info["cmdline"] or []) or _netns(p) in netns]
 
 
 def st_hosts() -> tuple[sim.SimHost, ...]:

@@ -24,6 +24,7 @@ import pytest
 from conftest import namespace_hosts
 from waits import wait_for
 
+from provision import client
 from provision.client import connect_client
 from provision.nodes import engines, remote, setup, transfer
 from provision.nodes import wheelhouse as wheelhouses
@@ -362,27 +363,50 @@ def test_too_few_engines_is_a_timeout_naming_how_many_registered(
         connect_client(cluster.client_json, nodes.master, n_engines=9, timeout=3)
 
 
+def _registered(cluster: Cluster) -> int:
+    """The controller's table now, from a fresh client's connection reply: a long-lived
+    client in this session has missed unregistration notices."""
+    fresh = connect_client(cluster.client_json, None, timeout=10, tunnel=False)
+    try:
+        return len(fresh.ids)
+    finally:
+        fresh.close()
+
+
+@pytest.mark.e2e
+def test_an_engine_that_exited_is_started_again_while_the_client_waits(
+    nodes: Nodes, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As an engine that gave up registering with a busy master: its process is gone.
+    node = nodes.endpoints[1]
+    remote.run(node, f"kill -9 $(cat {ROOT}/run/engine-*.pid)")
+    wait_for(lambda: _registered(cluster) == 2, 20, "the controller to drop it", interval=0.2)
+    monkeypatch.setattr(client, "REVIVE_S", 1)
+    said: list[str] = []
+
+    def revive() -> None:
+        for ep in nodes.endpoints:
+            said.extend(engines.revive_engines(ep, ROOT, 1, cluster.engine_json))
+
+    rc = connect_client(cluster.client_json, nodes.master, n_engines=3, timeout=60, revive=revive)
+    rc.close()
+    assert len(said) == 1 and said[0].startswith("engine 0 exited"), said  # the others left be
+    assert engines.engine_counts(node, ROOT) == 1
+
+
 @pytest.mark.e2e
 def test_a_vanished_host_loses_its_engine_within_seconds(nodes: Nodes, cluster: Cluster) -> None:
     from provision.sim import hosts  # patched to this module's prefixes by the `nodes` fixture
-
-    def registered() -> int:
-        # The controller's table now, from a fresh client's connection reply: a
-        # long-lived client in this session has missed unregistration notices.
-        fresh = connect_client(cluster.client_json, None, timeout=10, tunnel=False)
-        try:
-            return len(fresh.ids)
-        finally:
-            fresh.close()
 
     rc = connect_client(cluster.client_json, None, n_engines=3, timeout=60, tunnel=False)
     try:
         hosts.stop_host(hosts.netns_name(IPS[2]))
         start = time.monotonic()
         with contextlib.suppress(AssertionError):  # judged below, with the controller's log
-            wait_for(lambda: registered() <= 2, 15, "the engine to unregister", interval=0.2)
+            wait_for(lambda: _registered(cluster) <= 2, 15, "the engine to unregister",
+                     interval=0.2)
         noticed = time.monotonic() - start
-        if registered() != 2:  # say why: the controller logs each missed beat
+        if _registered(cluster) != 2:  # say why: the controller logs each missed beat
             log = remote.run(
                 nodes.master,
                 f"grep -a -i -e heart -e unregist {ROOT}/log/ipcontroller.log | tail -n 30",

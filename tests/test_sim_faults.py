@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from click.testing import CliRunner
 from simhelp import (
@@ -155,6 +156,13 @@ class EchoSession:
         except queue.Empty:
             raise AssertionError(f"no answer within {timeout}s") from None
 
+    def retransmitting(self) -> bool:
+        """Whether TCP has resent unanswered data on the session's connection (ss(8))."""
+        ports = [c.laddr.port for c in psutil.Process(self.proc.pid).net_connections("tcp")]
+        out = subprocess.run(["ss", "-tinH", f"sport = :{ports[0]}"] if ports else ["true"],
+                             capture_output=True, text=True).stdout
+        return "retrans:" in out
+
     def close(self) -> int:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
@@ -184,7 +192,6 @@ def test_a_cut_silences_the_laptop_link_but_not_the_private_plane_and_heals(
         subprocess.run(["ip", "neigh", "flush", "dev", hosts.PUBLIC_BRIDGE], check=True)
         with pytest.raises(TimeoutError):
             socket.create_connection((a["PublicIpAddress"], 22), timeout=5)
-        session.send("two")  # into the void: TCP retransmits
         # host to host on the private plane: through b, to a's private address
         blob = tmp_path / "1mb"
         blob.write_bytes(os.urandom(1_000_000))
@@ -192,9 +199,13 @@ def test_a_cut_silences_the_laptop_link_but_not_the_private_plane_and_heals(
             over = ssh(a["PrivateIpAddress"], sim_key[1], "wc -c", stdin=f,
                        jump=f"ubuntu@{b['PublicIpAddress']}")
         assert over.returncode == 0 and over.stdout.split() == [b"1000000"]
+        # Into the void: heal once TCP has resent it. Sent earlier, a long cut (a busy
+        # machine) would back the next resend off past any sane wait (up to 120 s).
+        session.send("two")
+        wait_until(session.retransmitting, 30, "TCP to resend the unanswered line")
     finally:
         assert sim.heal(iid)
-    assert session.answer(20) == "got-two"  # the connection lived through the cut
+    assert session.answer(30) == "got-two"  # the connection lived through the cut
     assert session.close() == 0
     wait_ssh(a["PublicIpAddress"], sim_key[1], timeout=10)
     assert not sim.heal(iid)  # healing twice is a no-op

@@ -12,7 +12,17 @@ from pathlib import Path
 import psutil
 import pytest
 from click.testing import CliRunner
-from simhelp import UBUNTU, Launch, our_processes, pid_gone, port_open, ssh, wait_ssh, wait_until
+from simhelp import (
+    UBUNTU,
+    Launch,
+    our_processes,
+    pid_gone,
+    port_open,
+    region_netns,
+    ssh,
+    wait_ssh,
+    wait_until,
+)
 
 from provision import sim
 from provision.cloud.common import Region
@@ -97,6 +107,8 @@ def test_down_leaves_nothing_but_the_blackhole_routes(
     pub = inst["PublicIpAddress"]
     wait_ssh(pub, sim_key[1])
     job = int(ssh(pub, sim_key[1], "nohup sleep 1000 >/dev/null 2>&1 & echo $!").stdout)
+    netns = region_netns()
+    assert netns and our_processes(netns)  # the check below can see a host's processes
 
     sim.down()
 
@@ -111,7 +123,7 @@ def test_down_leaves_nothing_but_the_blackhole_routes(
     gone = subprocess.run(["ip", "route", "get", pub], capture_output=True, text=True)
     assert gone.returncode != 0 and "dev eth" not in gone.stdout  # never the default gateway
     assert pid_gone(job)
-    assert our_processes() == []
+    assert our_processes(netns) == []
     assert [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE] == []
     assert sim.status() is None
     assert {p.name for p in STATE_ROOT.iterdir()} <= {"daemon.log", "hosts", "lock"}

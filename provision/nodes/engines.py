@@ -208,6 +208,29 @@ def start_engines(
         return int(run(b.conn, script).strip())
 
 
+def revive_engines(
+    ep: Endpoint | fabric.Connection, remote_root: str, n: int, engine_json: Path
+) -> list[str]:
+    """Start again the engines that exited; the last log line of each (why it went).
+
+    An engine gives up when the controller does not answer its registration
+    within ``IPEngine.timeout`` (a master busy with other nodes' installs), and
+    nothing else would notice: the client waits for a registration that never
+    comes. Engines alive (registered or registering) are left alone.
+    """
+    with Borrowed(ep) as b:
+        dead = run(b.conn, _prelude(remote_root) + "\n".join([
+            'for f in "$R"/run/engine-*.pid; do [ -e "$f" ] || continue',
+            '  alive "$(cat "$f")" ipengine && continue',
+            '  k=${f##*/engine-}; k=${k%.pid}',
+            '  echo "engine $k exited: $(tail -n 1 "$R/log/engine-$k.log" 2>/dev/null)"',
+            "done",
+        ])).splitlines()
+        if dead:
+            start_engines(b.conn, remote_root, n, engine_json)
+        return dead
+
+
 def engine_counts(ep: Endpoint | fabric.Connection, remote_root: str) -> int:
     """How many engine processes are alive on the node (pid files of dead ones are removed)."""
     return int(run(ep, _prelude(remote_root) + "count").strip())
