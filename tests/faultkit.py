@@ -311,7 +311,10 @@ def faults(region: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Faults]:
 class _EnginesClient:
     """What `up` asks of the engines' client: as many engines as it expects."""
 
-    def __init__(self, client_json: Path, master: Any, *, n_engines: int, timeout: float) -> None:
+    def __init__(
+        self, client_json: Path, master: Any, *, n_engines: int, timeout: float,
+        revive: Any = None,
+    ) -> None:
         self.ids = list(range(n_engines))
 
     def close(self) -> None:
