@@ -57,13 +57,18 @@ def describe(cfg: dict[str, Any], agent: dict[str, Any] | None = None,
     if cfg.get("max_hours"):
         parts.append(f"max {show_duration(cfg['max_hours'] * 3600)} of life")
     if cfg.get("budget"):
-        so_far = "" if spent is None else f" (spent ${spent:.4f})"
-        parts.append(f"budget ${cfg['budget']:.2f}{so_far}")
+        so_far = "" if spent is None else f" (spent {_usd(spent, 4)})"
+        parts.append(f"budget {_usd(cfg['budget'])}{so_far}")
     if not parts:
         return "no autostop, no max_hours, no budget: it runs until `provision down`"
     if agent is not None and agent.get("controller") not in (None, "ok"):
         parts.append(f"agent cannot see the controller: {agent['controller']}")
     return "; ".join(parts)
+
+
+def _usd(amount: float, digits: int = 2) -> str:
+    """Dollars with cents, or with four decimals when less than a dollar (a test's budget)."""
+    return f"${amount:.{2 if amount >= 1 else max(digits, 4)}f}"
 
 
 def status_lines(cfg: Any, found: query.ClusterStatus) -> dict[str, Any]:
