@@ -169,6 +169,8 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, kee
               f"registered, estimated {cost}")
     if result.failed:
         out.print(f"[yellow]failed and removed:[/] {', '.join(result.failed)}")
+    if any(getattr(cfg, k) is not None for k in ("autostop", "max_hours", "budget")):
+        out.print(f"{cfg.name}: {limits.describe(cfg.model_dump())}")
     out.print(
         f"connect from a notebook:\n  import provision\n  rc = provision.connect({cfg.name!r})"
     )
