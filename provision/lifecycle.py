@@ -16,8 +16,8 @@ from typing import Any
 
 import paramiko
 
+from provision import autostop, cloud, configure, locks, query, rollback, state
 from provision import check as checks
-from provision import cloud, configure, locks, query, rollback, state
 from provision.client import CONNECT_TIMEOUT_S, connect_client
 from provision.cloud.common import (
     MASTER,
@@ -224,11 +224,7 @@ def expected_engines(ctx: Context, info: ClusterInfo) -> int:
 
 def hourly_cost(ctx: Context, info: ClusterInfo) -> float | None:
     """USD/hour of the running nodes: compute, root volumes, public addresses."""
-    costs = query.cluster_costs(ctx.region, info, ctx.config)
-    rates = [costs[i.instance_id].hourly if i.instance_id in costs else None for i in info.nodes]
-    if not rates or any(r is None for r in rates):
-        return None
-    return sum(r for r in rates if r is not None)
+    return query.hourly_total(ctx.region, info, ctx.config)
 
 
 def _finish(ctx: Context, failed: list[str]) -> UpResult:
@@ -247,9 +243,10 @@ def _finish(ctx: Context, failed: list[str]) -> UpResult:
         n = len(rc.ids)
         rc.close()
     state.update(ctx.name, expected_engines=want)
+    hourly = hourly_cost(ctx, info)
+    autostop.apply(ctx, info, hourly)  # the limits the cluster enforces on itself
     return UpResult(
-        cluster=info, engines=n, hourly_cost=hourly_cost(ctx, info), failed=failed,
-        client_file=client_file,
+        cluster=info, engines=n, hourly_cost=hourly, failed=failed, client_file=client_file,
     )
 
 

@@ -56,6 +56,16 @@ def cluster_costs(region: Region, info: ClusterInfo, config: ClusterConfig) -> d
     return node_costs(region, info.instances, sheet, config.volume_size)
 
 
+def hourly_total(region: Region, info: ClusterInfo, config: ClusterConfig) -> float | None:
+    """USD/hour of the running nodes: compute, root volumes, public addresses (None when
+    a node's price is unknown: a partial sum would understate it)."""
+    costs = cluster_costs(region, info, config)
+    rates = [costs[i.instance_id].hourly if i.instance_id in costs else None for i in info.nodes]
+    if not rates or any(r is None for r in rates):
+        return None
+    return sum(r for r in rates if r is not None)
+
+
 def node_rows(info: ClusterInfo, costs: dict[str, NodeCost]) -> list[dict[str, Any]]:
     """One flat dict per instance (terminated ones too): role, place, state, uptime, cost."""
     now = dt.datetime.now(dt.timezone.utc)
@@ -101,6 +111,17 @@ def cluster_status(config: ClusterConfig) -> ClusterStatus:
     )
 
 
+OS_SHUTDOWN = "Client.InstanceInitiatedShutdown"  # EC2's state reason: shut down from its OS
+
+
+def stopped_by_autostop(info: ClusterInfo) -> bool:
+    """No node alive, and the latest master went down from its own OS (the autostop
+    agent's poweroff): the cloud's record, so no local state is needed to tell."""
+    masters = [i for i in info.instances if i.role == MASTER and i.launch_time]
+    latest = max(masters, key=lambda i: i.launch_time or 0, default=None)
+    return not info.alive and latest is not None and latest.state_reason == OS_SHUTDOWN
+
+
 def _summary(region: Region, name: str, record: dict[str, Any]) -> dict[str, Any]:
     """Size, engines (as the local record expects them; None without one), age and
     cost so far of one cluster, from its tags and prices."""
@@ -119,7 +140,10 @@ def _summary(region: Region, name: str, record: dict[str, Any]) -> dict[str, Any
         same = [i for i in alive if i.instance_type == itype]
         costs |= node_costs(region, same, sheet, config.get("volume_size", 0))
     spent = [c.so_far for c in costs.values() if c.so_far is not None]
+    limits = {k: config.get(k) for k in ("autostop", "max_hours", "budget")}
     return {
+        "stopped_by_autostop": stopped_by_autostop(info),
+        "autostop": {k: v for k, v in limits.items() if v is not None} or None,
         "nodes": len(alive),
         "engines": record.get("expected_engines") if alive else 0,
         "age_hours": round((now - min(launched)).total_seconds() / 3600, 3) if launched else None,
@@ -138,6 +162,7 @@ def clusters(config: ClusterConfig) -> tuple[Region, list[dict[str, Any]]]:
     for n in sorted(set(live) | set(known)):
         record = state.load(n) if n in known else {}
         row = {"name": n, "region": region.name, "live": n in live, "local_record": n in known}
-        empty = {"nodes": 0, "engines": 0, "age_hours": None, "cost_so_far": None}
+        empty = {"stopped_by_autostop": False, "autostop": None, "nodes": 0, "engines": 0,
+                 "age_hours": None, "cost_so_far": None}
         rows.append(row | (_summary(region, n, record) if n in live else empty))
     return region, rows

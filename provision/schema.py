@@ -17,6 +17,7 @@ import pydantic
 from pydantic import ConfigDict, Field, field_validator
 
 from provision.cloud import PROVIDERS
+from provision.durations import parse_duration, show_duration
 
 # Compute-optimised (c-family) types only: model selection is CPU-bound, so the m,
 # r and t families pay for memory or burst credits a search does not use.
@@ -31,6 +32,7 @@ SHAPES = {  # field -> (pattern, what the value must look like)
     "vpc_id": (VPC_RE, "a VPC id like vpc-0123456789abcdef0"),
     "user": (USER_RE, "a login name like ubuntu or ec2-user"),
 }
+MAX_HOURS = 24 * 366  # a lifetime cap beyond a year is a typo
 MAX_SPOT_BID_USD = 100  # per node-hour: anything above is a typo, not a bid
 SIM_REGION = "sim"  # the region name that means "the simulated region on this machine"
 DEFAULT_KEY_PATH = Path("~/.ssh/provision_ed25519")
@@ -78,6 +80,11 @@ class ClusterConfig(pydantic.BaseModel):
     launch_timeout: float = Field(600, gt=0)  # seconds to wait for "running"
     # `up` asks before launching more than this many USD/hour (None: never asks).
     confirm_above: float | None = Field(None, ge=0)
+    # The cluster stops itself (an agent on the master, so with the laptop closed):
+    # after this long idle (`30m`, `40s`, `1.5h`; a number is minutes), ...
+    autostop: str | None = None
+    max_hours: float | None = Field(None, gt=0, le=MAX_HOURS)  # ... after this long, busy or not
+    budget: float | None = Field(None, gt=0)  # ... or once it has cost this many USD
 
     @field_validator("name")
     @classmethod
@@ -133,6 +140,20 @@ class ClusterConfig(pydantic.BaseModel):
         if v is not None and v >= MAX_SPOT_BID_USD:
             raise ValueError(f"must be below {MAX_SPOT_BID_USD} USD/hour (got {v:g})")
         return v
+
+    @field_validator("autostop", mode="before")
+    @classmethod
+    def _autostop(cls, v: object) -> str | None:
+        """A duration, kept in one spelling (``40s``, ``30m``) so the saved record reads back
+        the same: a bare number saved as such would mean minutes again."""
+        if v is None:
+            return None
+        return show_duration(parse_duration(v))  # type: ignore[arg-type]
+
+    @property
+    def autostop_s(self) -> float | None:
+        """The idle period in seconds (None: no autostop)."""
+        return None if self.autostop is None else parse_duration(self.autostop)
 
     @field_validator("key_path")
     @classmethod

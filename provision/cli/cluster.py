@@ -14,7 +14,7 @@ import click
 
 from provision import check as checks
 from provision import configure, inventory, lifecycle, locks, progress, query
-from provision.cli import plots, tables
+from provision.cli import limits, plots, tables
 from provision.cli.common import config_options, err, json_option, out, settings
 from provision.config import load_config, write_starter
 from provision.context import resolve_region
@@ -119,6 +119,11 @@ def check(config_path: Path | None, template: str | None) -> None:
 @click.option("--instance-type", help="A c-family type, e.g. c5.xlarge.")
 @click.option("--region", help="AWS region, or `sim` for the simulated region.")
 @click.option("--engines-per-node", type=int, help="Engines per node (default: vCPUs).")
+@click.option("--autostop", metavar="DURATION",
+              help="Stop by itself after this long idle (30m, 40s, 1.5h; a number is minutes), "
+                   "laptop closed or not.")
+@click.option("--max-hours", type=float, metavar="H",
+              help="Stop by itself after H hours, busy or not (fractions allowed).")
 @click.option("--replace-failed", is_flag=True,
               help="Replace workers that fail setup instead of just removing them.")
 @click.option("--keep-failed", is_flag=True,
@@ -164,6 +169,8 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, kee
               f"registered, estimated {cost}")
     if result.failed:
         out.print(f"[yellow]failed and removed:[/] {', '.join(result.failed)}")
+    if any(getattr(cfg, k) is not None for k in ("autostop", "max_hours", "budget")):
+        out.print(f"{cfg.name}: {limits.describe(cfg.model_dump())}")
     out.print(
         f"connect from a notebook:\n  import provision\n  rc = provision.connect({cfg.name!r})"
     )
@@ -199,11 +206,13 @@ def _plan_and_confirm(cfg: ClusterConfig, report: checks.CheckReport, yes: bool)
 @json_option
 def status(name: str | None, memory: bool, config_path: Path | None, template: str | None,
            as_json: bool) -> None:
-    """Nodes of a cluster: id, role, type, zone, lifecycle, state, IPs, uptime, cost."""
+    """Nodes of a cluster: id, role, type, zone, lifecycle, state, IPs, uptime, cost; then
+    autostop, max_hours and budget, with minutes idle (from the master's agent) and spend."""
     cfg = settings(config_path, template, name)
     found = query.cluster_status(cfg)
     region = found.info.region.name
     hosts = _host_memory(cfg.name) if memory and found.info.instances else None
+    stops = limits.status_lines(cfg, found)
     if as_json:
         extra = {} if hosts is None else {"memory": [
             {**dataclasses.asdict(h), "available_per_engine": h.available_per_engine}
@@ -211,13 +220,14 @@ def status(name: str | None, memory: bool, config_path: Path | None, template: s
         ]}
         out.print_json(json.dumps({
             "name": cfg.name, "region": region, "expected_engines": found.expected_engines,
-            "datasets": found.datasets, "nodes": found.rows, **extra,
+            "datasets": found.datasets, "nodes": found.rows, "autostop": stops, **extra,
         }))
         return
     if not found.info.instances:
         out.print(f"no instances tagged with cluster {cfg.name!r} in {region}")
         return
     out.print(tables.nodes(f"cluster {cfg.name} ({region})", found.rows))
+    limits.print_status(cfg.name, stops)
     if hosts is not None:
         out.print(tables.host_memory(f"memory per host, cluster {cfg.name}", hosts))
 
@@ -243,6 +253,9 @@ def list_(config_path: Path | None, template: str | None, as_json: bool) -> None
         out.print_json(json.dumps(rows))
         return
     out.print(tables.clusters(f"clusters ({region.name})", rows))
+    for row in rows:
+        if row["stopped_by_autostop"]:
+            out.print(f"[yellow]{row['name']}: {limits.advice(row['name'])}[/]")
 
 
 @click.command()

@@ -45,14 +45,27 @@ def spot_prices(title: str, prices: list[ZonePrice]) -> Table:
 def clusters(title: str, rows: list[dict[str, Any]]) -> Table:
     """Clusters live in the region and known locally: size, engines, age, cost so far."""
     table = Table(title=title)
-    for c in ("name", "live", "nodes", "engines", "age", "cost so far", "local record"):
+    for c in ("name", "live", "nodes", "engines", "age", "cost so far", "autostop",
+              "local record"):
         table.add_column(c, justify="right" if c in ("nodes", "engines", "age") else "left")
     for r in rows:
         engines = "-" if r["engines"] is None else str(r["engines"])
         age = "-" if r["age_hours"] is None else _age(r["age_hours"])
-        table.add_row(r["name"], "yes" if r["live"] else "no", str(r["nodes"]), engines, age,
-                      _money(r["cost_so_far"], "${:.4f}"), "yes" if r["local_record"] else "no")
+        live = "stopped by autostop" if r["stopped_by_autostop"] else "yes" if r["live"] else "no"
+        table.add_row(r["name"], live, str(r["nodes"]), engines, age,
+                      _money(r["cost_so_far"], "${:.4f}"), _limits(r["autostop"]),
+                      "yes" if r["local_record"] else "no")
     return table
+
+
+def _limits(found: dict[str, Any] | None) -> str:
+    """autostop, max_hours, budget of a cluster in a few characters: `30m, 8h, $5`."""
+    if not found:
+        return "-"
+    shown = [found.get("autostop"),
+             found.get("max_hours") and f"{found['max_hours']:g}h",
+             found.get("budget") and f"${found['budget']:g}"]
+    return ", ".join(str(s) for s in shown if s)
 
 
 def _age(hours: float) -> str:

@@ -83,6 +83,9 @@ class LaunchRequest:
     # reaches the cluster through it); without, a node is reached through the master.
     public_ip: bool = True
     user_data: str = ""
+    # What a shutdown from the node's OS does: a disposable cluster terminates (the
+    # autostop agent powers nodes off); "stop" would keep volumes and addresses billing.
+    shutdown_behavior: str = "terminate"
     # Extra tags to put on instances and volumes, beyond cluster and role.
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -148,6 +151,7 @@ class InstanceInfo:
     launch_time: dt.datetime | None
     spot_request_id: str | None = None
     name: str = ""  # e.g. master, node001 (from the Name tag)
+    state_reason: str = ""  # EC2's StateReason code, e.g. Client.InstanceInitiatedShutdown
 
     @property
     def label(self) -> str:

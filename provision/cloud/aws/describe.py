@@ -38,6 +38,7 @@ def info(inst: dict[str, Any]) -> InstanceInfo:
         launch_time=inst.get("LaunchTime"),
         spot_request_id=inst.get("SpotInstanceRequestId"),
         name=tags.get("Name", ""),
+        state_reason=(inst.get("StateReason") or {}).get("Code", ""),
     )
 
 

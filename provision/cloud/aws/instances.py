@@ -127,6 +127,7 @@ def _run_params(req: LaunchRequest, root_device: str, subnet: str) -> dict[str, 
         ],
         # IMDSv2 only: a process on a node cannot be tricked into leaking credentials by SSRF.
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        "InstanceInitiatedShutdownBehavior": req.shutdown_behavior,
         "BlockDeviceMappings": [
             {
                 "DeviceName": root_device,
