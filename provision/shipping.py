@@ -82,11 +82,14 @@ def ship(
     local_dir: Path,
     digest: str,
     files_for: dict[str, list[str]] | None = None,
+    *,
+    direct: bool = False,
 ) -> ShipResult:
     """Put the data directory on each node once; skip nodes that have it.
 
     Through the master when `nodes` are a cluster's (see the module); ``files_for``
     (node name -> file names) gives each node only those files, pushed directly.
+    `direct`: push from this machine to every node (what the benchmark compares with).
     """
     names = sorted(p.name for p in local_dir.iterdir())
     size = {n: (local_dir / n).stat().st_size for n in names}
@@ -94,7 +97,7 @@ def ship(
                     remote_dir(ctx.config.remote_root, digest), digest)
     result = ShipResult(digest=digest, remote_dir=load.target,
                         files=[n for n in names if n != "manifest.json"])
-    master = None if files_for is not None else _relay_master(ctx, nodes)
+    master = None if files_for is not None or direct else _relay_master(ctx, nodes)
     if master is None:
         wanted = {n.label: (files_for or {}).get(n.label, names) for n in nodes}
         group = _push(ctx, load, [ctx.endpoint(n) for n in nodes], wanted)
