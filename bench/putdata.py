@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "quick": args.quick, "runs": []}
     with sim_session("bench-putdata") as (st, tmp):
         results["sim_boot_delay_s"] = st.boot_delay
+        if args.rtt:
+            with wan("off", args.rtt):  # refused at once where the kernel has no netem
+                pass
         start = time.perf_counter()
         local_dir, digest = data.persist_local(X, y, data.make_cv("shuffle", args.splits, 0.25, 42))
         results["persist_s"] = time.perf_counter() - start
