@@ -24,13 +24,12 @@ instance's key replaces the old line). The user's own key never reaches a node.
 from __future__ import annotations
 
 import shlex
-import subprocess
 from dataclasses import dataclass
 
 import fabric
 
-from provision.nodes.remote import Borrowed, Endpoint, NodeError, host_known, run
-from provision.nodes.transfer import PUSH_TIMEOUT_S, hops, own_dir, receive_script, ssh_argv
+from provision.nodes.remote import Borrowed, Endpoint, NodeError, run
+from provision.nodes.transfer import PUSH_TIMEOUT_S, own_dir, receive_script
 
 KEY_DIR = "cluster-ssh"  # under remote_root, on the master
 KEY_NAME = "id_ed25519"
@@ -129,28 +128,8 @@ def forward(
     check = f"{{ {require}; }} || exit {NO_SOURCE}; " if require else ""
     script = (f"{check}cd {q(src_dir)} && tar -c -f - {members} | "
               f"{ssh_to(hop, remote_root, receive)}")
-    out = _run_fast(master, script, timeout) if isinstance(master, Endpoint) else None
-    if out is None:
-        out = run(master, script, timeout=timeout)
+    out = run(master, script, timeout=timeout)
     return out.splitlines()[0] if out else ""
-
-
-def _run_fast(ep: Endpoint, script: str, timeout: float | None) -> str | None:
-    """`script` on `ep` through ssh(1) when there is one and `ep`'s host keys are recorded
-    (its handshake runs in C, outside this process's GIL: forwards to many workers at
-    once cost this machine little); None to use paramiko instead."""
-    argv = ssh_argv(ep, script)
-    if argv is None or not all(host_known(hop) for hop in hops(ep)):
-        return None
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as e:
-        raise NodeError.from_command(ep, script, None, (e.stderr or b"").decode(errors="replace"),
-                                     what=f"timed out after {timeout:.0f}s") from None
-    if done.returncode != 0:
-        raise NodeError.from_command(ep, script, done.returncode,
-                                     done.stderr.decode(errors="replace"))
-    return done.stdout.decode(errors="replace")
 
 
 def refused(err: NodeError) -> bool:

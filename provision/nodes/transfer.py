@@ -77,7 +77,7 @@ def push_tree(
 
         argv = _openssh_argv(b.ep, script)
         if argv is not None:
-            if not all(host_known(hop) for hop in hops(b.ep)):
+            if not all(host_known(hop) for hop in _hops(b.ep)):
                 b.conn.open()  # trust on first use records the keys that ssh(1) then checks
             return _push_openssh(argv, local_dir, timeout, on_bytes, have, fail)
         b.conn.open()
@@ -208,9 +208,9 @@ def _write_tar(sink: io.RawIOBase, local_dir: Path) -> None:
             tar.add(str(path), arcname=path.name)
 
 
-def hops(ep: Endpoint) -> list[Endpoint]:
+def _hops(ep: Endpoint) -> list[Endpoint]:
     """The node and the hosts it is reached through, nearest last."""
-    return [ep] + (hops(ep.via) if ep.via is not None else [])
+    return [ep] + (_hops(ep.via) if ep.via is not None else [])
 
 
 def ssh_options(
