@@ -21,7 +21,7 @@ from provision.configure.base import Gateway, Results, Step, Strategy, failed, r
 from provision.context import Context
 from provision.errors import ProvisionError
 from provision.nodes import engines, fanout, relay, setup
-from provision.nodes.remote import Endpoint
+from provision.nodes.remote import Endpoint, NodeError
 
 # A worker waits for the master's controller as long as the master may take to
 # launch, answer SSH and install packages (the wheelhouse's own limit).
@@ -132,7 +132,12 @@ class _Run:
             return False
         stage(self.ctx, hop.name, "wheelhouse from the master", Step.PACKAGES)
         spec = self.strategy.spec
-        return relay.forward_wheels(master_ep, hop, spec.remote_root, spec.digest)
+        try:
+            return relay.forward_wheels(master_ep, hop, spec.remote_root, spec.digest)
+        except NodeError as err:  # slower, but the node still gets its packages
+            self.ctx.reporter.warn(f"{hop.name}: the master could not forward the wheelhouse "
+                                   f"({err}); sending it from here")
+            return False
 
     def _wait_for_controller(self) -> None:
         cfg = self.ctx.config
