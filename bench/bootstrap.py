@@ -31,6 +31,12 @@ concurrency shows the latter. Two modes, reported apart:
 kept, as on a laptop that has installed these packages: ``--cold-pip`` empties
 it too). ``wheelhouse s`` is the client-side build, overlapped with the launch.
 
+``link MiB`` is what crossed the laptop's link during up + connect, counted by the
+kernel on the region's public bridge (`bench.common.laptop_link_bytes`): the
+wheelhouse goes to the master once and the master forwards it to the workers, so
+it stays near one wheelhouse whatever N. ``--uplink 20mbit`` shapes that link for
+the whole run (``--rtt`` needs the kernel's netem: refused where there is none).
+
 Every failure met is reported, never only a retry's success: an ``up`` (or a
 teardown) that failed is printed and recorded in the JSON's ``failures``; a point
 that never came up is listed in ``failed_points`` and the command exits 1.
@@ -45,6 +51,7 @@ Commands::
     python -m bench.bootstrap                    # N = 1 2 4 8, warm then cold
     python -m bench.bootstrap --modes warm --nodes 1 8
     python -m bench.bootstrap --quick            # warm N = 1 2, cold N = 1
+    python -m bench.bootstrap --modes warm --nodes 1 2 4 --uplink 20mbit
 """
 
 from __future__ import annotations
@@ -61,12 +68,15 @@ import psutil
 
 from bench.common import (
     base_parser,
+    laptop_link_bytes,
     machine_info,
     machine_line,
+    mib,
     sim_config,
     sim_session,
     table,
     unique_name,
+    wan,
     write_json,
 )
 from provision.progress import Reporter
@@ -243,11 +253,13 @@ def _bring_up_once(
     with cache_env(mode, tmp, cold_pip), WheelhouseTimer() as wheel:
         try:
             cpu0 = psutil.cpu_times()
+            link0 = laptop_link_bytes()
             t0 = time.monotonic()
             result = lifecycle.up(config, reporter)
             t_up = time.monotonic()
             rc = lifecycle.connect(name, n_engines=n, timeout=300)
             connect_s = time.monotonic() - t_up
+            link = laptop_link_bytes() - link0
             engines = len(rc.ids)
             rc.close()
             busy = _busy(cpu0, psutil.cpu_times())
@@ -267,6 +279,7 @@ def _bring_up_once(
         "phases_s": phases(reporter, t0, t_up, connect_s),
         "engines": engines,
         "machine_cpu_busy": busy,
+        "link_bytes": link,
     }
 
 
@@ -297,6 +310,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--cold-pip", action="store_true", help="cold runs also empty pip's HTTP cache"
     )
+    parser.add_argument("--uplink", default="off",
+                        help="shape the laptop's uplink for the run, e.g. 20mbit (default off)")
+    parser.add_argument("--rtt", default=None,
+                        help="round trip added to the laptop link (needs the kernel's netem)")
     parser.add_argument("--attempts", type=int, default=1,
                         help="tries per point; every failed try is reported (default 1)")
     args = parser.parse_args(argv)
@@ -307,8 +324,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(machine_line(machine), flush=True)
     failures: list[dict[str, Any]] = []
     results: dict[str, Any] = {"quick": args.quick, "modes": {}, "failures": failures,
-                               "failed_points": []}
-    with sim_session("bench-bootstrap") as (st, tmp):
+                               "failed_points": [], "uplink": args.uplink, "rtt": args.rtt}
+    with sim_session("bench-bootstrap") as (st, tmp), wan(args.uplink, args.rtt):
         results["sim_boot_delay_s"] = st.boot_delay
         if "warm" in args.modes:
             results["warm_wheelhouse_s"] = warm_wheelhouse()
@@ -358,6 +375,7 @@ def render(mode: str, runs: list[dict[str, Any]]) -> str:
                 r["wheelhouse_s"],
                 ph["concurrency"],
                 r["machine_cpu_busy"],
+                mib(r["link_bytes"]),
                 r["failed_attempts"],
             ]
         )
@@ -369,6 +387,7 @@ def render(mode: str, runs: list[dict[str, Any]]) -> str:
         "wheelhouse s",
         "concurrency",
         "CPU busy",
+        "link MiB",
         "failed tries",
     ]
     title = (

@@ -27,7 +27,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +314,33 @@ def sim_session(prefix: str) -> Any:
         shutil.rmtree(tmp, ignore_errors=True)
         if not st.reused:
             sim.down()
+
+
+def laptop_link_bytes() -> int:
+    """What this machine has sent into the simulated region so far: the tx bytes of the
+    public plane's bridge (`ip -s link`), which every frame from here to a host crosses
+    and the uplink's tbf shapes; host-to-host frames never pass it. The kernel's count,
+    not provision's own tally."""
+    from provision.sim import hosts
+
+    return int(Path(f"/sys/class/net/{hosts.PUBLIC_BRIDGE}/statistics/tx_bytes").read_text())
+
+
+@contextlib.contextmanager
+def wan(uplink: str, rtt: str | None = None) -> Iterator[None]:
+    """The region's laptop link shaped to `uplink` ("off": not shaped) meanwhile, then
+    unshaped. `rtt` needs the kernel's netem: refused (SystemExit 2) where there is none."""
+    from provision import sim
+    from provision.sim.hosts import SimError
+
+    try:
+        sim.up(uplink=uplink, rtt=rtt)
+    except SimError as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
+        yield
+    finally:
+        sim.up(uplink="off", rtt="off" if rtt else None)
 
 
 def sim_config(name: str, nodes: int, key_dir: Path, **extra: Any) -> Any:

@@ -22,13 +22,11 @@ anything is written or shipped (`plan`): bad input creates nothing.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +37,10 @@ from provision.cloud.common import InstanceInfo
 from provision.context import Context
 from provision.datasets import Dataset, load_dataset
 from provision.errors import BadInput
-from provision.nodes import fanout, transfer
-from provision.nodes.remote import Endpoint
+from provision.shipping import ShipResult, file_hashes, footprint, remote_dir, ship
 
-__all__ = ["Dataset", "load_dataset", "make_cv", "plan", "put_data"]
+__all__ = ["Dataset", "ShipResult", "file_hashes", "footprint", "load_dataset", "make_cv", "plan",
+           "put_data", "remote_dir", "ship"]
 PARTITION = "partition"  # the layout of a partitioned dataset's record
 
 
@@ -162,141 +160,6 @@ def persist_local(X: Any, y: Any, cv: Any, groups: Any = None) -> tuple[Path, st
     with new_cache_dir() as (tmp, final):
         persist_cv_splits(X, y, cv, tmp, groups=groups)
     return final[0], final[0].name
-
-
-def remote_dir(remote_root: str, digest: str) -> str:
-    return f"{remote_root}/data/{digest}"
-
-
-@dataclass
-class ShipResult:
-    """Bytes moved per host (0 for a host that already had everything)."""
-
-    digest: str
-    remote_dir: str
-    files: list[str]
-    bytes_per_host: dict[str, int] = field(default_factory=dict)
-    shards: dict[str, str] = field(default_factory=dict)  # node name -> its shard (partitions)
-
-    @property
-    def remote_paths(self) -> list[str]:
-        return [f"{self.remote_dir}/{f}" for f in self.files if f != "manifest.json"]
-
-    @property
-    def bytes_moved(self) -> int:
-        return sum(self.bytes_per_host.values())
-
-
-def ship(
-    ctx: Context,
-    nodes: Sequence[InstanceInfo],
-    local_dir: Path,
-    digest: str,
-    files_for: dict[str, list[str]] | None = None,
-) -> ShipResult:
-    """Put the data directory on each node once, in parallel; skip nodes that have it.
-
-    ``files_for`` (node name -> file names) gives each node only those files
-    (partitions); by default every node gets the whole directory.
-    """
-    root = ctx.config.remote_root
-    target = remote_dir(root, digest)
-    names = sorted(p.name for p in local_dir.iterdir())
-    wanted = {n.label: (files_for or {}).get(n.label, names) for n in nodes}
-    size = {n: (local_dir / n).stat().st_size for n in names}
-    sums = file_hashes(local_dir, names)
-    per_node = {node: sum(size[f] for f in files) for node, files in wanted.items()}
-    result = ShipResult(
-        digest=digest, remote_dir=target, files=[n for n in names if n != "manifest.json"]
-    )
-    lock = threading.Lock()
-    done_bytes = [0]
-    each = max(per_node.values(), default=0)
-
-    with ctx.reporter.wait(
-        f"put-data {digest}: {len(nodes)} host(s), {each / 1e6:.1f} MB each",
-        total=sum(per_node.values()),
-        unit="bytes",
-    ) as advance:
-
-        def progress(n: int) -> None:
-            with lock:
-                done_bytes[0] += n
-                advance(done_bytes[0])
-
-        def one(ep: Endpoint) -> int:
-            # One connection: nothing is sent where the marker file is there, else one
-            # tar stream into a temp dir renamed into place (a directory is complete).
-            total, sent = per_node[ep.name], [0]
-
-            def step(n: int) -> None:  # tar headers and padding are not data: cap at `total`
-                grow = min(n, total - sent[0])
-                sent[0] += grow
-                if grow:
-                    progress(grow)
-
-            files = wanted[ep.name]
-            marker = "manifest.json" if files is names else files[-1]
-
-            def resend() -> None:
-                ctx.reporter.warn(f"{ep.name}: {target} failed its manifest's hashes; "
-                                  "sending it again")
-
-            with _staged(local_dir, files, files is names) as source:
-                moved = transfer.push_tree(
-                    ep, source, target, unless_exists=f"{target}/{marker}", on_bytes=step,
-                    verify={f: sums[f] for f in files}, need_bytes=footprint(size, files),
-                    on_resend=resend,
-                )
-            progress(total - sent[0])
-            return 0 if moved is None else total
-
-        group = fanout.on_hosts(one, [ctx.endpoint(n) for n in nodes])
-    result.bytes_per_host = dict(group.succeeded)
-    group.raise_for_failures()
-    return result
-
-
-BLOCK = 4096  # a file takes whole blocks of the node's filesystem
-
-
-def footprint(size: dict[str, int], files: list[str]) -> int:
-    """Bytes `files` take on a node's disk (whole blocks, and one for the directory)."""
-    return BLOCK + sum(-(-size[f] // BLOCK) * BLOCK for f in files)
-
-
-def file_hashes(local_dir: Path, names: list[str]) -> dict[str, str]:
-    """sha256 of each file: the manifest's where it lists the file (written with
-    the splits, so never read again here), else computed."""
-    from payload import read_manifest
-
-    listed = read_manifest(local_dir)["files"]
-    sums = {}
-    for name in names:
-        known = listed.get(name, {}).get("sha256")
-        if known is None:
-            with open(local_dir / name, "rb") as f:
-                known = hashlib.file_digest(f, "sha256").hexdigest()
-        sums[name] = known
-    return sums
-
-
-@contextmanager
-def _staged(local_dir: Path, files: list[str], whole: bool) -> Iterator[Path]:
-    """`local_dir` itself, or a sibling temp dir holding hard links to `files` only."""
-    if whole:
-        yield local_dir
-        return
-    tmp = Path(tempfile.mkdtemp(dir=local_dir.parent, prefix=".stage-"))
-    try:
-        for name in files:
-            try:
-                os.link(local_dir / name, tmp / name)
-            except OSError:
-                shutil.copy2(local_dir / name, tmp / name)
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ship_recorded(ctx: Context, nodes: Sequence[InstanceInfo]) -> None:

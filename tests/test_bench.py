@@ -75,10 +75,13 @@ def test_overhead_quick(tmp_path):
 @pytest.mark.e2e
 def test_putdata_quick(sim_region, tmp_path):
     data = putdata.main(["--quick", "--json", str(tmp_path / "putdata.json")])
-    assert [r["nodes"] for r in data["runs"]] == [1, 2]
+    assert [(r["uplink"], r["nodes"]) for r in data["runs"]] == [
+        ("off", 1), ("off", 2), ("20mbit", 1), ("20mbit", 2)]
     for r in data["runs"]:
         assert r["bytes_moved"] == r["nodes"] * data["bytes_per_host"]
         assert r["second_bytes_moved"] == 0
+        # The kernel's count on the laptop link: one copy, whatever N (the master relays).
+        assert 1.0 <= r["link_copies"] < 1.3, r
     assert _positive(data["ratio_max_to_1"]["ratio"])
 
 
@@ -92,6 +95,9 @@ def test_bootstrap_quick(sim_region, tmp_path):
     for r in warm:
         assert r["engines"] == r["nodes"] and _positive(r["total_s"])
         assert all(_positive(r["phases_s"][p]) for p in ("launch", "ssh", "packages", "engines"))
+    # The wheelhouse crosses the laptop's link once (the kernel's count): the master
+    # forwards it to the second node.
+    assert warm[1]["link_bytes"] < 1.3 * warm[0]["link_bytes"], warm
     assert _positive(data["ratio_max_to_1"]["warm"])
     assert data["failures"] == [] and data["failed_points"] == []
 

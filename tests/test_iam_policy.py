@@ -21,7 +21,7 @@ import pytest
 import test_cli
 from test_cli import invoke
 
-from provision import assets, configure, context, data, lifecycle, state
+from provision import assets, configure, context, lifecycle, shipping, state
 from provision.config import load_config
 
 aws, cfg_file = test_cli.aws, test_cli.cfg_file  # moto, a cluster file of 1 + 2 spot nodes
@@ -76,7 +76,8 @@ def recorded(aws, monkeypatch) -> set[str]:
     )
     monkeypatch.setitem(configure.STRATEGIES, "fabric", Ready)
     monkeypatch.setattr(lifecycle, "connect_client", lambda *a, **kw: _Client())
-    monkeypatch.setattr(data.transfer, "push_tree", lambda *a, **kw: None)
+    monkeypatch.setattr(shipping.transfer, "push_tree", lambda *a, **kw: None)
+    monkeypatch.setattr(shipping.relay, "forward", lambda *a, **kw: "have")  # master -> workers
     return calls
 
 

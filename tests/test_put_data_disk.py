@@ -14,7 +14,7 @@ import psutil
 import pytest
 from conftest import namespace_host
 
-from provision import data, state
+from provision import data, shipping, state
 from provision.nodes import remote, transfer
 from provision.nodes.fanout import GroupError
 from provision.nodes.remote import Endpoint
@@ -40,14 +40,14 @@ class Recorder(Reporter):
 def test_a_short_disk_answer_names_the_node_the_bytes_needed_and_the_bytes_free():
     ep = Endpoint("node1", "10.0.0.9", "root", Path("/nonexistent"))
     with pytest.raises(transfer.NoSpace) as info:
-        transfer._answer(ep, b"nospace 1048576\n", "/srv/provision/data/abc", 5242880, None)
+        transfer.answer(ep, b"nospace 1048576\n", "/srv/provision/data/abc", 5242880, None)
     assert str(info.value).startswith(
         "node1 (10.0.0.9): not enough disk for /srv/provision/data/abc: needs 5242880 bytes, "
         "has 1048576 free;"
     )
     resent: list[bool] = []
-    assert transfer._answer(ep, b"have\n", "/d", 1, lambda: resent.append(True)) is True
-    assert transfer._answer(ep, b"resend\n", "/d", 1, lambda: resent.append(True)) is False
+    assert transfer.answer(ep, b"have\n", "/d", 1, lambda: resent.append(True)) is True
+    assert transfer.answer(ep, b"resend\n", "/d", 1, lambda: resent.append(True)) is False
     assert resent == [True]
 
 
@@ -111,7 +111,7 @@ def test_put_data_on_a_full_disk_fails_in_one_line_and_finishes_once_space_is_fr
 
     # The disk fills mid-stream (the free-space check fooled): one line, the partial copy gone.
     with monkeypatch.context() as fooled:
-        fooled.setattr(data, "footprint", lambda size, files: 1)
+        fooled.setattr(shipping, "footprint", lambda size, files: 1)
         with pytest.raises(GroupError, match="disk full while writing") as info:
             data.put_data(ctx, (X, y), **options)
     assert "\n" not in str(info.value) and "node1 (" in str(info.value)

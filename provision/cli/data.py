@@ -91,8 +91,9 @@ def put_data(
         result = data.put_data(ctx, ready)
     out.print(f"{ready.dataset.label}: {len(result.remote_paths)} splits "
               f"({splitters.describe(ready.cv)}) in {result.remote_dir} on "
-              f"{len(result.bytes_per_host)} host(s); moved {result.bytes_moved / 1e6:.2f} MB",
-              highlight=False)
+              f"{len(result.bytes_per_host)} host(s); moved {result.bytes_moved / 1e6:.2f} MB "
+              f"(laptop link {result.laptop_bytes / 1e6:.2f} MB, cluster network "
+              f"{result.cluster_bytes / 1e6:.2f} MB)", highlight=False)
 
 
 def _put_partition(cfg: ClusterConfig, dataset: str, *, cv_given: bool, flags: dict[str, object],

@@ -1,9 +1,11 @@
 """The Fabric strategy: one pipeline per node, all at once, over SSH.
 
-running -> SSH -> packages -> controller (master) or wait for it (workers) ->
-engines -> data. A node is configured as soon as it answers, not after the
-slowest one; workers start their engines once the master's controller is up,
-and learn at once if the master failed.
+running -> SSH -> cluster key -> packages -> controller (master) or wait for it
+(workers) -> engines -> data. A node is configured as soon as it answers, not
+after the slowest one; workers start their engines once the master's controller
+is up, and learn at once if the master failed. The master makes the cluster's
+own SSH key as soon as it answers; each worker authorises it, so the master can
+hand workers what the laptop sent it once (`provision.nodes.relay`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
+from functools import partial
 
 from provision import data, state
 from provision.cloud.common import MASTER, InstanceInfo
 from provision.configure.base import Gateway, Results, Step, Strategy, failed, reach, stage
 from provision.context import Context
 from provision.errors import ProvisionError
-from provision.nodes import engines, fanout, setup
+from provision.nodes import engines, fanout, relay, setup
+from provision.nodes.remote import Endpoint, NodeError
 
 # A worker waits for the master's controller as long as the master may take to
 # launch, answer SSH and install packages (the wheelhouse's own limit).
@@ -46,8 +50,14 @@ class _Run:
         self.gateway = Gateway(ctx, has_master=has_master)
         self.controller: Future[None] = Future()
         self.python = setup.PythonGate()  # one verdict on getting the client's Python
+        # The master's endpoint and the cluster key's public half (see `_cluster_key`).
+        self.key: Future[tuple[Endpoint, str]] = Future()
+        self.key_lock = threading.Lock()
+        self.has_master = has_master
+        self.wheels: Future[bool] = Future()  # the master holds the wheelhouse (True) or won't
         if not has_master:
             self.controller.set_result(None)
+            self.wheels.set_result(True)  # the running master's: `relay.forward_wheels` checks
 
     def node(self, inst: InstanceInfo) -> BaseException | None:
         """running -> ssh -> packages -> controller/engines -> data for one node."""
@@ -55,8 +65,19 @@ class _Run:
         is_master = inst.role == MASTER
         try:
             inst, ep = reach(ctx, inst, self.claim, self.gateway)
+            fetch = None
+            if is_master:
+                self.key.set_result((ep, relay.ensure_key(ep, cfg.remote_root)))
+            else:
+                stage(ctx, label, "authorising the cluster key", Step.SSH)
+                master_ep, key = self._cluster_key()
+                relay.authorize(ep, master_ep, inst.private_ip or ep.host, key, cfg.remote_root)
+                hop = relay.Hop(label, inst.private_ip or ep.host, ctx.user)
+                fetch = partial(self._wheels_from_master, master_ep, hop)
             stage(ctx, label, "installing packages", Step.PACKAGES)
-            setup.setup_node(ep, self.strategy.spec, self.strategy.wheelhouse(), self.python)
+            told = self._master_wheels if is_master else None
+            setup.setup_node(ep, self.strategy.spec, self.strategy.wheelhouse(), self.python,
+                             fetch_wheels=fetch, on_wheels=told)
             if is_master:
                 stage(ctx, label, "starting controller", Step.ENGINES)
                 engines.start_controller(ep, cfg.remote_root, inst.private_ip or ep.host)
@@ -75,8 +96,48 @@ class _Run:
         except BaseException as err:  # noqa: BLE001 - reported per node
             if is_master and not self.controller.done():
                 self.controller.set_exception(err)
+            if is_master and not self.key.done():
+                self.key.set_exception(err)
+            if is_master:
+                self._master_wheels(False)
             failed(ctx, label, err)
             return err
+
+    def _cluster_key(self) -> tuple[Endpoint, str]:
+        """The master's endpoint and the cluster key: made by the master's own pipeline
+        in `up`, else (addnode, replacements) asked of the running master once."""
+        with self.key_lock:
+            if not self.has_master and not self.key.done():
+                master_ep = self.ctx.endpoint(self.gateway.master())
+                self.key.set_result((master_ep, relay.ensure_key(
+                    master_ep, self.ctx.config.remote_root)))
+        cfg = self.ctx.config
+        done, _ = wait([self.key], timeout=cfg.ssh_timeout + cfg.launch_timeout)
+        if not done:
+            raise ProvisionError("the master never answered SSH to make the cluster key")
+        if self.key.exception() is not None:
+            raise ProvisionError("the master failed, so it cannot relay to this node")
+        return self.key.result()
+
+    def _master_wheels(self, have: bool) -> None:
+        if not self.wheels.done():
+            self.wheels.set_result(have)
+
+    def _wheels_from_master(self, master_ep: Endpoint, hop: relay.Hop) -> bool:
+        """A worker's wheelhouse from the master over the cluster network, once the master
+        has it; False (this machine pushes it) when the master will not have it."""
+        stage(self.ctx, hop.name, "waiting for the master's wheelhouse", Step.PACKAGES)
+        done, _ = wait([self.wheels], timeout=setup.INSTALL_TIMEOUT_S + self.ctx.config.ssh_timeout)
+        if not done or not self.wheels.result():
+            return False
+        stage(self.ctx, hop.name, "wheelhouse from the master", Step.PACKAGES)
+        spec = self.strategy.spec
+        try:
+            return relay.forward_wheels(master_ep, hop, spec.remote_root, spec.digest)
+        except NodeError as err:  # slower, but the node still gets its packages
+            self.ctx.reporter.warn(f"{hop.name}: the master could not forward the wheelhouse "
+                                   f"({err}); sending it from here")
+            return False
 
     def _wait_for_controller(self) -> None:
         cfg = self.ctx.config

@@ -41,7 +41,7 @@ from provision.errors import one_line_tail
 from provision.nodes import python
 from provision.nodes.python import PythonGate, PythonSource
 from provision.nodes.remote import TRANSIENT_ERRORS, Endpoint, NodeError, connection, run
-from provision.nodes.transfer import push_tree
+from provision.nodes.transfer import own_dir, push_tree
 
 T = TypeVar("T")
 
@@ -236,7 +236,9 @@ def _parse(out: str) -> dict[str, str]:
 
 
 def setup_node(
-    ep: Endpoint, spec: EnvSpec, wheelhouse: Path, gate: PythonGate | None = None
+    ep: Endpoint, spec: EnvSpec, wheelhouse: Path, gate: PythonGate | None = None, *,
+    fetch_wheels: Callable[[], bool] | None = None,
+    on_wheels: Callable[[bool], None] | None = None,
 ) -> SetupResult:
     """Give the node a venv at ``{remote_root}/venv`` matching `spec`; skip if it has one.
 
@@ -246,6 +248,11 @@ def setup_node(
     the verdict between the nodes of one `up`) -> ``uv venv`` + ``uv pip
     install --no-index`` -> digest. The node needs no index, no pip and no
     python3-venv; ``python3`` of the client's minor only when it cannot download one.
+
+    `fetch_wheels()` (a worker): get the wheelhouse from elsewhere (the master,
+    `provision.nodes.relay`) instead of from this machine; False when it could not,
+    and then this machine pushes it. `on_wheels(have)` (the master): called once the
+    node holds this wheelhouse (True) or will not (False), so workers stop waiting.
     """
     start = time.monotonic()
     session = _Session(ep)
@@ -255,21 +262,19 @@ def setup_node(
         probe = _parse(session.stage("probe", lambda c: run(c, _probe_script(spec))))
         have = probe.get("minor", "")
         if probe.get("env") == spec.digest and probe.get("venv") == "ok":
+            told(on_wheels, probe.get("wheels") == spec.digest)
             return SetupResult(ep.name, skipped=True, seconds=time.monotonic() - start)
         if have != spec.python_minor:
             gate.check(ep.name)  # another node already found the image cannot get one
 
-        mkroot = (
-            f"mkdir -p {root} 2>/dev/null && test -w {root} || "
-            f"{{ sudo -n mkdir -p {root} && sudo -n chown \"$(id -u):$(id -g)\" {root}; }}"
-        )
-        session.stage("mkdir", lambda c: run(c, mkroot))
-        if probe.get("wheels") != spec.digest:
+        session.stage("mkdir", lambda c: run(c, own_dir(spec.remote_root)))
+        if probe.get("wheels") != spec.digest and not (fetch_wheels and fetch_wheels()):
             def push(c: fabric.Connection) -> None:
                 push_tree(c, wheelhouse, f"{spec.remote_root}/wheels")
                 run(c, f"gzip -df {root}/wheels/{UV_GZ} && chmod 755 {root}/wheels/uv && "
                        f"printf %s {spec.digest} > {root}/wheels/.digest")
             session.stage("wheelhouse push", push)
+        told(on_wheels, True)
 
         interpreter = probe.get("python", "")
         if have != spec.python_minor:
@@ -295,7 +300,13 @@ def setup_node(
         session.stage("install", lambda c: run(c, install, timeout=INSTALL_TIMEOUT_S))
         return SetupResult(ep.name, skipped=False, seconds=time.monotonic() - start)
     finally:
+        told(on_wheels, False)  # no-op once told; else whoever waits learns it will not come
         session.close()
+
+
+def told(on_wheels: Callable[[bool], None] | None, have: bool) -> None:
+    if on_wheels is not None:
+        on_wheels(have)
 
 
 def _managed_python(session: _Session, spec: EnvSpec, have: str) -> str:

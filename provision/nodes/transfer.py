@@ -66,21 +66,14 @@ def push_tree(
     same connection) before a byte is sent; `NoSpace` when short, and also when
     the disk fills mid-stream (the partial copy is removed).
     """
-    tmp = f"{remote_dir}.tmp"
-    q = shlex.quote
-    cmd = (
-        f"rm -rf {q(tmp)} && mkdir -p {q(tmp)} && "
-        f"{{ tar -x -f - -C {q(tmp)} || {{ s=$?; rm -rf {q(tmp)}; exit $s; }}; }} && "
-        f"rm -rf {q(remote_dir)} && mv {q(tmp)} {q(remote_dir)}"
-    )
-    script = f"{_preamble(remote_dir, unless_exists, verify, need_bytes)}; {cmd}"
+    script, cmd = receive_script(remote_dir, unless_exists, verify, need_bytes)
     with Borrowed(target) as b:
 
         def have(line: bytes) -> bool:
-            return _answer(b.ep, line, remote_dir, need_bytes, on_resend)
+            return answer(b.ep, line, remote_dir, need_bytes, on_resend)
 
         def fail(code: int | None, stderr: str, what: str = "") -> NodeError:
-            return _failure(b.ep, cmd, code, stderr, remote_dir, need_bytes, what)
+            return failure(b.ep, cmd, code, stderr, remote_dir, need_bytes, what)
 
         argv = _openssh_argv(b.ep, script)
         if argv is not None:
@@ -109,6 +102,41 @@ def push_tree(
         if code != 0:
             raise fail(code, stderr.decode(errors="replace"))
         return sink.count
+
+
+def own_dir(path: str) -> str:
+    """Shell making `path` a directory the login user writes to (with sudo when its
+    parent, e.g. /srv, belongs to root, as on a fresh image)."""
+    d = shlex.quote(path)
+    return (f"{{ mkdir -p {d} 2>/dev/null && test -w {d}; }} || "
+            f"{{ sudo -n mkdir -p {d} && sudo -n chown \"$(id -u):$(id -g)\" {d}; }}")
+
+
+def receive_script(
+    remote_dir: str, unless_exists: str | None, verify: dict[str, str] | None,
+    need_bytes: int | None, *, check: bool = False,
+) -> tuple[str, str]:
+    """The node's side of a push: (whole script, the part that receives the tar).
+
+    The script first answers in one line (see `_preamble`), then unpacks stdin
+    into a sibling temp dir renamed into place. `check`: the unpacked files must
+    have the `verify` hashes before the rename (a relayed copy is proven intact
+    where it lands, whatever the pipe in between did).
+    """
+    tmp = f"{remote_dir}.tmp"
+    q = shlex.quote
+    proof = ""
+    if check and verify:
+        sums = " ".join(q(f"{digest}  {name}") for name, digest in sorted(verify.items()))
+        proof = (f"{{ (cd {q(tmp)} && printf '%s\\n' {sums} | sha256sum -c --status -) || "
+                 f"{{ rm -rf {q(tmp)}; echo 'received files fail their hashes' >&2; exit 3; }}; }}"
+                 " && ")
+    cmd = (
+        f"rm -rf {q(tmp)} && mkdir -p {q(tmp)} && "
+        f"{{ tar -x -f - -C {q(tmp)} || {{ s=$?; rm -rf {q(tmp)}; exit $s; }}; }} && "
+        f"{proof}rm -rf {q(remote_dir)} && mv {q(tmp)} {q(remote_dir)}"
+    )
+    return f"{_preamble(remote_dir, unless_exists, verify, need_bytes)}; {cmd}", cmd
 
 
 class NoSpace(NodeError):
@@ -141,7 +169,7 @@ def _preamble(
     return "; ".join(parts)
 
 
-def _answer(
+def answer(
     ep: Endpoint, line: bytes, remote_dir: str, need: int | None,
     on_resend: Callable[[], None] | None,
 ) -> bool:
@@ -158,7 +186,7 @@ def _answer(
     return word == "have"
 
 
-def _failure(
+def failure(
     ep: Endpoint, cmd: str, code: int | None, stderr: str, remote_dir: str,
     need_bytes: int | None, what: str = "",
 ) -> NodeError:
