@@ -9,6 +9,7 @@ names it wrongly), access denied.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import boto3
 import pytest
@@ -64,6 +65,23 @@ def test_up_dry_run_checks_and_plans_but_launches_nothing(aws, cfg_file):
 
     assert result.exit_code == 0, result.output
     assert "4 workers" in result.output and "what `up` would launch" in result.output
+    nothing_created(aws)
+
+
+def test_the_plan_prices_the_autostop_window_and_the_lifetime(aws, cfg_file):
+    limited = invoke("up", "--config", str(cfg_file), "--dry-run", "--autostop", "30m",
+                     "--max-hours", "2")
+    forgotten = invoke("up", "--config", str(cfg_file), "--dry-run")
+
+    assert limited.exit_code == 0 and forgotten.exit_code == 0, limited.output + forgotten.output
+    text = " ".join(limited.output.split())
+    hourly = float(re.search(r"total[│ ]*(\d+\.\d{4})", text)[1])
+    window = float(re.search(r"the autostop window \(30m idle\) costs \$(\d+\.\d+)", text)[1])
+    cap = float(re.search(r"max_hours 2 caps it at \$(\d+\.\d+)", text)[1])
+    assert window == pytest.approx(hourly / 2, abs=1e-4) and cap == pytest.approx(2 * hourly)
+    day = re.search(r"no autostop: a day forgotten costs \$(\d+\.\d+)", " ".join(
+        forgotten.output.split()))
+    assert day and float(day[1]) == pytest.approx(24 * hourly, abs=0.01), forgotten.output
     nothing_created(aws)
 
 

@@ -89,12 +89,13 @@ def _window(days: float, start: dt.datetime | None,
     return first, last
 
 
-def _print_check(report: checks.CheckReport, name: str, region: str) -> None:
-    out.print(tables.findings(f"checks for cluster {name} ({region})", report.findings))
+def _print_check(report: checks.CheckReport, cfg: ClusterConfig) -> None:
+    out.print(tables.findings(f"checks for cluster {cfg.name} ({cfg.region})", report.findings))
     if report.plan:
         out.print(tables.plan("what `up` would launch", report.plan, report.hourly,
                               report.price_source))
         out.print("plus data transfer out of AWS (results, `get`), if any")
+        _print_limits(cfg, report.hourly)
 
 
 @click.command()
@@ -105,7 +106,7 @@ def check(config_path: Path | None, template: str | None) -> None:
     key pair; then the plan and its hourly cost. Exit 2 when a check fails."""
     cfg = load_config(config_path, template)
     report = checks.check(cfg)
-    _print_check(report, cfg.name, cfg.region)
+    _print_check(report, cfg)
     report.raise_for_failures("fix it, then run `provision check` again")
 
 
@@ -153,7 +154,7 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, kee
     configure.strategy(configure_with).check()  # a missing tool is bad input, before the plan
     if dry_run:
         report = checks.check(cfg)
-        _print_check(report, cfg.name, cfg.region)
+        _print_check(report, cfg)
         report.raise_for_failures("nothing was launched (--dry-run launches nothing anyway)")
         return
     with locks.cluster_lock(cfg.name, "up"):  # the plan and the launch: one `up` at a time
@@ -176,6 +177,12 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, kee
     )
 
 
+def _print_limits(cfg: ClusterConfig, hourly: float | None) -> None:
+    line = limits.plan_costs(cfg, hourly)
+    if line:
+        out.print(line)
+
+
 def _plan_and_confirm(cfg: ClusterConfig, report: checks.CheckReport, yes: bool) -> None:
     """Print what `up` will launch; ask first when it costs more than `confirm_above`.
 
@@ -188,6 +195,7 @@ def _plan_and_confirm(cfg: ClusterConfig, report: checks.CheckReport, yes: bool)
     zone = cfg.zone or "any zone (spot priced at the cheapest)"
     out.print(tables.plan(f"`up` will launch {cfg.instance_type} in {cfg.region}, {zone}",
                           report.plan, report.hourly, report.price_source))
+    _print_limits(cfg, report.hourly)
     limit, hourly = cfg.confirm_above, report.hourly
     if yes or limit is None or (hourly is not None and hourly <= limit):
         return

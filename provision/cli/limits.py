@@ -12,7 +12,7 @@ from provision import autostop as limits_api
 from provision import query
 from provision.cli.common import config_options, out
 from provision.context import context_for
-from provision.durations import show_duration
+from provision.durations import parse_duration, show_duration
 from provision.errors import BadInput
 
 
@@ -63,6 +63,30 @@ def describe(cfg: dict[str, Any], agent: dict[str, Any] | None = None,
         return "no autostop, no max_hours, no budget: it runs until `provision down`"
     if agent is not None and agent.get("controller") not in (None, "ok"):
         parts.append(f"agent cannot see the controller: {agent['controller']}")
+    return "; ".join(parts)
+
+
+def plan_costs(cfg: Any, hourly: float | None) -> str | None:
+    """For the plan before `up`: what each limit lets the cluster cost at `hourly`.
+
+    The autostop window is what an idle cluster bills before it stops itself
+    (after the last task, or when nothing is ever sent), `max_hours` the most it
+    can bill in all; with no limit, what a day forgotten costs.
+    """
+    if hourly is None:
+        return None
+    parts = []
+    if cfg.autostop:
+        window = parse_duration(cfg.autostop) / 3600 * hourly
+        parts.append(f"the autostop window ({cfg.autostop} idle) costs {_usd(window, 4)}")
+    if cfg.max_hours:
+        parts.append(f"max_hours {cfg.max_hours:g} caps it at {_usd(cfg.max_hours * hourly, 4)}")
+    if cfg.budget:
+        parts.append(f"budget {_usd(cfg.budget)} is {show_duration(cfg.budget / hourly * 3600)} "
+                     "of this size")
+    if not parts:
+        return (f"no autostop: a day forgotten costs {_usd(24 * hourly)} "
+                "(`up --autostop 30m`)")
     return "; ".join(parts)
 
 
