@@ -122,6 +122,11 @@ def run(*flags: str) -> Args:
     ]
 
 
+def model(spec: str, *expected: str) -> tuple[Args, tuple[str, ...]]:
+    """A `--model` case: its one line names the flag, the spec, and says `expected`."""
+    return run("--model", spec, "--param", "C=[1]"), ("--model", spec, *expected)
+
+
 def unreadable_key(c: Case) -> list[str]:
     os.chmod(c.key, 0o644)
     return up()(c)
@@ -446,30 +451,14 @@ CASES: dict[str, tuple[Args, tuple[str, ...]]] = {
         ("data.csv", "non-numeric", "abc"),
     ),
     # --- parameter specs -----------------------------------------------------------
-    "model-unknown-module": (
-        run("--model", "sklearn.nope.SVC", "--param", "C=[1]"),
-        ("--model", "sklearn.nope.SVC", "No module"),
-    ),
-    "model-unknown-class": (
-        run("--model", "sklearn.svm.SVD", "--param", "C=[1]"),
-        ("--model", "sklearn.svm.SVD"),
-    ),
-    "model-not-an-estimator": (
-        run("--model", "collections.OrderedDict", "--param", "C=[1]"),
-        ("--model", "collections.OrderedDict", "not a scikit-learn estimator"),
-    ),
-    "model-a-function": (
-        run("--model", "math.sqrt", "--param", "C=[1]"),
-        ("--model: math.sqrt is not a scikit-learn estimator", "needs x"),
-    ),
-    "model-a-module": (
-        run("--model", "sklearn.svm", "--param", "C=[1]"),
-        ("--model: sklearn.svm is not a scikit-learn estimator but a module", "sklearn.svm."),
-    ),
-    "model-module-does-not-import": (
-        run("--model", "no_such_package.Model", "--param", "C=[1]"),
-        ("--model", "cannot import no_such_package.Model", "No module named"),
-    ),
+    "model-unknown-module": model("sklearn.nope.SVC", "No module"),
+    "model-unknown-class": model("sklearn.svm.SVD", "did you mean"),
+    "model-not-an-estimator": model("collections.OrderedDict", "not a scikit-learn estimator"),
+    "model-a-function": model("math.sqrt", "not a scikit-learn estimator", "needs x"),
+    "model-a-module": model("sklearn.svm", "not a scikit-learn estimator but a module",
+                            "e.g. sklearn.svm."),
+    "model-module-does-not-import": model("no_such_package.Model",
+                                          "cannot import no_such_package.Model"),
     "model-file-fails-to-import": (
         lambda c: run("--model", c.write("broken.py", "import no_such_module\n"),
                       "--param", "C=[1]")(c),
