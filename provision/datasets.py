@@ -49,7 +49,7 @@ class Dataset:
 
     def nonfinite(self) -> dict[str, Any]:
         """How many NaN X holds and in which columns (the first few), for the record
-        `run` checks against the estimator's ``allow_nan`` tag; {} for text."""
+        `run` checks against the estimator's ``allow_nan`` tag (none in text)."""
         import scipy.sparse as sp
 
         values = self.X.data if sp.issparse(self.X) else self.X

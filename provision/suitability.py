@@ -12,9 +12,10 @@ Whether an estimator takes NaN is its ``allow_nan`` input tag
 the flag its own ``check_array`` call honours. A composite's tag is not enough
 (a Pipeline's is False whatever its steps): NaN is followed through it instead.
 A step that refuses NaN before one removed it (an imputer) fails every fit; a
-scikit-learn step that takes NaN passes it on (a scaler does); a step of the
-user's own that takes NaN may remove it or not, so what follows it is not known,
-and neither is what a ``passthrough`` column meets. Where the answer is unknown nothing is refused:
+scikit-learn step that takes NaN passes it on (a scaler does, and so does a
+``passthrough`` column); a step of the user's own that takes NaN may remove it
+or not, so what follows it is not known, and neither is what a
+``FunctionTransformer`` does. Where the answer is unknown nothing is refused:
 the fits will tell.
 """
 
