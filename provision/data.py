@@ -211,7 +211,7 @@ def summary(data: Dataset) -> dict[str, Any]:
     from sklearn.utils.multiclass import type_of_target
 
     return {"n_samples": int(data.X.shape[0]), "n_features": data.n_features,
-            "target_type": type_of_target(data.y)}
+            "target_type": type_of_target(data.y), **data.nonfinite()}
 
 
 def put_data(ctx: Context, dataset: str | Dataset | tuple | Plan, **options: Any) -> ShipResult:

@@ -7,9 +7,16 @@ X is 2-D (samples x features), or 1-D text (one document per row, for a
 column is numeric when every value parses as a number (empty: NaN), text
 otherwise; X is the numeric feature columns as a float matrix, or a single text
 column as 1-D text (a non-number among several columns is a typo, not text).
-Several ``--target`` columns make a 2-D y. Whether the model can use what it
-gets is the estimator's to say; what can be checked here (shapes, lengths, NaN
-targets, a missing column) is bad input, one line naming the file.
+Several ``--target`` columns make a 2-D y.
+
+What no estimator can take is bad input here, one line naming the file: shapes,
+lengths (both given), no samples or no features, a missing column, NaN or inf
+in y, inf in X (scikit-learn's input validation refuses it even where NaN is
+allowed), a 2-D X that is not numbers (the column and its values named; an
+object array of numbers becomes float64, as ``check_array`` would make it).
+NaN in X is allowed here and counted (`Dataset.nonfinite`): whether the model
+takes it is the estimator's to say, and the model is known only at `run`
+(`provision.suitability`).
 """
 
 from __future__ import annotations
@@ -34,18 +41,66 @@ class Dataset:
     y: np.ndarray
     groups: np.ndarray | None
     label: str  # the name it gets on the cluster
+    columns: list[str] | None = None  # X's column names, when the file has them (CSV)
 
     @property
     def n_features(self) -> int:
         return int(self.X.shape[1]) if len(self.X.shape) > 1 else 1
+
+    def nonfinite(self) -> dict[str, Any]:
+        """How many NaN X holds and in which columns (the first few), for the record
+        `run` checks against the estimator's ``allow_nan`` tag (none in text)."""
+        import scipy.sparse as sp
+
+        values = self.X.data if sp.issparse(self.X) else self.X
+        if values.dtype.kind not in "fc":
+            return {"x_nan": 0, "x_nan_columns": []}
+        return {"x_nan": int(np.isnan(values).sum()),
+                "x_nan_columns": _columns_with(np.isnan, self.X, self.columns)}
+
+
+def _columns_with(test: Any, X: Any, names: list[str] | None, few: int = 3) -> list[str]:
+    """The first `few` columns of X holding a value `test` flags, by name or index."""
+    import scipy.sparse as sp
+
+    by_column = sp.csc_matrix(X) if sp.issparse(X) else X
+    hit = []
+    for j in range(by_column.shape[1]):
+        col = by_column[:, j]
+        col = col.data if sp.issparse(col) else col
+        if test(col).any():
+            hit.append(names[j] if names else str(j))
+            if len(hit) == few:
+                break
+    return hit
+
+
+def _numeric(X: np.ndarray, where: str, names: list[str] | None) -> np.ndarray:
+    """A 2-D X of objects or strings as float64, or bad input naming the first column
+    that does not convert and one of its values (as ``check_array`` would refuse it)."""
+    for j in range(X.shape[1]):
+        try:
+            X[:, j].astype(np.float64)
+        except (TypeError, ValueError):
+            bad = next(v for v in X[:, j] if not _number(v))
+            bad = bad.item() if isinstance(bad, np.generic) else bad  # 'a', not np.str_('a')
+            column = repr(names[j]) if names else str(j)
+            raise BadInput(
+                f"{where}: X has dtype {X.dtype}: column {column} holds {type(bad).__name__} "
+                f"values such as {bad!r}; X must be numbers (or one text column)"
+            ) from None
+    return X.astype(np.float64)
 
 
 def _is_text(a: np.ndarray) -> bool:
     return a.dtype.kind in "USO"
 
 
-def check_xy(X: Any, y: Any, where: str, groups: Any = None) -> tuple[Any, np.ndarray, Any]:
-    """X, y (and groups) as arrays, or bad input naming `where` and the problem."""
+def check_xy(
+    X: Any, y: Any, where: str, groups: Any = None, columns: list[str] | None = None
+) -> tuple[Any, np.ndarray, Any]:
+    """X, y (and groups) as arrays, or bad input naming `where` and the problem.
+    `columns`: X's column names, to name the one at fault."""
     import scipy.sparse as sp
 
     if not sp.issparse(X):
@@ -59,10 +114,25 @@ def check_xy(X: Any, y: Any, where: str, groups: Any = None) -> tuple[Any, np.nd
         raise BadInput(f"{where}: y must be 1-D, or 2-D for multi-output, got shape {y.shape}")
     if X.shape[0] != y.shape[0]:
         raise BadInput(f"{where}: X has {X.shape[0]} rows but y has {y.shape[0]}")
+    if X.shape[0] == 0:
+        raise BadInput(f"{where}: no samples (X has shape {X.shape}, y {y.shape})")
+    if X.ndim == 2 and X.shape[1] == 0:
+        raise BadInput(f"{where}: X has no features (shape {X.shape})")
     if X.shape[0] < 2:
         raise BadInput(f"{where}: needs at least 2 samples, got {X.shape[0]}")
-    if y.dtype.kind == "f" and np.isnan(y).any():
-        raise BadInput(f"{where}: y contains {int(np.isnan(y).sum())} NaN value(s)")
+    if X.ndim == 2 and not sp.issparse(X) and X.dtype.kind in "OUSV":
+        X = _numeric(X, where, columns)
+    values = X.data if sp.issparse(X) else X
+    if values.dtype.kind in "fc" and np.isinf(values).any():
+        raise BadInput(
+            f"{where}: X contains {int(np.isinf(values).sum())} inf value(s) (column(s) "
+            f"{', '.join(_columns_with(np.isinf, X, columns))}); scikit-learn refuses inf even "
+            "where NaN is allowed: replace them (np.nan for a model that takes NaN)"
+        )
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        nan, inf = int(np.isnan(y).sum()), int(np.isinf(y).sum())
+        what = f"{nan} NaN value(s)" if nan else f"{inf} inf value(s)"
+        raise BadInput(f"{where}: y contains {what}")
     if groups is not None:
         groups = np.asarray(groups)
         if groups.ndim != 1 or groups.shape[0] != X.shape[0]:
@@ -98,12 +168,12 @@ def load_dataset(
         hint = f" (built-in datasets: {', '.join(BUILTIN)})" if bare else ""
         raise BadInput(f"{spec}: no such file or dataset{hint}")
     suffix = path.suffix.lower()
-    g = group_file
+    g, names = group_file, None
     try:
         if suffix == ".npz":
             X, y, g = _read_npz(path, groups, group_file)
         elif suffix == ".csv":
-            X, y, g = _read_csv(path, target, groups if group_file is None else None)
+            X, y, g, names = _read_csv(path, target, groups if group_file is None else None)
             g = group_file if group_file is not None else g
         elif suffix in (".joblib", ".pkl", ".pickle"):
             X, y = _read_joblib(path)
@@ -117,11 +187,12 @@ def load_dataset(
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt file is bad input
         raise BadInput(f"{path}: cannot read ({type(e).__name__}: {e})") from e
-    return _dataset(X, y, g, str(path), label or path.stem)
+    return _dataset(X, y, g, str(path), label or path.stem, names)
 
 
-def _dataset(X: Any, y: Any, groups: Any, where: str, label: str) -> Dataset:
-    return Dataset(*check_xy(X, y, where, groups), label=label)
+def _dataset(X: Any, y: Any, groups: Any, where: str, label: str,
+             columns: list[str] | None = None) -> Dataset:
+    return Dataset(*check_xy(X, y, where, groups, columns), label=label, columns=columns)
 
 
 def _group_file(groups: str | None) -> np.ndarray | None:
@@ -176,7 +247,10 @@ def _read_joblib(path: Path) -> tuple[Any, Any]:
     return obj[0], obj[1]
 
 
-def _read_csv(path: Path, target: str | None, groups: str | None) -> tuple[Any, Any, Any]:
+def _read_csv(
+    path: Path, target: str | None, groups: str | None
+) -> tuple[Any, Any, Any, list[str] | None]:
+    """X, y, groups and X's column names (None for a text column)."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if len(rows) < 2:
@@ -205,7 +279,8 @@ def _read_csv(path: Path, target: str | None, groups: str | None) -> tuple[Any, 
             "or one text column (for a text pipeline)"
         )
     X = parsed[features[0]] if text else np.column_stack([parsed[c] for c in features])
-    return X, y, np.asarray(columns[groups]) if groups else None
+    return (X, y, np.asarray(columns[groups]) if groups else None,
+            None if text else features)
 
 
 def _parse(values: list[str]) -> np.ndarray:
@@ -216,10 +291,10 @@ def _parse(values: list[str]) -> np.ndarray:
         return np.array(values)
 
 
-def _number(value: str) -> bool:
+def _number(value: Any) -> bool:
     try:
         float(value)
-    except ValueError:
+    except (TypeError, ValueError):  # TypeError: None, a list, ... in an object array
         return False
     return True
 

@@ -13,6 +13,7 @@ import difflib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -56,9 +57,11 @@ def load_estimator(spec: str, params: dict[str, Any] | None = None) -> Any:
             raise BadInput(f"--model: give a dotted path such as sklearn.svm.SVC, module:factory "
                            f"or file.py[:factory] (got {spec!r})")
         try:
-            obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
             raise BadInput(f"--model: cannot import {spec} ({e})") from e
+        # `sklearn.svm` is a module its package may not have imported as an attribute yet
+        obj = getattr(module, attr, None) or _whole_module(spec) or _attribute(module, attr, spec)
     est = _instantiate(obj, spec)
     if params:
         for name, value in params.items():
@@ -70,14 +73,43 @@ def load_estimator(spec: str, params: dict[str, Any] | None = None) -> Any:
     return est
 
 
+def _whole_module(spec: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(spec)
+    except Exception:  # noqa: BLE001 - not a module either: the caller's error stands
+        return None
+
+
+def _is_estimator(obj: Any) -> bool:
+    return hasattr(obj, "fit") and hasattr(obj, "get_params")
+
+
 def _instantiate(obj: Any, spec: str) -> Any:
-    """An unfitted estimator from a class, a factory or an estimator instance."""
-    if hasattr(obj, "fit") and hasattr(obj, "get_params") and not isinstance(obj, type):
+    """An unfitted estimator from a class, a factory or an estimator instance.
+
+    What is plainly no estimator (a module, a class without fit/get_params, a
+    function that needs arguments, such as ``math.sqrt``) is refused before
+    anything is called: calling it would only fail with a message about
+    arguments, not about the model.
+    """
+    if _is_estimator(obj) and not isinstance(obj, type):
         from sklearn.base import clone
 
         return clone(obj)
+    not_one = f"--model: {spec} is not a scikit-learn estimator"
+    if isinstance(obj, ModuleType):
+        found = sorted(n for n, v in vars(obj).items()
+                       if isinstance(v, type) and _is_estimator(v) and not n.startswith("_"))
+        hint = f"; name a class in it, e.g. {spec}.{found[0]}" if found else ""
+        raise BadInput(f"{not_one} but a module{hint}")
+    if isinstance(obj, type) and not _is_estimator(obj):
+        raise BadInput(f"{not_one} class (no fit/get_params)")
     if not callable(obj):
-        raise BadInput(f"--model: {spec} is not a scikit-learn estimator (no fit/get_params)")
+        raise BadInput(f"{not_one} (no fit/get_params)")
+    needed = _required_arguments(obj)
+    if needed:
+        raise BadInput(f"{not_one} class or factory: it is called with no arguments, and "
+                       f"needs {', '.join(needed)}")
     try:
         est = obj()
     except Exception as e:  # noqa: BLE001 - the user's factory: any failure is one line
@@ -85,6 +117,19 @@ def _instantiate(obj: Any, spec: str) -> Any:
     if not (hasattr(est, "fit") and hasattr(est, "get_params")):
         raise BadInput(f"--model: {spec} is not a scikit-learn estimator (no fit/get_params)")
     return est
+
+
+def _required_arguments(obj: Any) -> list[str]:
+    """The parameters a call with no arguments would lack ([] for a class, or when
+    the signature cannot be read: then calling tells)."""
+    if isinstance(obj, type):
+        return []
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.default is p.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 def _attribute(module: ModuleType, attr: str, spec: str) -> Any:

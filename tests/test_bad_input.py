@@ -15,6 +15,7 @@ import re
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from conftest import offline_aws_env
 from moto import mock_aws
 from test_cli import CONFIG, nothing_created
 
+from provision import state
 from provision.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -120,6 +122,11 @@ def run(*flags: str) -> Args:
     ]
 
 
+def model(spec: str, *expected: str) -> tuple[Args, tuple[str, ...]]:
+    """A `--model` case: its one line names the flag, the spec, and says `expected`."""
+    return run("--model", spec, "--param", "C=[1]"), ("--model", spec, *expected)
+
+
 def unreadable_key(c: Case) -> list[str]:
     os.chmod(c.key, 0o644)
     return up()(c)
@@ -138,6 +145,42 @@ def extends_cycle(c: Case) -> list[str]:
 
 def csv(c: Case) -> str:
     return c.write("data.csv", "a,b,y\n1,2,0\n3,4,1\n5,6,0\n")
+
+
+def dump(X: Any, y: Any) -> Callable[[Case], str]:
+    return lambda c: (joblib.dump((X, y), c.dir / "xy.joblib"), str(c.dir / "xy.joblib"))[1]
+
+
+def npy_pair(X: Any, y: Any) -> Callable[[Case], str]:
+    def write(c: Case) -> str:
+        np.save(c.dir / "X.npy", X)
+        np.save(c.dir / "y.npy", y)
+        return f"{c.dir / 'X.npy'},{c.dir / 'y.npy'}"
+    return write
+
+
+HOLES = {"layout": "splits", "remote_dir": "/srv/provision/data/abc", "files": ["s0", "s1"],
+         "target_type": "binary", "n_samples": 10, "n_features": 2, "x_nan": 3,
+         "x_nan_columns": ["age"]}
+
+
+def run_on_nan_data(*flags: str) -> Args:
+    """`run` on a dataset put-data recorded with NaN in X (the cluster need not exist:
+    the model is refused before anything is contacted)."""
+    def args(c: Case) -> list[str]:
+        state.update("unit", datasets={"holes": HOLES})
+        return ["run", "unit", "gridsearch", "--data", "holes", "--config", str(c.cfg), *flags]
+    return args
+
+
+# A scaler takes NaN and passes it on: the SVC after it would fail every fit.
+SCALED = """
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+estimator = make_pipeline(StandardScaler(), SVC())
+"""
 
 
 X = np.arange(20.0).reshape(10, 2)
@@ -363,22 +406,73 @@ CASES: dict[str, tuple[Args, tuple[str, ...]]] = {
         put_data(csv, "--target", "label"),
         ("data.csv", "no target column 'label'"),
     ),
+    "data-inf-in-x": (
+        put_data(lambda c: c.npz(X=np.where(X == 3.0, np.inf, X), y=Y)),
+        ("data.npz", "X contains 1 inf value(s)", "column(s) 1", "even where NaN is allowed"),
+    ),
+    "data-inf-in-csv-column": (
+        put_data(lambda c: c.write("data.csv", "age,height,y\n1,inf,0\n3,4,1\n5,-inf,0\n")),
+        ("data.csv", "X contains 2 inf value(s)", "column(s) height"),
+    ),
+    "data-inf-in-y": (
+        put_data(lambda c: c.npz(X=X, y=np.where(Y == 1, np.inf, 0.0))),
+        ("data.npz", "y contains 5 inf value(s)"),
+    ),
+    "data-object-dtype-x": (
+        put_data(dump(np.array([[1.0, "red"]] * 5 + [[2.0, "blue"]] * 5, dtype=object), Y)),
+        ("xy.joblib", "X has dtype object", "column 1 holds str values such as 'red'"),
+    ),
+    "data-object-dtype-x-dates": (
+        put_data(dump(np.array([[1.0, date(2026, 11, 29)]] * 10, dtype=object), Y)),
+        ("xy.joblib", "X has dtype object", "column 1 holds date values such as datetime.date("),
+    ),
+    "data-string-matrix": (
+        put_data(npy_pair(np.array([["a", "b"]] * 10), Y)),
+        ("X.npy", "X has dtype <U1", "column 0 holds str values such as 'a'"),
+    ),
+    "data-no-samples": (
+        put_data(lambda c: c.npz(X=np.zeros((0, 2)), y=np.zeros(0))),
+        ("data.npz", "no samples", "(0, 2)"),
+    ),
+    "data-no-features": (
+        put_data(lambda c: c.npz(X=np.zeros((10, 0)), y=Y)),
+        ("data.npz", "X has no features", "(10, 0)"),
+    ),
+    "data-lengths-differ-npy-pair": (
+        put_data(npy_pair(X, Y[:7])),
+        ("X.npy", "X has 10 rows but y has 7"),
+    ),
+    "data-lengths-differ-joblib": (
+        put_data(dump(X[:4], Y)),
+        ("xy.joblib", "X has 4 rows but y has 10"),
+    ),
     "data-csv-not-numeric": (
         put_data(lambda c: c.write("data.csv", "a,b,y\n1,2,0\nabc,3,1\n")),
         ("data.csv", "non-numeric", "abc"),
     ),
     # --- parameter specs -----------------------------------------------------------
-    "model-unknown-module": (
-        run("--model", "sklearn.nope.SVC", "--param", "C=[1]"),
-        ("--model", "sklearn.nope.SVC", "No module"),
+    "model-unknown-module": model("sklearn.nope.SVC", "No module"),
+    "model-unknown-class": model("sklearn.svm.SVD", "did you mean"),
+    "model-not-an-estimator": model("collections.OrderedDict", "not a scikit-learn estimator"),
+    "model-a-function": model("math.sqrt", "not a scikit-learn estimator", "needs x"),
+    "model-a-module": model("sklearn.svm", "not a scikit-learn estimator but a module",
+                            "e.g. sklearn.svm."),
+    "model-module-does-not-import": model("no_such_package.Model",
+                                          "cannot import no_such_package.Model"),
+    "model-file-fails-to-import": (
+        lambda c: run("--model", c.write("broken.py", "import no_such_module\n"),
+                      "--param", "C=[1]")(c),
+        ("--model", "broken.py", "ModuleNotFoundError"),
     ),
-    "model-unknown-class": (
-        run("--model", "sklearn.svm.SVD", "--param", "C=[1]"),
-        ("--model", "sklearn.svm.SVD"),
+    "model-takes-no-nan": (
+        run_on_nan_data("--param", "C=[1]"),
+        ("--model sklearn.svm.SVC: SVC does not take NaN", "'holes' has 3 NaN value(s) in X",
+         "column(s) age", "HistGradientBoosting"),
     ),
-    "model-not-an-estimator": (
-        run("--model", "collections.OrderedDict", "--param", "C=[1]"),
-        ("--model", "collections.OrderedDict", "not a scikit-learn estimator"),
+    "pipeline-scales-nan-into-svc": (
+        lambda c: run_on_nan_data(
+            "--model", c.write("scaled.py", SCALED), "--param", "svc__C=[1]")(c),
+        ("--model", "scaled.py", "Pipeline does not take NaN", "3 NaN"),
     ),
     "model-not-dotted": (run("--model", "SVC", "--param", "C=[1]"), ("--model", "dotted path")),
     "param-unknown": (
@@ -405,7 +499,11 @@ CASES: dict[str, tuple[Args, tuple[str, ...]]] = {
     "n-iter-zero": (run("--param", "C=[1,10]", "--n-iter", "0"), ("--n-iter", "at least 1")),
     "scoring-unknown": (
         run("--param", "C=[1]", "--scoring", "acuracy"),
-        ("--scoring", "'acuracy'"),
+        ("--scoring", "'acuracy'", "close ones: accuracy, "),
+    ),
+    "scoring-nothing-close": (
+        run("--param", "C=[1]", "--scoring", "zzz"),
+        ("--scoring: unknown scorer 'zzz'", "get_scorer_names()"),
     ),
     "param-negative-count": (
         run("--param", "C=linspace(1,2,-1)"),
@@ -444,14 +542,25 @@ def test_the_corpus_holds_as_many_cases_as_the_readme_says():
     assert len(CASES) == int(said.group(1))
 
 
+def state_files() -> dict[Path, bytes]:
+    root = Path(os.environ["PROVISION_STATE_DIR"])
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_exits_2_with_one_line_naming_it_and_creates_nothing(case, name):
     args, expected = CASES[name]
-    result = CliRunner().invoke(main, args(case), catch_exceptions=False)
+    argv = args(case)
+    given = state_files()  # a record the case needs (a dataset put before `run`)
+    result = CliRunner().invoke(main, argv, catch_exceptions=False)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2, result.output
     assert len(lines) == 1, result.output
     assert "Traceback" not in result.output
     for fragment in expected:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    nothing_created(ec2_client())
+    assert state_files() == given, "the command changed the local state"
+    for path in given:
+        path.unlink()
+    nothing_created(ec2_client())  # and no journal or results: nothing under the cwd either
+    assert not Path("provision-results").exists()

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import sim_cluster_env
 from sklearn import model_selection as ms
-from sklearn.datasets import load_iris, make_classification, make_regression
+from sklearn.datasets import load_digits, load_iris, make_classification, make_regression
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.svm import SVC
@@ -255,3 +255,42 @@ def test_status_memory_shows_each_host_with_its_engine(files):
     memory = json.loads(cli("status", NAME, "--memory", "--json").stdout)["memory"]
     assert len(memory) == 2 and all(len(h["engines"]) == 1 for h in memory)
     assert all(0 < h["available_per_engine"] <= h["available"] <= h["total"] for h in memory)
+
+
+def test_two_runs_with_different_journals_share_the_engines_and_both_finish(files, tmp_path):
+    """Two terminals, two searches on one cluster, each with its own --out: started
+    together, both are at the hub at once (each had submitted before either wrote
+    its last result), and each ends with every pair, equal to GridSearchCV."""
+    cli("put-data", NAME, "digits", "--cv", "kfold", "--n-splits", "3", "--label", "digits-k")
+    gammas = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    # 45 fits each (~3 s of both engines): whichever submits first is still running when
+    # the other, started at the same moment, submits (the hub serves tasks in order)
+    grids = {"a": {"C": [0.1, 1.0, 10.0], "gamma": gammas},
+             "b": {"C": [0.5, 5.0, 50.0], "gamma": gammas}}
+    exe = Path(sys.executable).parent / "provision"
+    runs = {k: subprocess.Popen(
+        [str(exe), "run", NAME, "gridsearch", "--data", "digits-k", "--model", "sklearn.svm.SVC",
+         *(a for n, v in grid.items() for a in ("--param", f"{n}={v!r}")),
+         "--out", str(tmp_path / k)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) for k, grid in grids.items()}
+    for k, proc in runs.items():
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"run {k}:\n{output}"
+    journals = {k: tmp_path / k / "journal.jsonl" for k in runs}
+    submitted = max(_session_time(j) for j in journals.values())
+    ended = min(j.stat().st_mtime for j in journals.values())
+    assert submitted < ended, (f"one search ended {submitted - ended:.2f} s before the other "
+                               "submitted: they never shared the engines")
+    X, y = load_digits(return_X_y=True)
+    for k, grid in grids.items():
+        ref = ms.GridSearchCV(SVC(), grid, cv=ms.KFold(3, shuffle=True, random_state=42),
+                              n_jobs=2).fit(X, y)
+        ours = json.loads((tmp_path / k / "cv_results.json").read_text())
+        np.testing.assert_array_equal(ours["mean_test_score"], ref.cv_results_["mean_test_score"],
+                                      err_msg=f"run {k}")
+
+
+def _session_time(journal: Path) -> float:
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    return next(line["time"] for line in lines if line["type"] == "session")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from provision import context, data, partition, progress, splitters
+from provision import context, data, partition, progress, splitters, suitability
 from provision.cli.common import config_options, err, out, settings
 from provision.cli.run import run
 from provision.errors import BadInput
@@ -86,6 +86,7 @@ def put_data(
     )
     for message in ready.warnings:
         err.print(f"[yellow]warning:[/] --cv {cv}: {message}", highlight=False)
+    _warn_nan(ready.dataset)
     with progress.for_console(err) as reporter:
         ctx = context.prepare(cfg, reporter)
         result = data.put_data(ctx, ready)
@@ -106,6 +107,7 @@ def _put_partition(cfg: ClusterConfig, dataset: str, *, cv_given: bool, flags: d
         raise BadInput(f"{given[0]}: does not apply with --partition (it takes --test-size, "
                        "--seed, --target, --label)")
     loaded = data.load_dataset(dataset, target, None, label)  # bad input fails before any work
+    _warn_nan(loaded)
     split = splitters.fraction_or_rows(partition.DEFAULT_TEST_SIZE if test_size is None
                                        else test_size)
     with progress.for_console(err) as reporter:
@@ -116,6 +118,16 @@ def _put_partition(cfg: ClusterConfig, dataset: str, *, cv_given: bool, flags: d
     out.print(f"{loaded.label}: {len(result.shards)} shards and a held-out part in "
               f"{result.remote_dir}, each host its own shard ({shards}); moved "
               f"{result.bytes_moved / 1e6:.2f} MB", highlight=False)
+
+
+def _warn_nan(loaded: data.Dataset) -> None:
+    """NaN in X is put (some models take it); `run` refuses a model that does not."""
+    facts = loaded.nonfinite()
+    if facts["x_nan"]:
+        columns = ", ".join(facts["x_nan_columns"])
+        err.print(f"[yellow]warning:[/] {loaded.label}: X has {facts['x_nan']} NaN value(s) "
+                  f"(column(s) {columns}): only a model that takes NaN "
+                  f"({suitability.NAN_TAKERS}) can run on it", highlight=False)
 
 
 COMMANDS = (put_data, run)

@@ -25,7 +25,7 @@ import click
 
 import payload
 from payload.registry import PayloadKind
-from provision import data, lifecycle, partition, progress, state
+from provision import data, lifecycle, partition, progress, state, suitability
 from provision.cli.common import config_options, err, out, settings
 from provision.errors import BadInput, ProvisionError
 from provision.params import load_estimator, parse_fixed, parse_params, parse_train_sizes
@@ -197,6 +197,7 @@ def _run(kind: PayloadKind, label: str, model: str | None, fixed: tuple[str, ...
     options["estimator"] = estimator
     options.update(_variations(kind, params, estimator, options, limit))
     options.update(_data_inputs(kind, name, label))
+    suitability.check_data(estimator, entry, label, spec)  # before the journal's directory
     target = out_path or _default_out(kind, name, label, spec)
     (target if kind.output == "directory" else target.parent).mkdir(parents=True, exist_ok=True)
     if "journal" in kind.options:
@@ -256,8 +257,9 @@ def _convert(options: dict[str, Any]) -> None:
         from sklearn.metrics import get_scorer_names
 
         if options["scoring"] not in get_scorer_names():
-            close = difflib.get_close_matches(options["scoring"], get_scorer_names(), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = difflib.get_close_matches(options["scoring"], get_scorer_names(), n=4)
+            hint = (f"; close ones: {', '.join(close)}" if close else
+                    "; sklearn.metrics.get_scorer_names() lists them all")
             raise BadInput(f"--scoring: unknown scorer {options['scoring']!r}{hint}")
     if "train_sizes" in options:
         options["train_sizes"] = parse_train_sizes(options["train_sizes"])
