@@ -211,13 +211,17 @@ def status(name: str | None, memory: bool, config_path: Path | None, template: s
         ]}
         out.print_json(json.dumps({
             "name": cfg.name, "region": region, "expected_engines": found.expected_engines,
-            "datasets": found.datasets, "nodes": found.rows, **extra,
+            "datasets": found.datasets, "nodes": found.rows,
+            "controller": found.info.master is not None, **extra,
         }))
         return
     if not found.info.instances:
         out.print(f"no instances tagged with cluster {cfg.name!r} in {region}")
         return
     out.print(tables.nodes(f"cluster {cfg.name} ({region})", found.rows))
+    if found.info.master is None:  # workers outlive a spot master: say what that means
+        out.print(f"cluster {cfg.name} has no controller: its master is gone; `provision up` "
+                  "replaces it (the workers and a search's journal are kept)", highlight=False)
     if hosts is not None:
         out.print(tables.host_memory(f"memory per host, cluster {cfg.name}", hosts))
 
