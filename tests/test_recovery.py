@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_network import _ctx  # an offline Context of cluster "c1"
 from waits import wait_for
 
-from provision import context, controller, state, tunnel
-from provision.cloud.common import MASTER, InstanceInfo, InstanceTypeInfo, Region
-from provision.schema import ClusterConfig
+from provision import controller, state, tunnel
+from provision.cloud.common import MASTER, InstanceInfo
 
 
 class SilentableTransport:
@@ -94,18 +94,6 @@ def test_a_tunnel_that_keeps_answering_stays_on_its_first_connection(quick):
         assert tun.reconnects == 0 and len(made) == 1
     finally:
         tun.close()
-
-
-def _ctx(tmp_path: Path) -> context.Context:
-    return context.Context(
-        config=ClusterConfig(name="c1", key_path=tmp_path / "key"),
-        region=Region("us-east-1"),
-        type_info=InstanceTypeInfo("c5.large", 2, 4096, "x86_64"),
-        image_id="ami-1",
-        user="ubuntu",
-        public_key="",
-        _ssh_cidr="203.0.113.7/32",
-    )
 
 
 def _master(iid: str) -> InstanceInfo:
