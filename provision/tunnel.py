@@ -194,7 +194,10 @@ class Tunnel:
                         self.name, time.monotonic() - answered)
             answered = time.monotonic()
             if self.on_reconnect is not None:
-                self.on_reconnect()
+                try:
+                    self.on_reconnect()
+                except Exception as err:  # noqa: BLE001 - the watchdog must keep watching
+                    log.warning("SSH tunnel to %s: after reconnecting: %s", self.name, err)
 
     def _reconnect(self) -> bool:
         """A new SSH connection, tried until it opens (True) or the tunnel is closed."""
