@@ -75,7 +75,9 @@ def run_gridsearch(
         batch_size=batch_size, retries=retries,
     ).start()
     if not search.wait(timeout=timeout, progress=progress):
-        search.abort()
+        # Without waiting for the engines' answers: the timeout may be a network cut
+        # that is still on, and nobody would answer.
+        search.abort(block=False)
         done, total = search.progress
         where = f"; re-run to resume from {journal}" if journal else ""
         raise TimeoutError(

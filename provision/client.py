@@ -11,6 +11,11 @@ against the cluster's known_hosts) forwards each controller port from a local
 port bound to 127.0.0.1, the client is given the connection info rewritten to
 those ports, and ipyparallel connects "directly" with curve keys as usual.
 Closing the client closes the tunnel.
+
+When the laptop's network drops, the tunnel connects again by itself
+(`provision.tunnel`) and zmq comes back through it; the replies the controller
+sent meanwhile went to the old connection and are gone, so the client fetches
+them from the hub's result store (`provision.hubresults`).
 """
 
 from __future__ import annotations
@@ -18,28 +23,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import select
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import fabric
 import ipyparallel
-import paramiko
 from traitlets.log import get_logger
 
 from provision.errors import ProvisionError
+from provision.hubresults import HubRecovery
 from provision.nodes.remote import Endpoint, connection
+from provision.tunnel import Tunnel
 
-KEEPALIVE_S = 30  # idle searches must not lose the tunnel to a NAT timeout
-BACKLOG = 16  # pending connections per forwarded port (a client opens about seven)
-CHANNEL_OPEN_TIMEOUT_S = 10
-SELECT_S = 0.5  # how often the tunnel's threads look up from waiting, to notice close()
-BUFFER = 1 << 16
-JOIN_S = 2  # for the accept thread, on close
 CONNECT_TIMEOUT_S = 120  # the controller answers and the engines register
 # An engine that gave up registering (IPEngine.timeout, 30 s) has exited by then.
 REVIVE_S = 45
@@ -51,111 +48,30 @@ class EnginesTimeout(ProvisionError, TimeoutError):
     """Fewer engines registered than expected in time (still a `TimeoutError`)."""
 
 
-class Tunnel:
-    """Local ports on 127.0.0.1 forwarded to ``remote_host:port`` over one SSH connection.
-
-    One accept thread for all listeners, one pump thread per forwarded TCP
-    connection (a client opens about seven). zmq reconnects on its own if a
-    forwarded connection drops, and each reconnect opens a fresh channel.
-    """
-
-    def __init__(self, conn: fabric.Connection, remote_host: str, ports: list[int]) -> None:
-        self.conn = conn
-        self.remote_host = remote_host
-        conn.open()
-        transport = conn.transport
-        assert transport is not None
-        transport.set_keepalive(KEEPALIVE_S)
-        self.transport: paramiko.Transport = transport
-        self.local_ports: dict[int, int] = {}
-        self._listeners: dict[socket.socket, int] = {}
-        self._closed = threading.Event()
-        self._pairs: list[tuple[socket.socket, paramiko.Channel]] = []
-        self._lock = threading.Lock()
-        for port in ports:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))  # loopback only: the tunnel is not offered to the LAN
-            s.listen(BACKLOG)
-            self._listeners[s] = port
-            self.local_ports[port] = s.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept, name="ssh-tunnel", daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                ready, _, _ = select.select(list(self._listeners), [], [], SELECT_S)
-            except (OSError, ValueError):
-                return  # listeners closed
-            for listener in ready:
-                try:
-                    sock, peer = listener.accept()
-                except OSError:
-                    continue
-                try:
-                    chan = self.transport.open_channel(
-                        "direct-tcpip", (self.remote_host, self._listeners[listener]), peer,
-                        timeout=CHANNEL_OPEN_TIMEOUT_S,
-                    )
-                except (paramiko.SSHException, OSError, EOFError):
-                    sock.close()  # zmq will retry; the next attempt may find the link back
-                    continue
-                with self._lock:
-                    self._pairs.append((sock, chan))
-                threading.Thread(target=self._pump, args=(sock, chan), daemon=True).start()
-
-    def _pump(self, sock: socket.socket, chan: paramiko.Channel) -> None:
-        try:
-            while not self._closed.is_set():
-                ready, _, _ = select.select([sock, chan], [], [], SELECT_S)
-                if sock in ready:
-                    data = sock.recv(BUFFER)
-                    if not data:
-                        break
-                    chan.sendall(data)
-                if chan in ready:
-                    data = chan.recv(BUFFER)
-                    if not data:
-                        break
-                    sock.sendall(data)
-        except (OSError, EOFError, paramiko.SSHException):
-            pass  # either end closed: this forwarded connection is over, zmq reconnects
-        finally:
-            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-                chan.close()  # the transport may already be gone
-            sock.close()
-            with self._lock:
-                if (sock, chan) in self._pairs:
-                    self._pairs.remove((sock, chan))
-
-    def close(self) -> None:
-        """Stop forwarding and close the SSH connection (idempotent)."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        for s in self._listeners:
-            s.close()
-        with self._lock:
-            pairs = list(self._pairs)
-        for sock, chan in pairs:
-            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-                chan.close()
-            sock.close()
-        self._thread.join(timeout=JOIN_S)
-        self.conn.close()
-
-
 class TunneledClient(ipyparallel.Client):
-    """An `ipyparallel.Client` that also closes its SSH tunnel."""
+    """An `ipyparallel.Client` that also closes its SSH tunnel, and fetches from the
+    hub the replies a dropped tunnel lost."""
 
     _provision_tunnel: Tunnel | None = None
+    _provision_recovery: HubRecovery | None = None
+
+    def _provision_reconnected(self) -> None:
+        """The tunnel is back: recover what was outstanding (see `HubRecovery`)."""
+        if self._provision_recovery is None:
+            self._provision_recovery = HubRecovery(self)
+        self._provision_recovery.recover()
 
     def close(self, linger: int | None = None) -> None:
+        tun = self._provision_tunnel
+        if linger is None and tun is not None and tun.lost.is_set():
+            linger = 0  # nothing queued can leave while the link is down: do not wait for it
         try:
+            if self._provision_recovery is not None:
+                self._provision_recovery.stop()
             super().close(linger=linger)
         finally:
-            if self._provision_tunnel is not None:
-                self._provision_tunnel.close()
+            if tun is not None:
+                tun.close()
 
 
 def _tunnelled_info(info: dict[str, Any], tunnel: Tunnel) -> dict[str, Any]:
@@ -224,7 +140,7 @@ def connect_client(
         if master is None:
             raise ValueError("an SSH tunnel needs the master's Endpoint (or pass tunnel=False)")
         ports = [info[k] for k in CLIENT_PORTS if isinstance(info.get(k), int)]
-        tun = Tunnel(connection(master), remote_host, ports)
+        tun = Tunnel(partial(connection, master), remote_host, ports, name=master.where)
         try:
             with _curve_replaces_signing(info):
                 rc: ipyparallel.Client = TunneledClient(
@@ -234,6 +150,7 @@ def connect_client(
             tun.close()
             raise
         rc._provision_tunnel = tun
+        tun.on_reconnect = rc._provision_reconnected
     else:
         with _curve_replaces_signing(info):
             rc = ipyparallel.Client(str(client_json), timeout=max(1, timeout))

@@ -18,7 +18,7 @@ import paramiko
 
 from provision import autostop, cloud, configure, locks, query, rollback, state
 from provision import check as checks
-from provision.client import CONNECT_TIMEOUT_S, connect_client
+from provision.client import connect_client
 from provision.cloud.common import (
     MASTER,
     WARN,
@@ -31,6 +31,13 @@ from provision.cloud.common import (
 from provision.configure import Results, Step, Strategy
 from provision.configure.base import stage
 from provision.context import Context, context_for, prepare, resolve_region
+from provision.controller import (
+    connect,  # noqa: F401 - part of the API (`lifecycle.connect`)
+    expected_engines,
+    record_master,
+    refresh_connection_files,
+)
+from provision.controller import running_master as _running_master
 from provision.errors import BadInput, ProvisionError
 from provision.nodes import engines, fanout
 from provision.progress import Reporter
@@ -218,10 +225,6 @@ def up(
     return _finish(ctx, failed)
 
 
-def expected_engines(ctx: Context, info: ClusterInfo) -> int:
-    return sum(ctx.engines_on(i) for i in info.nodes)
-
-
 def hourly_cost(ctx: Context, info: ClusterInfo) -> float | None:
     """USD/hour of the running nodes: compute, root volumes, public addresses."""
     return query.hourly_total(ctx.region, info, ctx.config)
@@ -233,6 +236,8 @@ def _finish(ctx: Context, failed: list[str]) -> UpResult:
     want = expected_engines(ctx, info)
     client_file = ctx.connection_files[0]
     n = 0
+    if info.master is not None:  # configure fetched the files from it
+        record_master(ctx.name, info.master)
     if want:
         master = info.master
         assert master is not None
@@ -267,22 +272,6 @@ def _revive(ctx: Context, info: ClusterInfo) -> None:
             ctx.reporter.warn(f"{inst.label}: {line}; started it again")
 
 
-def _running_master(ctx: Context, missing: str) -> tuple[ClusterInfo, InstanceInfo]:
-    """The cluster and its master; `ProvisionError(missing)` when it has none running."""
-    info = cloud.describe_cluster(ctx.region, ctx.name)
-    if info.master is None:
-        raise ProvisionError(missing)
-    return info, info.master
-
-
-def _connection_files(ctx: Context, master: InstanceInfo, wanted: Path) -> None:
-    """Fetch the controller's connection files from the master when `wanted` is missing."""
-    if not wanted.exists():
-        engines.fetch_connection_files(
-            ctx.endpoint(master), ctx.config.remote_root, state.cluster_dir(ctx.name)
-        )
-
-
 @locks.exclusive("addnode")
 def addnode(
     name: str,
@@ -303,7 +292,7 @@ def addnode(
     info, master = _running_master(
         ctx, f"cluster {name!r} has no running master: run `provision up` first"
     )
-    _connection_files(ctx, master, ctx.connection_files[1])
+    refresh_connection_files(ctx, master)
     strategy = configure.strategy()
     strategy.start(ctx)
     failed = _add_workers(ctx, strategy, info, count, None)  # None: check the SSH rule first
@@ -350,16 +339,6 @@ def down(
         raise ProvisionError(f"resources of {name} still exist after down: {left}")
     state.forget(name)
     return removed
-
-
-def connect(name: str, *, timeout: float = CONNECT_TIMEOUT_S, n_engines: int | None = None) -> Any:
-    """A ready `ipyparallel.Client` for a running cluster, through an SSH tunnel."""
-    ctx = context_for(name)
-    info, master = _running_master(ctx, f"cluster {name!r} has no running master")
-    client_file = ctx.connection_files[0]
-    _connection_files(ctx, master, client_file)
-    want = n_engines if n_engines is not None else expected_engines(ctx, info)
-    return connect_client(client_file, ctx.endpoint(master), n_engines=want, timeout=timeout)
 
 
 @locks.exclusive("watch")

@@ -228,7 +228,8 @@ def status(name: str | None, memory: bool, config_path: Path | None, template: s
         ]}
         out.print_json(json.dumps({
             "name": cfg.name, "region": region, "expected_engines": found.expected_engines,
-            "datasets": found.datasets, "nodes": found.rows, "autostop": stops, **extra,
+            "datasets": found.datasets, "nodes": found.rows, "autostop": stops,
+            "controller": found.info.master is not None, **extra,
         }))
         return
     if not found.info.instances:
@@ -236,6 +237,9 @@ def status(name: str | None, memory: bool, config_path: Path | None, template: s
         return
     out.print(tables.nodes(f"cluster {cfg.name} ({region})", found.rows))
     limits.print_status(cfg.name, stops)
+    if found.info.master is None:  # workers outlive a spot master: say what that means
+        out.print(f"cluster {cfg.name} has no controller: its master is gone; `provision up` "
+                  "replaces it (the workers and a search's journal are kept)", highlight=False)
     if hosts is not None:
         out.print(tables.host_memory(f"memory per host, cluster {cfg.name}", hosts))
 
