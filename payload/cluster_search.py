@@ -172,7 +172,7 @@ class _ClusterSearchCV(BaseSearchCV):
         search.start()
         progress = _Progress(search, self.verbose) if self.verbose > 0 else None
         if not search.wait(timeout=self.timeout, progress=progress):
-            search.abort()
+            search.abort(block=False)  # on a dead link a blocking abort would never return
             where = f"; fit again to resume from {self.journal}" if self.journal else ""
             raise TimeoutError(
                 f"search not finished within timeout={self.timeout} s "
