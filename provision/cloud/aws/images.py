@@ -213,7 +213,9 @@ def wait_image(
             waiter.wait(ImageIds=[image_id], WaiterConfig={"Delay": 1, "MaxAttempts": 1})
             break
         except WaiterError as e:
-            if "Max attempts exceeded" not in str(e):
+            # Still pending, or (eventual consistency) not yet known: poll again.
+            unknown = api.code(ClientError(e.last_response or {}, "DescribeImages"))
+            if "Max attempts exceeded" not in str(e) and unknown != "InvalidAMIID.NotFound":
                 raise CloudError(f"image {image_id} failed: {e}") from e
         if on_progress is not None:
             on_progress(time.monotonic() - start)
