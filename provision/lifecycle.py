@@ -16,7 +16,7 @@ from typing import Any
 
 import paramiko
 
-from provision import autostop, cloud, configure, locks, query, rollback, state
+from provision import autostop, cloud, configure, imaging, locks, query, rollback, state
 from provision import check as checks
 from provision.client import connect_client
 from provision.cloud.common import (
@@ -215,6 +215,7 @@ def up(
         if finding.status == WARN:
             ctx.reporter.warn(f"{finding.check}: {finding.detail}")
     report.raise_for_failures()
+    imaging.announce(ctx)  # a baked image: whether the install stage will be skipped
     strategy.start(ctx)  # the wheelhouse builds while the cloud launches
     try:
         info = ensure_instances(ctx)

@@ -84,6 +84,7 @@ SEQUENCE: tuple[tuple[str, str], ...] = (
     ("DescribeSpotPriceHistory", "preflight"),
     ("DescribeInstances", "preflight"),
     ("DescribeKeyPairs", "preflight"),
+    ("DescribeImages", "baked image"),  # whether the image is a baked one (its digest)
     (CHECKIP, "prepare"),  # no ssh_cidr: this machine's address
     # ensure_security_group: in the network's VPC
     ("DescribeVpcs", "group"),
@@ -114,8 +115,8 @@ SEQUENCE: tuple[tuple[str, str], ...] = (
 OPS = [op for op, _ in SEQUENCE]
 # Calls whose failure `up` may ignore: spot prices only order zones and estimate cost.
 OPTIONAL = {"DescribeSpotPriceHistory"}
-# Steps whose failure `up` may ignore: the hourly estimate it prints last.
-OPTIONAL_STEPS = {"cost"}
+# Steps whose failure `up` may ignore: the hourly estimate it prints last,
+OPTIONAL_STEPS = {"cost", "baked image"}  # and the note on a baked image's install
 # Steps that poll: a failed poll is followed by the next one, until the wait's timeout.
 POLLS = {f"wait {node}" for node in NODES}
 CASES = [

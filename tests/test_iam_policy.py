@@ -2,7 +2,7 @@
 makes, and holds nothing else.
 
 A user's whole session runs on moto through the CLI: check, up, status,
-put-data, addnode, down. Every API call is recorded from botocore's
+put-data, addnode, image create/list/delete, down. Every API call is recorded from botocore's
 ``before-call`` event as ``prefix:Action`` (the signing name is the IAM
 prefix for these services). Where a node would need SSH, a configure strategy
 that reports success and a push that sends nothing stand in; the cloud side
@@ -21,7 +21,7 @@ import pytest
 import test_cli
 from test_cli import invoke
 
-from provision import assets, configure, context, lifecycle, shipping, state
+from provision import assets, configure, context, imaging, lifecycle, shipping, state
 from provision.config import load_config
 
 aws, cfg_file = test_cli.aws, test_cli.cfg_file  # moto, a cluster file of 1 + 2 spot nodes
@@ -78,6 +78,10 @@ def recorded(aws, monkeypatch) -> set[str]:
     monkeypatch.setattr(lifecycle, "connect_client", lambda *a, **kw: _Client())
     monkeypatch.setattr(shipping.transfer, "push_tree", lambda *a, **kw: None)
     monkeypatch.setattr(shipping.relay, "forward", lambda *a, **kw: "have")  # master -> workers
+    # `image create` reads the node's digest and moves its keys aside over SSH.
+    monkeypatch.setattr(imaging.bake, "env_digest", lambda *a: "0123456789abcdef")
+    monkeypatch.setattr(imaging.bake, "stash", lambda *a: imaging.bake.Stash(b"", ""))
+    monkeypatch.setattr(imaging.bake, "restore", lambda *a: None)
     return calls
 
 
@@ -91,6 +95,10 @@ def test_the_policy_allows_every_call_of_a_session_and_nothing_else(recorded, cf
     for path in ctx.connection_files:
         path.write_text("{}")
     assert invoke("addnode", "unit", "-n", "1", "--spot-bid", "0.1").exit_code == 0
+    baked = invoke("image", "create", "unit", "--name", "unit-baked")
+    assert baked.exit_code == 0, baked.output
+    assert invoke("image", "list", *cfg).exit_code == 0
+    assert invoke("image", "delete", "unit-baked", *cfg).exit_code == 0
     assert invoke("down", "unit", "--yes").exit_code == 0
     assert state.load("unit") == {}
 

@@ -13,7 +13,7 @@ import os
 import click
 from rich.logging import RichHandler
 
-from provision.cli import cluster, data, limits, nodes
+from provision.cli import cluster, data, images, limits, nodes
 from provision.cli.common import Main, debugging, err
 from provision.sim.cli import sim
 
@@ -50,5 +50,6 @@ def main() -> None:
     logger.setLevel(logging.DEBUG if debugging() else logging.WARNING)
 
 
-for command in (*cluster.COMMANDS, *limits.COMMANDS, *nodes.COMMANDS, *data.COMMANDS, sim):
+for command in (*cluster.COMMANDS, *limits.COMMANDS, *nodes.COMMANDS, *data.COMMANDS,
+                *images.COMMANDS, sim):
     main.add_command(command)

@@ -36,6 +36,7 @@ from typing import ParamSpec, TypeVar
 
 from provision.cloud.common import (
     TEARDOWN_S,
+    BakedImage,
     CloudError,
     ClusterInfo,
     Finding,
@@ -142,6 +143,53 @@ def price_sheet(region: Region, instance_type: str) -> PriceSheet:
     (compute on demand and on spot per zone, root storage, a public address).
     Never fails for want of a price list: unknown parts fall back to published
     list prices and `source` says so."""
+    raise NotImplementedError
+
+
+# --- baked images ---------------------------------------------------------------------
+
+
+@_route
+def create_image(
+    region: Region, cluster: str, instance_id: str, name: str, *, digest: str,
+    description: str = "",
+) -> str:
+    """Start baking the instance's disk into an image called `name`, without
+    rebooting it; returns the image id at once (the image is still pending).
+
+    The image and its snapshots carry the cluster's tag, the tool's tag and
+    `digest` (the environment the node holds). `CloudError` when `name` is taken.
+    """
+    raise NotImplementedError
+
+
+@_route
+def wait_image(
+    region: Region, image_id: str, *, timeout: float,
+    on_progress: Callable[[float], None] | None = None,
+) -> BakedImage:
+    """Block until the image is available and its snapshots are tagged as its own;
+    `CloudError` on timeout or when it fails. `on_progress(seconds)` hears each poll."""
+    raise NotImplementedError
+
+
+@_route
+def list_images(region: Region, cluster: str | None = None) -> list[BakedImage]:
+    """The images provision baked (of `cluster` only, when given), newest first."""
+    raise NotImplementedError
+
+
+@_route
+def describe_baked(region: Region, image_id: str) -> BakedImage | None:
+    """The image if provision baked it; None when it is another image or gone."""
+    raise NotImplementedError
+
+
+@_route
+def delete_image(region: Region, image_id: str) -> list[str]:
+    """Deregister a baked image and delete its snapshots (which would bill on);
+    safe to repeat: returns the ids removed now, [] when nothing is left.
+    `CloudError` for an image provision did not bake."""
     raise NotImplementedError
 
 

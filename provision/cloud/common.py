@@ -18,6 +18,8 @@ from provision.errors import ProvisionError
 CLUSTER_TAG = "provision:cluster"
 ROLE_TAG = "provision:role"
 CREATED_BY_TAG = "provision:created-by"  # marks key pairs / groups this tool made
+DIGEST_TAG = "provision:env-digest"  # a baked image: the environment digest of its venv
+IMAGE_TAG = "provision:image"  # a baked image's snapshot: the image it belongs to
 
 MASTER = "master"
 WORKER = "worker"
@@ -115,6 +117,19 @@ class ImageInfo:
     # None when the family is unknown (the cluster file's `user` must say).
     user: str | None
     family: str = ""  # e.g. "ubuntu", "amazon-linux", "debian"; "" = unknown
+
+
+@dataclass(frozen=True)
+class BakedImage:
+    """An image provision baked from a configured node (`provision image create`)."""
+
+    image_id: str
+    name: str
+    cluster: str  # the cluster it was baked from
+    digest: str  # the environment digest of its venv ("" = unknown)
+    created: str  # ISO 8601 creation time, as the cloud reports it
+    state: str  # pending, available, failed, ...
+    snapshots: tuple[str, ...] = ()  # the snapshots it holds (deleted with it)
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,10 @@ class _Run:
                 fetch = partial(self._wheels_from_master, master_ep, hop)
             stage(ctx, label, "installing packages", Step.PACKAGES)
             told = self._master_wheels if is_master else None
-            setup.setup_node(ep, self.strategy.spec, self.strategy.wheelhouse(), self.python,
-                             fetch_wheels=fetch, on_wheels=told)
+            done = setup.setup_node(ep, self.strategy.spec, self.strategy.wheelhouse(),
+                                    self.python, fetch_wheels=fetch, on_wheels=told)
+            if done.skipped:  # e.g. a baked image: its environment is the client's
+                stage(ctx, label, "install skipped: the environment is there", Step.PACKAGES)
             if is_master:
                 stage(ctx, label, "starting controller", Step.ENGINES)
                 engines.start_controller(ep, cfg.remote_root, inst.private_ip or ep.host)

@@ -12,7 +12,16 @@ finds them.
 
 from provision.cloud.aws.account import caller_identity
 from provision.cloud.aws.describe import describe_cluster, describe_instances, list_clusters
-from provision.cloud.aws.images import describe_image, describe_instance_type, resolve_image
+from provision.cloud.aws.images import (
+    create_image,
+    delete_image,
+    describe_baked,
+    describe_image,
+    describe_instance_type,
+    list_images,
+    resolve_image,
+    wait_image,
+)
 from provision.cloud.aws.instances import launch, name_unnamed, wait_running
 from provision.cloud.aws.network import (
     caller_cidr,
@@ -28,6 +37,9 @@ from provision.cloud.aws.teardown import leftovers, terminate_cluster, terminate
 __all__ = [
     "caller_cidr",
     "caller_identity",
+    "create_image",
+    "delete_image",
+    "describe_baked",
     "describe_cluster",
     "describe_image",
     "describe_instance_type",
@@ -37,6 +49,7 @@ __all__ = [
     "launch",
     "leftovers",
     "list_clusters",
+    "list_images",
     "name_unnamed",
     "preflight",
     "price_sheet",
@@ -46,5 +59,6 @@ __all__ = [
     "spot_price_series",
     "terminate_cluster",
     "terminate_instances",
+    "wait_image",
     "wait_running",
 ]

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 
 from provision.cloud.aws import api, prices
-from provision.cloud.common import CloudError, ImageInfo, InstanceTypeInfo, Region
+from provision.cloud.common import (
+    CLUSTER_TAG,
+    CREATED_BY_TAG,
+    DIGEST_TAG,
+    IMAGE_TAG,
+    BakedImage,
+    CloudError,
+    ImageInfo,
+    InstanceTypeInfo,
+    Region,
+)
 
 # Public SSM parameters naming today's image per region and architecture.
 UBUNTU_PARAM = (
@@ -144,3 +156,121 @@ def resolve_image(region: Region, image_id: str | None, arch: str = "x86_64") ->
     raise CloudError(
         f"no Ubuntu 24.04 or Amazon Linux 2023 image for {arch} in {region.name}; set image_id"
     )
+
+
+# --- baked images: `provision image create/list/delete` ------------------------------
+
+
+def _baked(image: dict[str, Any]) -> BakedImage:
+    tags = api.tag_dict(image)
+    snaps = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings") or []
+             if (m.get("Ebs") or {}).get("SnapshotId")]
+    return BakedImage(
+        image_id=image["ImageId"], name=image.get("Name") or "",
+        cluster=tags.get(CLUSTER_TAG, ""), digest=tags.get(DIGEST_TAG, ""),
+        created=image.get("CreationDate") or "", state=image.get("State") or "",
+        snapshots=tuple(sorted(snaps)),
+    )
+
+
+def _own_images(ec2: Any, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The account's images this tool baked, matching `filters`."""
+    mine = [api.by_tag(CREATED_BY_TAG, api.TOOL), *filters]
+    return ec2.describe_images(Owners=["self"], Filters=mine)["Images"]
+
+
+@api.api_errors
+def create_image(
+    region: Region, cluster: str, instance_id: str, name: str, *, digest: str,
+    description: str = "",
+) -> str:
+    """See the contract. The snapshots get the same tags once they exist (`wait_image`)."""
+    tags = {CLUSTER_TAG: cluster, CREATED_BY_TAG: api.TOOL, DIGEST_TAG: digest}
+    try:
+        return api.ec2_client(region).create_image(
+            InstanceId=instance_id, Name=name, Description=description[:255], NoReboot=True,
+            TagSpecifications=[{"ResourceType": "image", "Tags": api.tags(tags)}],
+        )["ImageId"]
+    except ClientError as e:
+        if api.code(e) == "InvalidAMIName.Duplicate":
+            raise CloudError(f"an image called {name!r} exists already: choose another "
+                             "--name") from e
+        raise
+
+
+@api.api_errors
+def wait_image(
+    region: Region, image_id: str, *, timeout: float,
+    on_progress: Callable[[float], None] | None = None,
+) -> BakedImage:
+    """See the contract. boto3's `image_available` waiter, one poll per call so that
+    progress is heard and the deadline is ours; it fails at once on `failed`."""
+    ec2 = api.ec2_client(region)
+    waiter = ec2.get_waiter("image_available")
+    start = time.monotonic()
+    for delay in api.poll_delays():
+        try:
+            waiter.wait(ImageIds=[image_id], WaiterConfig={"Delay": 1, "MaxAttempts": 1})
+            break
+        except WaiterError as e:
+            # Still pending, or (eventual consistency) not yet known: poll again.
+            unknown = api.code(ClientError(e.last_response or {}, "DescribeImages"))
+            if "Max attempts exceeded" not in str(e) and unknown != "InvalidAMIID.NotFound":
+                raise CloudError(f"image {image_id} failed: {e}") from e
+        if on_progress is not None:
+            on_progress(time.monotonic() - start)
+        if time.monotonic() - start + delay > timeout:
+            raise CloudError(f"timed out after {timeout:g}s waiting for image {image_id}")
+        time.sleep(delay)
+    image = _baked(_image(region, image_id))
+    if image.snapshots:  # so that a snapshot an image left behind is still found as ours
+        ec2.create_tags(Resources=list(image.snapshots), Tags=api.tags({
+            CLUSTER_TAG: image.cluster, CREATED_BY_TAG: api.TOOL, DIGEST_TAG: image.digest,
+            IMAGE_TAG: image_id}))
+    return image
+
+
+@api.api_errors
+def list_images(region: Region, cluster: str | None = None) -> list[BakedImage]:
+    """See the contract."""
+    filters = [api.by_tag(CLUSTER_TAG, cluster)] if cluster else []
+    found = [_baked(i) for i in _own_images(api.ec2_client(region), filters)]
+    return sorted(found, key=lambda b: (b.created, b.image_id), reverse=True)
+
+
+@api.api_errors
+def describe_baked(region: Region, image_id: str) -> BakedImage | None:
+    """See the contract."""
+    found = _own_images(api.ec2_client(region), [{"Name": "image-id", "Values": [image_id]}])
+    return _baked(found[0]) if found else None
+
+
+@api.api_errors
+def delete_image(region: Region, image_id: str) -> list[str]:
+    """See the contract. Snapshots come from the image's BlockDeviceMappings and, for a
+    repeat after a half-done delete, from their `IMAGE_TAG`; DeregisterImage first,
+    since EC2 refuses to delete a snapshot an image still uses."""
+    ec2 = api.ec2_client(region)
+    removed: list[str] = []
+    snaps: set[str] = set()
+    try:
+        image: dict[str, Any] | None = _image(region, image_id)
+    except CloudError:
+        image = None
+    if image is not None:
+        if api.tag_dict(image).get(CREATED_BY_TAG) != api.TOOL:
+            raise CloudError(f"image {image_id} was not baked by provision; not deleting it")
+        snaps.update(_baked(image).snapshots)
+        ec2.deregister_image(ImageId=image_id)
+        removed.append(image_id)
+    tagged = [api.by_tag(IMAGE_TAG, image_id), api.by_tag(CREATED_BY_TAG, api.TOOL)]
+    snaps.update(s["SnapshotId"] for s in
+                 ec2.describe_snapshots(OwnerIds=["self"], Filters=tagged)["Snapshots"])
+    for snap in sorted(snaps):
+        try:
+            ec2.delete_snapshot(SnapshotId=snap)
+            removed.append(snap)
+        except ClientError as e:
+            if api.code(e) != "InvalidSnapshot.NotFound":
+                raise
+    return removed
