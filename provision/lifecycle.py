@@ -18,7 +18,7 @@ import paramiko
 
 from provision import autostop, cloud, configure, imaging, locks, query, rollback, state
 from provision import check as checks
-from provision.client import connect_client
+from provision.client import EnginesTimeout, connect_client
 from provision.cloud.common import (
     MASTER,
     WARN,
@@ -242,10 +242,14 @@ def _finish(ctx: Context, failed: list[str]) -> UpResult:
     if want:
         master = info.master
         assert master is not None
-        rc = connect_client(
-            client_file, ctx.endpoint(master), n_engines=want, timeout=ctx.config.ssh_timeout,
-            revive=lambda: _revive(ctx, info),
-        )
+        try:
+            rc = connect_client(
+                client_file, ctx.endpoint(master), n_engines=want,
+                timeout=ctx.config.ssh_timeout, revive=lambda: _revive(ctx, info),
+            )
+        except EnginesTimeout:
+            _clues(ctx, info)
+            raise
         n = len(rc.ids)
         rc.close()
     state.update(ctx.name, expected_engines=want)
@@ -254,6 +258,19 @@ def _finish(ctx: Context, failed: list[str]) -> UpResult:
     return UpResult(
         cluster=info, engines=n, hourly_cost=hourly, failed=failed, client_file=client_file,
     )
+
+
+def _clues(ctx: Context, info: ClusterInfo) -> None:
+    """Warn with each node's engine logs (and the controller's): why engines are missing."""
+    for inst in info.nodes:
+        try:
+            lines = engines.log_clues(
+                ctx.endpoint(inst), ctx.config.remote_root, master=inst.role == MASTER
+            )
+        except (ProvisionError, OSError, paramiko.SSHException) as err:
+            lines = [f"could not read its logs: {err}"]
+        for line in lines:
+            ctx.reporter.warn(f"{inst.label}: {line}")
 
 
 def _revive(ctx: Context, info: ClusterInfo) -> None:

@@ -356,6 +356,18 @@ def test_starting_engines_again_starts_none(nodes: Nodes, cluster: Cluster) -> N
 
 
 @pytest.mark.e2e
+def test_log_clues_show_each_engine_log_and_the_controllers_registrations(
+    nodes: Nodes, cluster: Cluster
+) -> None:
+    on_master = engines.log_clues(nodes.master, ROOT, master=True)
+    on_worker = engines.log_clues(nodes.endpoints[1], ROOT, master=False)
+    assert [line for line in on_master if line.startswith("engine-0.log: ")], on_master
+    assert [line for line in on_master if line.startswith("ipcontroller.log: ")
+            and "registration::" in line], on_master
+    assert on_worker and all(line.startswith("engine-0.log: ") for line in on_worker), on_worker
+
+
+@pytest.mark.e2e
 def test_too_few_engines_is_a_timeout_naming_how_many_registered(
     nodes: Nodes, cluster: Cluster
 ) -> None:

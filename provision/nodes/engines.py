@@ -231,6 +231,21 @@ def revive_engines(
         return dead
 
 
+def log_clues(ep: Endpoint | fabric.Connection, remote_root: str, *, master: bool) -> list[str]:
+    """Why an engine may be missing: the last line of each engine log on the node and,
+    on the master, the controller's last lines about registrations and heartbeats."""
+    script = _prelude(remote_root) + "\n".join([
+        'for f in "$R"/log/engine-*.log; do [ -e "$f" ] || continue',
+        '  echo "${f##*/}: $(tail -n 1 "$f")"',
+        "done",
+    ])
+    if master:
+        script += ('\ngrep -a -i -e registration:: -e heartbeat::missed -e "new heart" '
+                   '"$R/log/ipcontroller.log" 2>/dev/null | tail -n 6 '
+                   '| sed "s/^/ipcontroller.log: /"')
+    return [line[:300] for line in run(ep, script + "\ntrue").splitlines() if line.strip()]
+
+
 def engine_counts(ep: Endpoint | fabric.Connection, remote_root: str) -> int:
     """How many engine processes are alive on the node (pid files of dead ones are removed)."""
     return int(run(ep, _prelude(remote_root) + "count").strip())
