@@ -27,7 +27,7 @@ sim_a=${PROVISION_SIM_ID:-0}
 sim_b=${PROVISION_SIM_ID_B:-$(((sim_a + 1) % 10))}
 # Balanced by time (each ~14 min on a 2-core machine beside the unit tests).
 group_a=(tests/test_e2e.py tests/test_ansible.py tests/test_bench.py tests/test_payload_e2e.py
-         tests/test_recovery_e2e.py tests/test_autostop_e2e.py)
+         tests/test_recovery_e2e.py tests/test_autostop_e2e.py tests/test_images_e2e.py)
 ignore_a=("${group_a[@]/#/--ignore=}")
 
 logs=$(mktemp -d -t provision-tests.XXXXXX)
