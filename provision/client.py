@@ -118,12 +118,13 @@ def connect_client(
     n_engines: int | None = None,
     timeout: float = CONNECT_TIMEOUT_S,
     tunnel: bool = True,
-    revive: Callable[[], object] | None = None,
+    revive: Callable[[set[int]], object] | None = None,
 ) -> ipyparallel.Client:
     """A client connected to the controller, with at least `n_engines` registered.
 
-    `revive` is called every `REVIVE_S` while engines are missing: it starts again
-    engines that exited before registering (`provision.nodes.engines.revive_engines`).
+    `revive` is called every `REVIVE_S` while engines are missing, with the ids the
+    controller holds: it starts again engines that exited before registering, or
+    that the controller dropped (`provision.nodes.engines.revive_engines`).
 
     ``tunnel=True`` reaches the controller through SSH to `master` (its ports are
     open only inside the VPC); ``tunnel=False`` connects to the address in the
@@ -170,7 +171,8 @@ def connect_client(
 
 
 def _wait_for_engines(
-    rc: ipyparallel.Client, n: int, deadline: float, revive: Callable[[], object] | None
+    rc: ipyparallel.Client, n: int, deadline: float,
+    revive: Callable[[set[int]], object] | None,
 ) -> None:
     """Until `n` engines registered (TimeoutError at `deadline`), reviving between waits."""
     while True:
@@ -182,4 +184,4 @@ def _wait_for_engines(
         except TimeoutError:
             if revive is None or time.monotonic() >= deadline:
                 raise
-            revive()
+            revive(set(rc.ids))

@@ -245,7 +245,7 @@ def _finish(ctx: Context, failed: list[str]) -> UpResult:
         try:
             rc = connect_client(
                 client_file, ctx.endpoint(master), n_engines=want,
-                timeout=ctx.config.ssh_timeout, revive=lambda: _revive(ctx, info),
+                timeout=ctx.config.ssh_timeout, revive=lambda ids: _revive(ctx, info, ids),
             )
         except EnginesTimeout:
             _clues(ctx, info)
@@ -273,15 +273,16 @@ def _clues(ctx: Context, info: ClusterInfo) -> None:
             ctx.reporter.warn(f"{inst.label}: {line}")
 
 
-def _revive(ctx: Context, info: ClusterInfo) -> None:
-    """Start again, with a warning saying why, engines that exited before registering."""
+def _revive(ctx: Context, info: ClusterInfo, registered: set[int]) -> None:
+    """Start again, with a warning saying why, engines that exited before registering
+    or that the controller dropped (it holds only `registered`)."""
     for inst in info.nodes:
         n = ctx.engines_on(inst)
         if not n:
             continue
         try:
             lines = engines.revive_engines(
-                ctx.endpoint(inst), ctx.config.remote_root, n, ctx.connection_files[1]
+                ctx.endpoint(inst), ctx.config.remote_root, n, ctx.connection_files[1], registered
             )
         except (ProvisionError, OSError, paramiko.SSHException) as err:
             ctx.reporter.warn(f"{inst.label}: could not look at its engines: {err}")

@@ -396,7 +396,7 @@ def test_an_engine_that_exited_is_started_again_while_the_client_waits(
     monkeypatch.setattr(client, "REVIVE_S", 1)
     said: list[str] = []
 
-    def revive() -> None:
+    def revive(ids: set[int]) -> None:
         for ep in nodes.endpoints:
             said.extend(engines.revive_engines(ep, ROOT, 1, cluster.engine_json))
 
@@ -404,6 +404,43 @@ def test_an_engine_that_exited_is_started_again_while_the_client_waits(
     rc.close()
     assert len(said) == 1 and said[0].startswith("engine 0 exited"), said  # the others left be
     assert engines.engine_counts(node, ROOT) == 1
+
+
+@pytest.mark.e2e
+def test_an_engine_the_controller_dropped_is_started_again_while_the_client_waits(
+    nodes: Nodes, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As an engine on a starved host: its heart missed beats, the controller dropped it,
+    # and when it beats again the controller ignores it; pinged, it never exits.
+    node = nodes.endpoints[1]
+    wait_for(lambda: _registered(cluster) == 3, 60, "all three engines to register", interval=0.2)
+    pid = remote.run(node, f"cat {ROOT}/run/engine-*.pid").strip()
+    ignored = f"grep -a -c 'ignoring new heart' {ROOT}/log/ipcontroller.log || true"
+    before = int(remote.run(nodes.master, ignored).strip())
+    remote.run(node, f"kill -STOP {pid}")
+    try:
+        wait_for(lambda: _registered(cluster) == 2, 20, "the controller to drop it", interval=0.2)
+    finally:
+        remote.run(node, f"kill -CONT {pid}")
+    wait_for(lambda: int(remote.run(nodes.master, ignored).strip()) > before, 20,
+             "the controller to ignore its heart beating again", interval=0.2)
+    assert engines.engine_counts(node, ROOT) == 1 and _registered(cluster) == 2  # stranded
+    # Stranded means older than the registration timeouts allow (60 s; here 20 s): a
+    # restarted engine registers well within that, so it is never taken for stranded.
+    age = f"ps -o etimes= -p {pid}"
+    wait_for(lambda: int(remote.run(node, age).strip()) >= 20, 30, "the engine to be 20 s old")
+    monkeypatch.setattr(client, "REVIVE_S", 1)
+    said: list[str] = []
+
+    def revive(ids: set[int]) -> None:
+        for ep in nodes.endpoints:
+            said.extend(engines.revive_engines(ep, ROOT, 1, cluster.engine_json, ids,
+                                               stranded_after_s=20))
+
+    rc = connect_client(cluster.client_json, nodes.master, n_engines=3, timeout=60, revive=revive)
+    rc.close()
+    assert len(said) == 1 and said[0].endswith("is alive but the controller dropped it"), said
+    assert remote.run(node, f"cat {ROOT}/run/engine-*.pid").strip() != pid
 
 
 @pytest.mark.e2e

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Collection
 from pathlib import Path
 
 import fabric
@@ -39,6 +40,9 @@ THREAD_ENV = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1"  # one
 # No nanny process per engine (~27 MiB PSS each, `python -m bench.search`): it
 # reports a crashed engine at once, but the heartbeat above does within ~5 s.
 ENGINE_FLAGS = "--IPEngine.timeout=30 --IPEngine.enable_nanny=False"
+# An engine alive this long whose registration the controller no longer holds is
+# stranded: IPEngine.timeout (30 s) plus the controller's registration_timeout (30 s).
+STRANDED_S = 60
 CONTROLLER_START_S = 60  # for ipcontroller to write its connection files
 CONTROLLER_POLL_S = 0.2  # how often the node looks for them meanwhile
 SSH_SLACK_S = 30  # on top of a remote wait: the SSH session around it
@@ -209,21 +213,45 @@ def start_engines(
 
 
 def revive_engines(
-    ep: Endpoint | fabric.Connection, remote_root: str, n: int, engine_json: Path
+    ep: Endpoint | fabric.Connection,
+    remote_root: str,
+    n: int,
+    engine_json: Path,
+    registered: Collection[int] | None = None,
+    stranded_after_s: float = STRANDED_S,
 ) -> list[str]:
-    """Start again the engines that exited; the last log line of each (why it went).
+    """Start again the engines that exited or were dropped; why each went, one line each.
 
     An engine gives up when the controller does not answer its registration
     within ``IPEngine.timeout`` (a master busy with other nodes' installs), and
     nothing else would notice: the client waits for a registration that never
-    comes. Engines alive (registered or registering) are left alone.
+    comes. An engine can also be alive yet unknown to the controller (ids in
+    `registered`): the controller drops an engine whose heart missed a few beats
+    on a starved host, or a registration whose first beat came late, and ignores
+    that heart when it beats again, while the engine, still pinged, never exits.
+    Such an engine, older than `stranded_after_s`, is stopped and started again.
+    Engines registering or registered are left alone.
     """
+    known = " ".join(str(i) for i in sorted(registered or ()))
+    check = "" if registered is None else "\n".join([
+        # The id of the engine's last completed registration, none while it registers again.
+        '  id=$(awk \'/Registering with controller/ {i=""} '
+        '/Completed registration with id/ {i=$NF} END {print i}\' "$R/log/engine-$k.log")',
+        '  age=$(ps -o etimes= -p "$(cat "$f")" 2>/dev/null | tr -d " ")',
+        f'  case " {known} " in *" $id "*) continue;; esac',
+        f'  [ -n "$id" ] && [ "${{age:-0}}" -ge {int(stranded_after_s)} ] || continue',
+        '  echo "engine $k (id $id) is alive but the controller dropped it"',
+        '  stop_pids ipengine "$f" > /dev/null',
+    ])
     with Borrowed(ep) as b:
         dead = run(b.conn, _prelude(remote_root) + "\n".join([
             'for f in "$R"/run/engine-*.pid; do [ -e "$f" ] || continue',
-            '  alive "$(cat "$f")" ipengine && continue',
             '  k=${f##*/engine-}; k=${k%.pid}',
-            '  echo "engine $k exited: $(tail -n 1 "$R/log/engine-$k.log" 2>/dev/null)"',
+            '  if ! alive "$(cat "$f")" ipengine; then',
+            '    echo "engine $k exited: $(tail -n 1 "$R/log/engine-$k.log" 2>/dev/null)"',
+            "    continue",
+            "  fi",
+            check,
             "done",
         ])).splitlines()
         if dead:
