@@ -197,6 +197,7 @@ def up(
     replace_failed: bool = False,
     keep_failed: bool = False,
     configure_with: str | Strategy = configure.DEFAULT,
+    checked: checks.CheckReport | None = None,
 ) -> UpResult:
     """Bring the cluster to the configured size with engines running (idempotent).
 
@@ -206,12 +207,15 @@ def up(
     `keep_failed` (to look at them; they bill until `down`).
 
     `configure_with`: "fabric" (built in), "ansible" (``ansible/site.yml``, same
-    result), or a `configure.Strategy` of your own.
+    result), or a `configure.Strategy` of your own. `checked`: the report of a
+    `check.check(config)` the caller ran moments ago under this cluster's lock (the
+    CLI does, to show the plan and confirm its price first): the checks then run
+    once, `up` only settles what it brings itself (`check.settle`).
     """
     strategy = configure.strategy(configure_with)
     strategy.check()
     ctx = prepare(config, reporter)
-    report = checks.preflight(ctx, fix=True)
+    report = checks.preflight(ctx, fix=True) if checked is None else checks.settle(ctx, checked)
     for finding in report.findings:
         if finding.status == WARN:
             ctx.reporter.warn(f"{finding.check}: {finding.detail}")
