@@ -6,7 +6,8 @@ prices against the bid, vCPU quotas against what `up` would add, the key pair,
 and the plan with its hourly cost. `check` creates nothing (not even the local
 SSH key); `up` runs the same checks with `fix` (on AWS: it may create the EC2
 Spot service-linked role, which bills nothing) and launches nothing when one
-fails.
+fails. The CLI's `up` runs them once: it checks and shows the plan first, and
+`up` then only `settle`s what it brings itself.
 
 A failed check that the user fixes in the cluster file or the account (a
 quota too small, a key pair holding another key, no default VPC) is
@@ -18,6 +19,7 @@ refused, the spot role that only an administrator can create) exits 1.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from provision import cloud
@@ -45,6 +47,7 @@ class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     plan: list[PlannedNodes] = field(default_factory=list)
     price_source: str = ""
+    launch: LaunchPlan | None = None  # what was checked (None: stopped before it)
 
     @property
     def failures(self) -> list[Finding]:
@@ -110,7 +113,7 @@ def preflight(ctx: Context, *, fix: bool, priced: bool = False) -> CheckReport:
     """The checks that need a prepared context (type and image already resolved);
     with `priced`, the plan and its hourly cost too."""
     plan, masters, workers = launch_plan(ctx)
-    report = CheckReport()
+    report = CheckReport(launch=plan)
     user = f", login user {ctx.user}"
     report.findings.append(Finding("image", OK, f"{ctx.image_id} ({ctx.type_info.arch}{user})"))
     if plan.on_demand or plan.spot:
@@ -120,6 +123,20 @@ def preflight(ctx: Context, *, fix: bool, priced: bool = False) -> CheckReport:
         report.plan = _plan_lines(ctx, sheet, masters, workers)
         report.price_source = sheet.source
     return report
+
+
+def settle(ctx: Context, checked: CheckReport) -> CheckReport:
+    """`checked` (a `check` of this cluster moments ago, under its lock) made good for
+    `up` without checking it all again: what `up` brings itself is checked again
+    (the key pair, against the key `up` imports, which `check` may not have had)
+    and the account prerequisites of spot, which `check` only reports, created."""
+    plan = checked.launch
+    if plan is None or not (plan.on_demand or plan.spot):
+        return checked  # stopped early (its failures say why), or nothing to launch
+    plan = dataclasses.replace(plan, public_key=ctx.public_key)
+    again = {f.check: f for f in cloud.prerequisites(ctx.region, plan, fix=True)}
+    findings = [again.pop(f.check, f) for f in checked.findings] + list(again.values())
+    return dataclasses.replace(checked, findings=findings, launch=plan)
 
 
 def check(config: ClusterConfig) -> CheckReport:

@@ -10,6 +10,7 @@ the cloud's tags are the record. `down` walks it all back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,7 @@ def up(
     replace_failed: bool = False,
     keep_failed: bool = False,
     configure_with: str | Strategy = configure.DEFAULT,
+    checked: checks.CheckReport | None = None,
 ) -> UpResult:
     """Bring the cluster to the configured size with engines running (idempotent).
 
@@ -205,12 +207,15 @@ def up(
     `keep_failed` (to look at them; they bill until `down`).
 
     `configure_with`: "fabric" (built in), "ansible" (``ansible/site.yml``, same
-    result), or a `configure.Strategy` of your own.
+    result), or a `configure.Strategy` of your own. `checked`: the report of a
+    `check.check(config)` the caller ran moments ago under this cluster's lock (the
+    CLI does, to show the plan and confirm its price first): the checks then run
+    once, `up` only settles what it brings itself (`check.settle`).
     """
     strategy = configure.strategy(configure_with)
     strategy.check()
     ctx = prepare(config, reporter)
-    report = checks.preflight(ctx, fix=True)
+    report = checks.preflight(ctx, fix=True) if checked is None else checks.settle(ctx, checked)
     for finding in report.findings:
         if finding.status == WARN:
             ctx.reporter.warn(f"{finding.check}: {finding.detail}")
@@ -260,35 +265,37 @@ def _finish(ctx: Context, failed: list[str]) -> UpResult:
     )
 
 
-def _clues(ctx: Context, info: ClusterInfo) -> None:
-    """Warn with each node's engine logs (and the controller's): why engines are missing."""
-    for inst in info.nodes:
+def _warn_each(
+    ctx: Context, nodes: list[InstanceInfo], look: Callable[[InstanceInfo], list[str]],
+    unreachable: str, after: str = "",
+) -> None:
+    """Warn with each line `look` finds on each node (and `after`), behind the node's
+    label; a node it cannot look at is one warning: `unreachable` and why."""
+    for inst in nodes:
         try:
-            lines = engines.log_clues(
-                ctx.endpoint(inst), ctx.config.remote_root, master=inst.role == MASTER
-            )
+            lines = [line + after for line in look(inst)]
         except (ProvisionError, OSError, paramiko.SSHException) as err:
-            lines = [f"could not read its logs: {err}"]
+            lines = [f"{unreachable}: {err}"]
         for line in lines:
             ctx.reporter.warn(f"{inst.label}: {line}")
+
+
+def _clues(ctx: Context, info: ClusterInfo) -> None:
+    """Warn with each node's engine logs (and the controller's): why engines are missing."""
+    root = ctx.config.remote_root
+    _warn_each(ctx, info.nodes,
+               lambda i: engines.log_clues(ctx.endpoint(i), root, master=i.role == MASTER),
+               "could not read its logs")
 
 
 def _revive(ctx: Context, info: ClusterInfo, registered: set[int]) -> None:
     """Start again, with a warning saying why, engines that exited before registering
     or that the controller dropped (it holds only `registered`)."""
-    for inst in info.nodes:
-        n = ctx.engines_on(inst)
-        if not n:
-            continue
-        try:
-            lines = engines.revive_engines(
-                ctx.endpoint(inst), ctx.config.remote_root, n, ctx.connection_files[1], registered
-            )
-        except (ProvisionError, OSError, paramiko.SSHException) as err:
-            ctx.reporter.warn(f"{inst.label}: could not look at its engines: {err}")
-            continue
-        for line in lines:
-            ctx.reporter.warn(f"{inst.label}: {line}; started it again")
+    root, engine_file = ctx.config.remote_root, ctx.connection_files[1]
+    _warn_each(ctx, [i for i in info.nodes if ctx.engines_on(i)],
+               lambda i: engines.revive_engines(ctx.endpoint(i), root, ctx.engines_on(i),
+                                                engine_file, registered),
+               "could not look at its engines", "; started it again")
 
 
 @locks.exclusive("addnode")

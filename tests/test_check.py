@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import subprocess
 
 import boto3
 import pytest
@@ -108,6 +109,67 @@ def test_a_bid_below_every_zone_s_price_is_a_warning(aws, cfg_file, monkeypatch)
 
     assert result.exit_code == 0, result.output
     assert "bid 0.1 USD/h is below the price in every zone" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("via", ["cli", "api"])
+def test_up_runs_the_checks_once_and_still_creates_the_spot_role(aws, cfg_file, monkeypatch, via):
+    """The CLI checks and shows the plan before `lifecycle.up`, which then does not check
+    again (it only creates the spot role the check reported); a notebook's `up` checks."""
+    from provision import check, cloud, lifecycle
+    from provision.config import load_config
+    from provision.errors import ProvisionError
+
+    counts, role_fixes = {"check.preflight": 0, "cloud.preflight": 0}, []
+
+    def counted(name: str, real):
+        def call(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    def stop(ctx):
+        raise ProvisionError("stopped after the checks")
+
+    real_role = account.spot_role
+    monkeypatch.setattr(check, "preflight", counted("check.preflight", check.preflight))
+    monkeypatch.setattr(cloud, "preflight", counted("cloud.preflight", cloud.preflight))
+    monkeypatch.setattr(account, "spot_role",
+                        lambda region, fix: role_fixes.append(fix) or real_role(region, fix=fix))
+    monkeypatch.setattr(lifecycle.imaging, "announce", stop)  # the step after the checks
+
+    if via == "cli":
+        result = invoke("up", "--config", str(cfg_file))
+        assert result.exit_code == 1 and "stopped after the checks" in result.output, result.output
+    else:
+        with pytest.raises(ProvisionError, match="stopped after the checks"):
+            lifecycle.up(load_config(cfg_file))
+
+    assert counts == {"check.preflight": 1, "cloud.preflight": 1}
+    assert role_fixes == ([False, True] if via == "cli" else [True])  # `up` creates it
+
+
+def test_up_with_no_local_key_yet_refuses_a_key_pair_holding_another_before_creating_anything(
+    aws, tmp_path, monkeypatch
+):
+    """`check` runs before `up` makes the local key, so it cannot compare the pair's key:
+    `up` compares it with the key it made, and stops before anything is created."""
+    from oracle import anything
+
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    aws.import_key_pair(KeyName="provision-unit", PublicKeyMaterial=(
+        tmp_path / "other.pub").read_bytes())
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(test_cli.CONFIG.replace("    key_path: {key}\n", ""))  # the default key
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where it does not exist yet
+
+    result = invoke("up", "--config", str(cfg))
+
+    assert result.exit_code == 2, result.output
+    assert "provision-unit in us-east-1 holds another key" in " ".join(result.output.split())
+    assert "nothing was launched" in result.output
+    assert {k: v for k, v in anything(aws).items() if v and k not in ("images", "snapshots")} == {
+        "key_pairs": ["provision-unit"]}
 
 
 # --- where moto differs from AWS: Stubber --------------------------------------------

@@ -193,3 +193,41 @@ def test_no_aws_secret_or_private_key_reaches_logs_or_status_json(
     assert "botocore" in caplog.text  # DEBUG logs were captured, requests included
     assert SECRET not in seen
     assert not [line for line in private if line in seen]
+
+
+def test_missing_engines_are_revived_and_explained_node_by_node(monkeypatch):
+    """`up`'s wait for engines: a node with engines that exited gets them started again,
+    every node's logs explain a timeout, and a node it cannot reach is one warning."""
+    from types import SimpleNamespace
+
+    from provision.cloud.common import WORKER
+
+    nodes = [SimpleNamespace(label=label, role=role) for label, role in
+             (("master", MASTER), ("node001", WORKER), ("node002", WORKER))]
+    warned: list[str] = []
+    ctx = SimpleNamespace(
+        config=SimpleNamespace(remote_root="/srv/p"), connection_files=("c.json", "e.json"),
+        reporter=SimpleNamespace(warn=warned.append), endpoint=lambda i: i.label,
+        engines_on=lambda i: 0 if i.role == MASTER else 2,
+    )
+
+    def answer(ep: str, found: list[str]) -> list[str]:
+        if ep == "node002":
+            raise NodeError("connection refused")
+        return found
+
+    monkeypatch.setattr(lifecycle.engines, "revive_engines",
+                        lambda ep, root, n, engine_file, registered:
+                        answer(ep, [f"{n} engines exited, {sorted(registered)} held"]))
+    monkeypatch.setattr(lifecycle.engines, "log_clues",
+                        lambda ep, root, master: answer(ep, [f"log master={master}"]))
+    info = SimpleNamespace(nodes=nodes)
+    lifecycle._revive(ctx, info, {0, 3})
+    lifecycle._clues(ctx, info)
+
+    assert warned == [
+        "node001: 2 engines exited, [0, 3] held; started it again",
+        "node002: could not look at its engines: connection refused",
+        "master: log master=True", "node001: log master=False",
+        "node002: could not read its logs: connection refused",
+    ]

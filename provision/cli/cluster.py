@@ -158,10 +158,12 @@ def up(config_path: Path | None, template: str | None, replace_failed: bool, kee
         report.raise_for_failures("nothing was launched (--dry-run launches nothing anyway)")
         return
     with locks.cluster_lock(cfg.name, "up"):  # the plan and the launch: one `up` at a time
-        _plan_and_confirm(cfg, checks.check(cfg), yes)
+        checked = checks.check(cfg)
+        _plan_and_confirm(cfg, checked, yes)
         with progress.for_console(err) as reporter:
             result = lifecycle.up(cfg, reporter, replace_failed=replace_failed,
-                                  keep_failed=keep_failed, configure_with=configure_with)
+                                  keep_failed=keep_failed, configure_with=configure_with,
+                                  checked=checked)
     info = result.cluster
     rows = query.node_rows(info, query.cluster_costs(info.region, info, cfg))
     out.print(tables.nodes(f"cluster {info.name} ({info.region.name})", rows))

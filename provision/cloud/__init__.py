@@ -213,6 +213,16 @@ def preflight(region: Region, plan: LaunchPlan, *, fix: bool = False) -> list[Fi
     raise NotImplementedError
 
 
+@_route
+def prerequisites(region: Region, plan: LaunchPlan, *, fix: bool = False) -> list[Finding]:
+    """The last checks of `preflight`, on what `up` itself brings: the key pair
+    (against `plan.public_key`, the key `up` imports) and the account
+    prerequisites of spot (created with `fix`). `up` after a `check` that ran
+    moments ago runs only these again: `check` may run before the local key
+    exists, and creates nothing."""
+    raise NotImplementedError
+
+
 # --- network access and keys ---------------------------------------------------------
 
 

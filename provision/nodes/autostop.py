@@ -26,7 +26,7 @@ from typing import Any
 import fabric
 
 from provision.errors import ProvisionError
-from provision.nodes import autostop_agent
+from provision.nodes import autostop_agent, keys
 from provision.nodes.remote import Borrowed, Endpoint, NodeError, run
 
 AGENT_START_S = 30  # for a fresh agent to write its first state file
@@ -65,12 +65,7 @@ def install(ep_master: Endpoint | fabric.Connection, remote_root: str,
         run(b.conn, f"mkdir -p -m 700 {shlex.quote(d)}")
         _write(b.conn, f"{d}/agent.py", source)
         _write(b.conn, f"{d}/config.json", json.dumps(config, indent=1), 0o600)
-        pub = run(b.conn, "\n".join([
-            f"D={shlex.quote(d)}",
-            f'[ -s "$D/id_ed25519" ] || ssh-keygen -q -t ed25519 -N "" -C {KEY_COMMENT} '
-            '-f "$D/id_ed25519" >/dev/null',
-            'cat "$D/id_ed25519.pub"',
-        ])).strip()
+        pub = run(b.conn, keys.ensure_key_script(d, KEY_COMMENT)).strip()
         run(b.conn, "\n".join([
             f"D={shlex.quote(d)}; R={shlex.quote(remote_root)}",
             _STOP,
@@ -101,12 +96,7 @@ def _wait_started(conn: fabric.Connection, d: str) -> None:
 
 def authorize(ep: Endpoint | fabric.Connection, public_key: str) -> None:
     """Let the agent's key run ``sudo -n poweroff`` on this node, and nothing else."""
-    line = f'restrict,command="{autostop_agent.POWEROFF}" {public_key}'
-    run(ep, "\n".join([
-        "mkdir -p -m 700 ~/.ssh && touch ~/.ssh/authorized_keys",
-        f"grep -qxF {shlex.quote(line)} ~/.ssh/authorized_keys || "
-        f"echo {shlex.quote(line)} >> ~/.ssh/authorized_keys",
-    ]))
+    run(ep, keys.authorize_script(f'restrict,command="{autostop_agent.POWEROFF}" {public_key}'))
 
 
 def stop(ep_master: Endpoint | fabric.Connection, remote_root: str) -> None:

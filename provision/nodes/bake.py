@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import fabric
 
 from provision.nodes import autostop, relay
+from provision.nodes.keys import authorize_script
 from provision.nodes.remote import Borrowed, Endpoint, run
 
 # Under remote_root: what must not be baked (see the module's docstring).
@@ -82,8 +83,5 @@ def restore(target: Endpoint | fabric.Connection, remote_root: str, stashed: Sta
             f.write(stashed.tarball)
         run(target, f"cd {root} && tar xzf .bake-restore.tgz && rm -f .bake-restore.tgz",
             timeout=STASH_TIMEOUT_S)
-    keys = "~/.ssh/authorized_keys"
     for line in stashed.key_lines.splitlines():
-        q = shlex.quote(line)
-        run(target, f"umask 077 && mkdir -p ~/.ssh && touch {keys} && "
-                    f"{{ grep -qxF {q} {keys} || printf '%s\\n' {q} >> {keys}; }}")
+        run(target, authorize_script(line))

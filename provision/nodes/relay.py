@@ -28,11 +28,12 @@ from dataclasses import dataclass
 
 import fabric
 
+from provision.nodes import keys
 from provision.nodes.remote import Borrowed, Endpoint, NodeError, run
 from provision.nodes.transfer import PUSH_TIMEOUT_S, own_dir, receive_script
 
 KEY_DIR = "cluster-ssh"  # under remote_root, on the master
-KEY_NAME = "id_ed25519"
+KEY_NAME = keys.KEY_NAME
 COMMENT = "provision-cluster"
 NO_SOURCE = 86  # the master's exit status when it lacks what it was asked to forward
 REFUSED = ("Permission denied", "Host key verification failed", "No ED25519 host key")
@@ -53,20 +54,9 @@ def key_dir(remote_root: str) -> str:
 
 def ensure_key(master: Endpoint | fabric.Connection, remote_root: str) -> str:
     """The cluster key's public half, generated on the master the first time (idempotent,
-    safe to call from several threads: ``flock``, and ssh-keygen into a temp name)."""
-    d = shlex.quote(key_dir(remote_root))
-    key = f"{d}/{KEY_NAME}"
-    script = (
-        f"{own_dir(remote_root)} && umask 077 && mkdir -p {d} && chmod 700 {d} && "
-        f"flock {d}/.lock sh -c "
-        + shlex.quote(
-            f"test -s {key}.pub || {{ rm -f {key}.new {key}.new.pub && "
-            f"ssh-keygen -q -t ed25519 -N '' -C {COMMENT} -f {key}.new && "
-            f"mv {key}.new.pub {key}.pub && mv {key}.new {key}; }}"
-        )
-        + f" && cat {key}.pub"
-    )
-    return run(master, script).strip()
+    safe to call from several threads: see `keys.ensure_key_script`)."""
+    script = keys.ensure_key_script(key_dir(remote_root), COMMENT)
+    return run(master, f"{own_dir(remote_root)} && {script}").strip()
 
 
 def authorize(
@@ -81,9 +71,7 @@ def authorize(
     """
     q = shlex.quote
     with Borrowed(worker) as b:
-        run(b.conn, "umask 077 && mkdir -p ~/.ssh && touch ~/.ssh/authorized_keys && "
-                    f"{{ grep -qxF {q(public_key)} ~/.ssh/authorized_keys || "
-                    f"printf '%s\\n' {q(public_key)} >> ~/.ssh/authorized_keys; }}")
+        run(b.conn, keys.authorize_script(public_key))
         host_key = b.conn.transport.get_remote_server_key()
     line = f"{private_ip} {host_key.get_name()} {host_key.get_base64()}"
     known = f"{key_dir(remote_root)}/known_hosts"

@@ -29,7 +29,7 @@ from provision.cloud.aws.network import (
     ensure_security_group,
     resolve_network,
 )
-from provision.cloud.aws.preflight import preflight
+from provision.cloud.aws.preflight import preflight, prerequisites
 from provision.cloud.aws.prices import spot_price_history, spot_price_series
 from provision.cloud.aws.pricing import price_sheet
 from provision.cloud.aws.teardown import leftovers, terminate_cluster, terminate_instances
@@ -52,6 +52,7 @@ __all__ = [
     "list_images",
     "name_unnamed",
     "preflight",
+    "prerequisites",
     "price_sheet",
     "resolve_image",
     "resolve_network",

@@ -30,7 +30,17 @@ def preflight(region: Region, plan: LaunchPlan, *, fix: bool = False) -> list[Fi
     if plan.spot:
         findings.append(_spot_prices(region, plan, [zone] if zone else offered))
     findings += quotas.check(region, plan)
-    findings.append(_key_pair(ec2, region, plan))
+    return findings + _prerequisites(ec2, region, plan, fix)
+
+
+@api.api_errors
+def prerequisites(region: Region, plan: LaunchPlan, *, fix: bool = False) -> list[Finding]:
+    """See the contract."""
+    return _prerequisites(api.ec2_client(region), region, plan, fix)
+
+
+def _prerequisites(ec2: Any, region: Region, plan: LaunchPlan, fix: bool) -> list[Finding]:
+    findings = [_key_pair(ec2, region, plan)]
     if plan.spot:
         findings.append(account.spot_role(region, fix=fix))
     return findings
