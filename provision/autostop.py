@@ -68,10 +68,13 @@ def apply(ctx: Context, info: ClusterInfo, hourly: float | None) -> None:
             agent.stop(ep, ctx.config.remote_root)
             state.update(ctx.name, autostop_agent=False)
         return
-    key = agent.install(ep, ctx.config.remote_root, limits(ctx, info, hourly))
+    # Every worker accepts the agent's key before the agent starts: with a limit already
+    # reached, its first look stops the workers, then the master.
+    key = agent.ensure_key(ep, ctx.config.remote_root)
     group = fanout.fan_out(lambda i: agent.authorize(ctx.endpoint(i, master), key), info.workers,
                            key=lambda i: i.label, limit=fanout.MAX_PARALLEL_HOSTS)
     group.raise_for_failures()
+    agent.install(ep, ctx.config.remote_root, limits(ctx, info, hourly))
     state.update(ctx.name, autostop_agent=True)
 
 

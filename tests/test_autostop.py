@@ -214,3 +214,29 @@ def test_status_says_the_limits_how_long_idle_and_the_spend_against_the_budget()
     assert "runs until `provision down`" in cli_limits.describe({})
     tiny = cli_limits.describe({"budget": 0.0025}, None, 0.001)
     assert tiny == "budget $0.0025 (spent $0.0010)"
+
+
+def test_every_worker_accepts_the_agents_key_before_the_agent_starts(monkeypatch):
+    """A limit already reached stops the workers at the agent's first look: a worker
+    authorised after that would be left running, and billing."""
+    from types import SimpleNamespace
+
+    from provision import autostop as limits_api
+
+    calls: list[str] = []
+    monkeypatch.setattr(limits_api, "wanted", lambda ctx: True)
+    monkeypatch.setattr(limits_api, "limits", lambda ctx, info, hourly: {})
+    monkeypatch.setattr(limits_api.state, "update", lambda *a, **k: None)
+    monkeypatch.setattr(limits_api.agent, "ensure_key",
+                        lambda ep, root: calls.append(f"key on {ep}") or "PUB")
+    monkeypatch.setattr(limits_api.agent, "authorize",
+                        lambda ep, key: calls.append(f"{key} on {ep}"))
+    monkeypatch.setattr(limits_api.agent, "install",
+                        lambda ep, root, config: calls.append(f"agent on {ep}"))
+    master = SimpleNamespace(label="master")
+    workers = [SimpleNamespace(label=f"node00{i}") for i in (1, 2)]
+    ctx = SimpleNamespace(name="c", config=SimpleNamespace(remote_root="/srv/p"),
+                          endpoint=lambda inst, via=None: inst.label)
+    limits_api.apply(ctx, SimpleNamespace(master=master, workers=workers), 0.1)
+    assert calls[0] == "key on master" and calls[-1] == "agent on master", calls
+    assert sorted(calls[1:-1]) == ["PUB on node001", "PUB on node002"], calls

@@ -45,7 +45,7 @@ clusters:
     ssh_timeout: 120
   idle: {{extends: base, name: {idle}}}
   busy: {{extends: base, name: {busy}, autostop: {busy_idle}s}}
-  budget: {{extends: base, name: {budget}, budget: 5}}
+  budget: {{extends: base, name: {budget}, budget: 5, cluster_size: 2}}
 """
 seen: dict[str, Any] = {}  # what one test saw and a later one checks
 

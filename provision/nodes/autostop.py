@@ -55,25 +55,34 @@ _STOP = (  # the agent of the pid file, if it is one: TERM, up to 5 s, then KILL
 )
 
 
+def ensure_key(ep_master: Endpoint | fabric.Connection, remote_root: str) -> str:
+    """The agent's key on the master (made once); returns the public key the workers
+    must accept (see `authorize`) before the agent starts: a limit already reached
+    makes it stop the workers at its first look."""
+    d = _dir(remote_root)
+    with Borrowed(ep_master) as b:
+        run(b.conn, f"mkdir -p -m 700 {shlex.quote(d)}")
+        return run(b.conn, keys.ensure_key_script(d, KEY_COMMENT)).strip()
+
+
 def install(ep_master: Endpoint | fabric.Connection, remote_root: str,
-            config: dict[str, Any]) -> str:
-    """Have the agent run on the master with `config`; returns the public key the
-    workers must accept (see `authorize`)."""
+            config: dict[str, Any]) -> None:
+    """Have the agent run on the master with `config` (its key made by `ensure_key`
+    and accepted by the workers first)."""
     d = _dir(remote_root)
     source = resources.files("provision.nodes").joinpath("autostop_agent.py").read_text()
     with Borrowed(ep_master) as b:
         run(b.conn, f"mkdir -p -m 700 {shlex.quote(d)}")
         _write(b.conn, f"{d}/agent.py", source)
         _write(b.conn, f"{d}/config.json", json.dumps(config, indent=1), 0o600)
-        pub = run(b.conn, keys.ensure_key_script(d, KEY_COMMENT)).strip()
         run(b.conn, "\n".join([
             f"D={shlex.quote(d)}; R={shlex.quote(remote_root)}",
             _STOP,
+            'rm -f "$D/go"',
             'setsid nohup "$R/venv/bin/python" "$D/agent.py" "$R" >> "$D/agent.log" 2>&1 '
             "< /dev/null &",
         ]))
         _wait_started(b.conn, d)
-    return pub
 
 
 def _wait_started(conn: fabric.Connection, d: str) -> None:
@@ -86,6 +95,7 @@ def _wait_started(conn: fabric.Connection, d: str) -> None:
         pid, _, doc = found.partition("\n")
         try:
             if pid.strip() and json.loads(doc).get("pid") == int(pid):
+                run(conn, f"touch {q}/go")  # the agent's first look comes after this
                 return
         except ValueError:
             pass

@@ -37,6 +37,7 @@ POLL_S = 5.0  # how often the agent looks
 POWEROFF = "sudo -n poweroff"  # the only command a worker accepts with the agent's key
 SSH_OPTS = ("-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
             "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR")
+GO_WAIT_S = 60.0  # for the installer's go-ahead (see `Agent.run`); then it goes ahead anyway
 RETRY_STOP_S = 30.0  # after a stop that left this node running (e.g. no sudo)
 IDLE, MAX_HOURS, BUDGET = "idle", "max_hours", "budget"
 
@@ -238,6 +239,13 @@ class Agent:
                            "idle_s": 0.0, "last_active": self.last_active,
                            "controller": "starting"})  # the installer waits for this
         log(f"agent started (pid {os.getpid()})")
+        # A limit already reached stops the cluster at the first look: not before the
+        # installer, still connected to this node, has seen this state and said go
+        # (else its session would hang on a node that powered itself off).
+        go, deadline = self.dir / "go", time.monotonic() + GO_WAIT_S
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        go.unlink(missing_ok=True)
         while True:
             reason = self.step(time.time())
             wait = float((self._read("config.json") or {}).get("poll_s", POLL_S))
