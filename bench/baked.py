@@ -36,20 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import common
 from bench.bootstrap import PHASES, timed_up, warm_wheelhouse
-from bench.common import (
-    base_parser,
-    fmt,
-    machine_info,
-    machine_line,
-    mib,
-    sim_config,
-    sim_session,
-    table,
-    unique_name,
-    wan,
-    write_json,
-)
 
 IMAGES = ("stock", "baked")
 
@@ -67,7 +55,7 @@ class Bench:
 
     def __init__(self, nodes: int, tmp: Path) -> None:
         self.nodes, self.tmp = nodes, tmp
-        self.image_name = unique_name("image")
+        self.image_name = common.unique_name("image")
         self.image_id: str | None = None
         self.bake_s: float | None = None
         self.runs: dict[str, list[dict[str, Any]]] = {k: [] for k in IMAGES}
@@ -76,7 +64,8 @@ class Bench:
     def up(self, image: str, round_: int) -> None:
         """One fresh cluster on `image` (the stock one bakes the image if none yet)."""
         extra = {"image": self.image_name} if image == "baked" else {}
-        config = sim_config(unique_name(f"{image}{self.nodes}"), self.nodes, self.tmp, **extra)
+        name = common.unique_name(f"{image}{self.nodes}")
+        config = common.sim_config(name, self.nodes, self.tmp, **extra)
         bake = self._bake if image == "stock" and self.image_id is None else None
         print(f"{image}: up -n {self.nodes} (round {round_}) ...", flush=True)
         try:
@@ -106,7 +95,7 @@ class Bench:
         if self.image_id is None:
             return
         try:
-            imaging.delete(sim_config("bench", 1, self.tmp), self.image_id)
+            imaging.delete(common.sim_config("bench", 1, self.tmp), self.image_id)
         except Exception as err:  # noqa: BLE001 - recorded: an image left behind
             _failed(self.failures, "baked", 0, "image delete", err)
 
@@ -124,7 +113,7 @@ def summary(bench: Bench) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = base_parser(__doc__)
+    parser = common.base_parser(__doc__)
     parser.add_argument("--nodes", type=int, default=None, help="N (default 3; --quick 1)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="ups per image, interleaved (default 2; --quick 1)")
@@ -134,9 +123,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     nodes = args.nodes or (1 if args.quick else 3)
     repeat = args.repeat or (1 if args.quick else 2)
 
-    machine = machine_info()
-    print(machine_line(machine), flush=True)
-    with sim_session("bench-baked") as (st, tmp), wan(args.uplink):
+    machine = common.machine_info()
+    print(common.machine_line(machine), flush=True)
+    with common.sim_session("bench-baked") as (st, tmp), common.wan(args.uplink):
         bench = Bench(nodes, tmp)
         warm_s = warm_wheelhouse()
         try:
@@ -150,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "sim_boot_delay_s": st.boot_delay, "warm_wheelhouse_s": warm_s,
                "image": bench.image_name, "bake_s": bench.bake_s, "runs": bench.runs,
                "summary": summary(bench), "failures": bench.failures}
-    print(render(bench, results["summary"]), flush=True)
-    path = write_json("baked", results, machine, args.json)
+    print(render(bench, results["summary"], args.uplink), flush=True)
+    path = common.write_json("baked", results, machine, args.json)
     print(f"\nwrote {path}")
     if bench.failures:
         print(f"{len(bench.failures)} failure(s) met (in the JSON's `failures`):")
@@ -160,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def render(bench: Bench, summ: dict[str, Any]) -> str:
+def render(bench: Bench, summ: dict[str, Any], uplink: str = "off") -> str:
     stock = summ["stock"]["median_s"]
     rows = []
     for image in IMAGES:
@@ -169,13 +158,14 @@ def render(bench: Bench, summ: dict[str, Any]) -> str:
             rows.append([image, r["round"], r["total_s"],
                          None if stock is None else r["total_s"] / stock,
                          *(ph[p] for p in PHASES), r["installs_skipped"],
-                         r["machine_cpu_busy"], mib(r["link_bytes"])])
+                         r["machine_cpu_busy"], common.mib(r["link_bytes"])])
     header = ["image", "round", "T s", "T/stock median", *(f"{p} s" for p in PHASES),
               "installs skipped", "CPU busy", "link MiB"]
     title = (f"\nup -n {bench.nodes} + connect, fresh simulated nodes, one engine each, warm "
-             "wheelhouse (longest node per phase)")
-    return (f"{table(rows, header, title)}\nmedian T: stock {_s(summ['stock']['median_s'])}, "
-            f"baked {_s(summ['baked']['median_s'])}; baked/stock = {fmt(summ['ratio'], 2)} "
+             f"wheelhouse, uplink {uplink} (longest node per phase)")
+    medians = f"median T: stock {_s(summ['stock']['median_s'])}, "
+    return (f"{common.table(rows, header, title)}\n{medians}"
+            f"baked {_s(summ['baked']['median_s'])}; baked/stock = {common.fmt(summ['ratio'], 2)} "
             f"(target <= 0.3); image create {_s(bench.bake_s)}")
 
 
