@@ -61,6 +61,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -245,12 +246,23 @@ def _failed(
 def _bring_up_once(
     n: int, mode: str, tmp: Path, cold_pip: bool, failures: list[dict[str, Any]], attempt: int
 ) -> dict[str, Any]:
+    config = sim_config(unique_name(f"boot{mode[0]}{n}"), n, tmp)
+    with cache_env(mode, tmp, cold_pip):
+        return timed_up(config, lambda err: _failed(failures, mode, n, attempt, "down", err))
+
+
+def timed_up(
+    config: Any, on_down_error: Callable[[BaseException], None],
+    before_down: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Bring up `config`'s cluster, connect a Client to all its engines, take it down:
+    the timings. `before_down(name)` runs on the cluster while it is still up (not
+    timed here); a failed `down` goes to `on_down_error`, never hiding the run's own."""
     from provision import lifecycle
 
-    name = unique_name(f"boot{mode[0]}{n}")
-    config = sim_config(name, n, tmp)
+    n, name = config.cluster_size, config.name
     reporter = TimingReporter()
-    with cache_env(mode, tmp, cold_pip), WheelhouseTimer() as wheel:
+    with WheelhouseTimer() as wheel:
         try:
             cpu0 = psutil.cpu_times()
             link0 = laptop_link_bytes()
@@ -263,11 +275,13 @@ def _bring_up_once(
             engines = len(rc.ids)
             rc.close()
             busy = _busy(cpu0, psutil.cpu_times())
+            if before_down is not None:
+                before_down(name)
         finally:
             try:
                 lifecycle.down(name)
             except Exception as err:  # noqa: BLE001 - recorded; never hides the run's own error
-                _failed(failures, mode, n, attempt, "down", err)
+                on_down_error(err)
     if result.failed or engines != n:
         raise RuntimeError(f"N={n}: {engines} engines, failed nodes {result.failed}")
     return {
@@ -280,6 +294,10 @@ def _bring_up_once(
         "engines": engines,
         "machine_cpu_busy": busy,
         "link_bytes": link,
+        "notes": reporter.notes,
+        # Nodes whose install stage was skipped (a baked image of the client's environment).
+        "installs_skipped": len({node for _, node, _, text in reporter.events
+                                 if text.startswith("install skipped")}),
     }
 
 

@@ -115,7 +115,9 @@ def preflight(ctx: Context, *, fix: bool, priced: bool = False) -> CheckReport:
     plan, masters, workers = launch_plan(ctx)
     report = CheckReport(launch=plan)
     user = f", login user {ctx.user}"
-    report.findings.append(Finding("image", OK, f"{ctx.image_id} ({ctx.type_info.arch}{user})"))
+    named = f"{ctx.config.image!r} = " if ctx.config.image is not None else ""
+    report.findings.append(
+        Finding("image", OK, f"{named}{ctx.image_id} ({ctx.type_info.arch}{user})"))
     if plan.on_demand or plan.spot:
         report.findings += cloud.preflight(ctx.region, plan, fix=fix)
     if priced:

@@ -163,7 +163,10 @@ def prepare(
     try:
         type_info = cloud.describe_instance_type(region, config.instance_type)
         cloud.resolve_network(region, config.zone)  # e.g. no default VPC: say what to set
-        image_id = cloud.resolve_image(region, config.image_id, type_info.arch)
+        wanted = config.image_id
+        if config.image is not None:
+            wanted = _launchable(baked_image(region, config.image, "image")).image_id
+        image_id = cloud.resolve_image(region, wanted, type_info.arch)
         image = cloud.describe_image(region, image_id)
     except CloudAPIError as err:
         raise ProvisionError(f"{config.region}: {err}") from err
@@ -184,6 +187,25 @@ def prepare(
         public_key=ensure_key(config) if need_key else "",
         reporter=reporter or Reporter(),
     )
+
+
+def baked_image(region: Region, name: str, field: str) -> cloud.BakedImage:
+    """The image provision baked under `name`; `BadInput` naming `field` when there
+    is none (a typo, another region, or deleted), pointing at the list of images."""
+    found = cloud.find_image(region, name)
+    if found is None:
+        raise BadInput(f"{field}: no image called {name!r} baked by provision in "
+                       f"{region.name} (see `provision image list`)")
+    return found
+
+
+def _launchable(image: cloud.BakedImage) -> cloud.BakedImage:
+    """`image` if it is available: a pending one (an `image create` still running or
+    interrupted) or a failed one cannot be launched."""
+    if image.state != "available":
+        raise BadInput(f"image: {image.name!r} ({image.image_id}) is {image.state}, not "
+                       "available (see `provision image list`)")
+    return image
 
 
 def recorded_config(name: str) -> ClusterConfig:

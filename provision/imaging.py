@@ -13,21 +13,17 @@ environment skips it (`nodes.setup`), one that does not installs as usual.
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 from provision import cloud, locks
 from provision.cloud.common import MASTER, BakedImage, CloudError, ClusterInfo, InstanceInfo
-from provision.context import Context, context_for, resolve_region
+from provision.context import Context, baked_image, context_for, resolve_region
 from provision.errors import BadInput, ProvisionError
 from provision.files import find_node
 from provision.nodes import bake
 from provision.progress import Reporter
-from provision.schema import ClusterConfig
+from provision.schema import IMAGE_ID_RE, IMAGE_NAME_RE, ClusterConfig
 
 IMAGE_TIMEOUT_S = 3600  # AWS takes minutes per image, more for big disks
-# An AMI name: 3-128 characters of letters, digits and ()[] ./-'@_ (EC2's rule).
-NAME_RE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
-IMAGE_ID_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
 
 
 def default_name(cluster: str, now: dt.datetime | None = None) -> str:
@@ -54,7 +50,7 @@ def create(
 ) -> BakedImage:
     """Bake `node` of cluster `name` (default: a worker) into an available image."""
     image_name = image_name or default_name(name)
-    if not NAME_RE.match(image_name):
+    if not IMAGE_NAME_RE.match(image_name):
         raise BadInput(f"--name: {image_name!r} is not an image name (3-128 letters, digits, "
                        "spaces and ()[]./-'@_)")
     ctx = context_for(config if config is not None else name, reporter=reporter)
@@ -90,14 +86,8 @@ def delete(config: ClusterConfig, image: str) -> tuple[str, list[str]]:
     """Deregister the image `image` names (an id, or the name of one provision baked)
     and delete its snapshots; (image id, ids removed now). Safe to repeat with an id."""
     region = resolve_region(config)
-    if IMAGE_ID_RE.match(image):
-        image_id = image
-    else:
-        named = [b for b in cloud.list_images(region) if b.name == image]
-        if not named:
-            raise BadInput(f"IMAGE: no image called {image!r} baked by provision in "
-                           f"{region.name} (see `provision image list`)")
-        image_id = named[0].image_id
+    named = not IMAGE_ID_RE.match(image)
+    image_id = baked_image(region, image, "IMAGE").image_id if named else image
     try:
         return image_id, cloud.delete_image(region, image_id)
     except CloudError as e:

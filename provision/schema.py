@@ -27,6 +27,9 @@ REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 VPC_RE = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # a POSIX login name
+# An AMI name: 3-128 characters of letters, digits and ()[] ./-'@_ (EC2's rule).
+IMAGE_NAME_RE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
+IMAGE_ID_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
 SHAPES = {  # field -> (pattern, what the value must look like)
     "subnet_id": (SUBNET_RE, "a subnet id like subnet-0123456789abcdef0"),
     "vpc_id": (VPC_RE, "a VPC id like vpc-0123456789abcdef0"),
@@ -60,6 +63,9 @@ class ClusterConfig(pydantic.BaseModel):
     public_ip: bool = True  # workers get a public IPv4; false: reached through the master
     instance_type: str = "c5.large"  # compute-optimised (c-family) only
     image_id: str | None = None  # None = latest Ubuntu LTS via public SSM parameter
+    # Or a baked image by its name (`provision image create --name`), resolved to
+    # its id at `up`/`check`: the file outlives a re-bake, an id would not.
+    image: str | None = None
     user: str | None = None  # SSH user; None = the image's default (ubuntu, ec2-user, ...)
     cluster_size: int = Field(2, ge=1, le=100)  # total nodes including the master
     spot_bid: float | None = None  # USD/hour max price; None = on-demand
@@ -123,6 +129,25 @@ class ClusterConfig(pydantic.BaseModel):
         regex, example = SHAPES[info.field_name or ""]
         if v is not None and not regex.match(v):
             raise ValueError(f"must be {example} (got {v!r})")
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None, info: pydantic.ValidationInfo) -> str | None:
+        """A baked image's name, never alongside `image_id` (which one would win is a
+        guess; a template that extends one with `image_id` unsets it with `image_id: null`)."""
+        if v is None:
+            return None
+        if info.data.get("image_id") is not None:
+            raise ValueError(
+                f"set image (a baked image's name) or image_id (an AMI id), not both "
+                f"(got image {v!r} and image_id {info.data['image_id']!r})"
+            )
+        if IMAGE_ID_RE.match(v):
+            raise ValueError(f"is an image id: set image_id: {v} instead (got {v!r})")
+        if not IMAGE_NAME_RE.match(v):
+            raise ValueError(f"must be an image name: 3-128 letters, digits, spaces and "
+                             f"()[]./-'@_ (got {v!r})")
         return v
 
     @field_validator("instance_type")

@@ -10,8 +10,9 @@ import json
 import math
 
 import pytest
+from oracle import ec2_client
 
-from bench import bootstrap, memory, overhead, putdata, search
+from bench import baked, bootstrap, memory, overhead, putdata, search
 from bench.common import PeakPSS, machine_info, table
 
 
@@ -100,6 +101,22 @@ def test_bootstrap_quick(sim_region, tmp_path):
     assert warm[1]["link_bytes"] < 1.3 * warm[0]["link_bytes"], warm
     assert _positive(data["ratio_max_to_1"]["warm"])
     assert data["failures"] == [] and data["failed_points"] == []
+
+
+@pytest.mark.e2e
+def test_baked_quick_brings_up_the_stock_then_the_baked_image(sim_region, tmp_path):
+    data = baked.main(["--quick", "--json", str(tmp_path / "baked.json")])
+    assert data["failures"] == [], data["failures"]
+    (stock,), (on_image,) = data["runs"]["stock"], data["runs"]["baked"]
+    # The stock node installs; every node of the baked image skips it (the image was
+    # named in the cluster file by its name).
+    assert (stock["installs_skipped"], on_image["installs_skipped"]) == (0, 1)
+    assert stock["engines"] == on_image["engines"] == 1
+    assert _positive(data["bake_s"]) and _positive(data["summary"]["ratio"])
+    assert json.loads((tmp_path / "baked.json").read_text())["image"] == data["image"]
+    left = ec2_client(sim_region).describe_images(
+        Owners=["self"], Filters=[{"Name": "name", "Values": [data["image"]]}])["Images"]
+    assert left == [], "the benchmark left its image behind"
 
 
 def test_bootstrap_reports_every_failed_attempt_not_only_the_success(monkeypatch, tmp_path):

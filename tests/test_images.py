@@ -7,18 +7,21 @@ under test.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import boto3
 import pytest
 import test_cli
 from botocore.stub import Stubber
-from oracle import leftovers
+from oracle import anything, created_since, files_under, leftovers
 from test_cli import invoke
 
-from provision import cloud, imaging
+from provision import cloud, context, imaging
 from provision.cloud.aws import api
 from provision.cloud.common import CloudError, Region
+from provision.config import load_config
 from provision.progress import Reporter
 
 aws, cfg_file = test_cli.aws, test_cli.cfg_file  # moto; a cluster file of cluster "unit"
@@ -35,7 +38,9 @@ def _instance(ec2, cluster: str = "c1") -> str:
 
 
 def _bake(ec2, cluster: str = "c1", name: str = "baked-one") -> str:
-    image_id = cloud.create_image(REGION, cluster, _instance(ec2, cluster), name, digest=DIGEST)
+    # The description names the source image, as `image create` writes it: the login user.
+    image_id = cloud.create_image(REGION, cluster, _instance(ec2, cluster), name, digest=DIGEST,
+                                  description="from al2023-ami-2023.6 Amazon Linux 2023")
     cloud.wait_image(REGION, image_id, timeout=30)
     return image_id
 
@@ -176,3 +181,68 @@ def test_up_on_a_baked_image_of_another_environment_says_it_installs(aws):
 def test_up_on_a_stock_image_says_nothing_about_baking(aws):
     ctx = _ctx(aws.describe_images(Owners=["amazon"])["Images"][0]["ImageId"], DIGEST)
     assert imaging.announce(ctx) is None and ctx.reporter.lines == []
+
+
+# --- `image: NAME` in the cluster file --------------------------------------------------
+
+
+def _naming(cfg_file, line: str):
+    """The cluster file with `line` added to its template (`image: ...` and the like)."""
+    cfg_file.write_text(cfg_file.read_text() + f"    {line}\n")
+    return cfg_file
+
+
+def _nothing_created_since(aws, before: dict[str, list[str]]) -> None:
+    """Nothing in EC2 that was not there `before` (the baked image's source instance
+    was), and no local state."""
+    assert created_since(aws, before) == {}
+    assert files_under(Path(os.environ["PROVISION_STATE_DIR"])) == []
+
+
+def _one_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_a_cluster_file_names_a_baked_image_and_up_resolves_it_to_the_ami(aws, cfg_file):
+    image_id = _bake(aws, "unit", "sklearn-1.5 (digits)")
+    cfg = load_config(_naming(cfg_file, "image: sklearn-1.5 (digits)"))
+    assert context.prepare(cfg, need_key=False).image_id == image_id
+    before = anything(aws)
+    result = invoke("up", "--config", str(cfg_file), "--dry-run")
+    assert result.exit_code == 0 and image_id in result.output, result.output
+    assert "sklearn-1.5 (digits)" in result.output
+    _nothing_created_since(aws, before)
+
+
+def test_image_and_image_id_together_exit_2_naming_both_fields(aws, cfg_file):
+    image_id = _bake(aws, "unit", "both-set")
+    _naming(cfg_file, f"image_id: {image_id}\n    image: both-set")
+    before = anything(aws)
+    for command in ("up", "check"):
+        line = _one_line(invoke(command, "--config", str(cfg_file)))
+        assert "clusters.aws.image:" in line and "image_id" in line and "not both" in line
+    _nothing_created_since(aws, before)
+
+
+@pytest.mark.parametrize("named", ["no-such-image", "not-ours"])
+def test_an_unknown_image_name_exits_2_pointing_at_image_list(aws, cfg_file, named):
+    aws.create_image(InstanceId=_instance(aws), Name="not-ours")  # another tool's: not ours
+    _bake(aws, "unit", "ours")
+    before = anything(aws)
+    line = _one_line(invoke("up", "--config", str(_naming(cfg_file, f"image: {named}"))))
+    assert f"image: no image called {named!r} baked by provision in us-east-1" in line
+    assert "provision image list" in line
+    _nothing_created_since(aws, before)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("ami-0123456789abcdef0", "is an image id: set image_id"), ("x", "must be an image name")],
+)
+def test_an_image_value_that_is_no_image_name_exits_2(aws, cfg_file, value, message):
+    before = anything(aws)
+    line = _one_line(invoke("up", "--config", str(_naming(cfg_file, f"image: {value}"))))
+    assert "clusters.aws.image:" in line and message in line
+    _nothing_created_since(aws, before)

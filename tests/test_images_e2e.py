@@ -1,7 +1,8 @@
 """Baked images on the simulated region, as a user makes and uses one: `up` a 1-node
-cluster, `image create` from it, `down`, `up` again on that image (no install
-stage, the same package versions on the engines), `image delete` (no AMI or
-snapshot tagged with the cluster is left, asked with plain boto3).
+cluster, `image create` from it, `down`, `up` again on that image, named in the
+cluster file by its name (`image: NAME`; no install stage, the same package
+versions on the engines), `image delete` (no AMI or snapshot tagged with the
+cluster is left, asked with plain boto3).
 
 One cluster of one node is baked (the master: no worker to prefer), so the
 cluster's own SSH key is on the node being baked: the image must not carry it.
@@ -34,7 +35,7 @@ clusters:
     engines_per_node: 1
     ssh_timeout: 120
   source: {{extends: base, name: {source}}}
-  baked: {{extends: base, name: {baked}, image_id: {image}}}
+  baked: {{extends: base, name: {baked}, image: {image}}}
 """
 SKIPPED = "install skipped: the environment is there"
 
@@ -79,7 +80,9 @@ def journey(sim_region, tmp_path_factory) -> Any:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "key")],
                        check=True)
         cfg = root / "cluster.yaml"
-        cfg.write_text(CONFIG.format(root=root, source=SOURCE, baked=BAKED, image="null"))
+        # The baked template names the image as a user would: by the name given to
+        # `image create --name`, resolved to its id when `up` runs.
+        cfg.write_text(CONFIG.format(root=root, source=SOURCE, baked=BAKED, image=IMAGE_NAME))
         try:
             first = _cli("up", "-c", str(cfg), "-t", "source", "--yes")
             seen["first_up"] = first.stdout + first.stderr
@@ -91,8 +94,6 @@ def journey(sim_region, tmp_path_factory) -> Any:
             seen["create"] = made.stdout + made.stderr
             seen["key_after"] = _cluster_key(SOURCE)
             _cli("down", SOURCE, "--yes")
-            cfg.write_text(CONFIG.format(root=root, source=SOURCE, baked=BAKED,
-                                         image=seen["image"]))
             again = _cli("up", "-c", str(cfg), "-t", "baked", "--yes")
             seen["baked_up"] = again.stdout + again.stderr
             seen["baked_versions"] = _versions(BAKED)

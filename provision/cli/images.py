@@ -18,9 +18,9 @@ def image() -> None:
     """Images baked from a configured node: `up` on one skips the install stage.
 
     \b
-      provision image create c1                 # a worker (or the master) of c1
+      provision image create c1 --name sk-1.5   # a worker (or the master) of c1
       provision image list
-      provision up -c cluster.yaml              # with `image_id: ami-...` in it
+      provision up -c cluster.yaml              # with `image: sk-1.5` in it
       provision image delete ami-0123456789abcdef0
     """
 
@@ -41,8 +41,8 @@ def create(name: str, image_name: str | None, node: str | None, timeout: float,
     The node keeps running (no reboot). Its Python environment, wheelhouse and
     files under /srv and /home go in; the cluster's SSH keys, autostop agent and
     controller state are taken off the disk while the image is made, then put back.
-    Put the id in the cluster file as `image_id:` and `up` installs nothing when
-    the image's environment is the client's.
+    Name it in the cluster file as `image: IMAGE` (or its id as `image_id:`) and
+    `up` installs nothing when the image's environment is the client's.
     """
     with progress.for_console(err) as reporter:
         baked = imaging.create(name, image_name, node, config=settings(config_path, template, name),

@@ -186,6 +186,13 @@ def describe_baked(region: Region, image_id: str) -> BakedImage | None:
 
 
 @_route
+def find_image(region: Region, name: str) -> BakedImage | None:
+    """The image provision baked under `name` (names are unique per account and
+    region); None when there is none: another tool's image of that name is not it."""
+    raise NotImplementedError
+
+
+@_route
 def delete_image(region: Region, image_id: str) -> list[str]:
     """Deregister a baked image and delete its snapshots (which would bill on);
     safe to repeat: returns the ids removed now, [] when nothing is left.

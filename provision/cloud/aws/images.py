@@ -246,6 +246,13 @@ def describe_baked(region: Region, image_id: str) -> BakedImage | None:
 
 
 @api.api_errors
+def find_image(region: Region, name: str) -> BakedImage | None:
+    """See the contract."""
+    found = _own_images(api.ec2_client(region), [{"Name": "name", "Values": [name]}])
+    return _baked(found[0]) if found else None
+
+
+@api.api_errors
 def delete_image(region: Region, image_id: str) -> list[str]:
     """See the contract. Snapshots come from the image's BlockDeviceMappings and, for a
     repeat after a half-done delete, from their `IMAGE_TAG`; DeregisterImage first,
