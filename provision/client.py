@@ -61,6 +61,22 @@ class TunneledClient(ipyparallel.Client):
             self._provision_recovery = HubRecovery(self)
         self._provision_recovery.recover()
 
+    def when_gone(self, callback: Callable[[str], object]) -> None:
+        """Have `callback(reason)` called once the tunnel gives up on a master gone for
+        good (at once if it already has): a command can then end instead of waiting."""
+        tun = self._provision_tunnel
+        if tun is None:
+            return
+        tun.on_gone = callback  # before looking: a reason found meanwhile reaches it
+        if tun.gone is not None:
+            callback(tun.gone)
+
+    def silent_for(self) -> float | None:
+        """Seconds since the master last answered while the tunnel is down, else None."""
+        tun = self._provision_tunnel
+        since = tun.lost_since if tun is not None and tun.lost.is_set() else None
+        return None if since is None else time.monotonic() - since
+
     def close(self, linger: int | None = None) -> None:
         tun = self._provision_tunnel
         if linger is None and tun is not None and tun.lost.is_set():
@@ -119,11 +135,14 @@ def connect_client(
     timeout: float = CONNECT_TIMEOUT_S,
     tunnel: bool = True,
     revive: Callable[[], object] | None = None,
+    master_gone: Callable[[], str | None] | None = None,
 ) -> ipyparallel.Client:
     """A client connected to the controller, with at least `n_engines` registered.
 
     `revive` is called every `REVIVE_S` while engines are missing: it starts again
     engines that exited before registering (`provision.nodes.engines.revive_engines`).
+    `master_gone` is asked while the tunnel cannot reconnect: why the master is
+    gone for good, or None (`provision.tunnel.Tunnel`'s ``on_down``).
 
     ``tunnel=True`` reaches the controller through SSH to `master` (its ports are
     open only inside the VPC); ``tunnel=False`` connects to the address in the
@@ -140,7 +159,8 @@ def connect_client(
         if master is None:
             raise ValueError("an SSH tunnel needs the master's Endpoint (or pass tunnel=False)")
         ports = [info[k] for k in CLIENT_PORTS if isinstance(info.get(k), int)]
-        tun = Tunnel(partial(connection, master), remote_host, ports, name=master.where)
+        tun = Tunnel(partial(connection, master), remote_host, ports, name=master.where,
+                     on_down=master_gone)
         try:
             with _curve_replaces_signing(info):
                 rc: ipyparallel.Client = TunneledClient(
