@@ -72,10 +72,9 @@ class TunneledClient(ipyparallel.Client):
             callback(tun.gone)
 
     def silent_for(self) -> float | None:
-        """Seconds since the master last answered while the tunnel is down, else None."""
+        """Seconds since the master last answered, once a probe went unanswered, else None."""
         tun = self._provision_tunnel
-        since = tun.lost_since if tun is not None and tun.lost.is_set() else None
-        return None if since is None else time.monotonic() - since
+        return None if tun is None else tun.silent_for()
 
     def close(self, linger: int | None = None) -> None:
         tun = self._provision_tunnel

@@ -39,6 +39,7 @@ log = logging.getLogger("provision.client")
 
 PROBE_S = 5.0  # how often the server is asked for an answer (also keeps NATs open)
 DEAD_AFTER_S = 10.0  # unanswered this long: the connection is dead (a busy sshd answers in <1 s)
+SILENT_S = PROBE_S + 2.0  # no answer for longer: a probe went unanswered (not yet dead)
 RETRY_S = 2.0  # between attempts to connect again
 DOWN_CHECK_S = 30.0  # between two questions to `on_down` while the server stays unreachable
 BACKLOG = 16  # pending connections per forwarded port (a client opens about seven)
@@ -93,7 +94,7 @@ class Tunnel:
         self.on_down = on_down  # why the server is gone for good, or None (see the module)
         self.on_gone = on_gone
         self.gone: str | None = None  # set once `on_down` gave a reason: no more retries
-        self.lost_since: float | None = None  # time.monotonic() of the last answer, while lost
+        self.answered_at = time.monotonic()  # the server's last answer to a probe
         self.conn, self.transport = self._open()
         self.local_ports: dict[int, int] = {}
         self.reconnects = 0
@@ -192,12 +193,10 @@ class Tunnel:
 
     def _watch(self) -> None:
         """Probe the server; when it stops answering, connect again."""
-        answered = time.monotonic()
         while not self._closed.wait(PROBE_S):
             if answers(self.transport, DEAD_AFTER_S) or self._closed.is_set():
-                answered = time.monotonic()
+                self.answered_at = time.monotonic()
                 continue
-            self.lost_since = answered
             self.lost.set()
             log.warning("SSH tunnel to %s: no answer for %.0f s, reconnecting", self.name,
                         DEAD_AFTER_S)
@@ -206,8 +205,8 @@ class Tunnel:
                 return
             self.reconnects += 1
             log.warning("SSH tunnel to %s reconnected, %.0f s after its last answer",
-                        self.name, time.monotonic() - answered)
-            answered = time.monotonic()
+                        self.name, time.monotonic() - self.answered_at)
+            self.answered_at = time.monotonic()
             if self.on_reconnect is not None:
                 try:
                     self.on_reconnect()
@@ -233,7 +232,6 @@ class Tunnel:
                 conn.close()
                 return False
             self.conn, self.transport = conn, transport
-            self.lost_since = None
             self.lost.clear()
             return True
         return False
@@ -258,6 +256,12 @@ class Tunnel:
         except Exception as err:  # noqa: BLE001 - the reason is recorded in `gone`
             log.warning("SSH tunnel to %s: after giving up: %s", self.name, err)
         return True
+
+    def silent_for(self) -> float | None:
+        """Seconds since the server last answered, once that is longer than a probe
+        period allows (`SILENT_S`: a probe went unanswered), else None."""
+        silent = time.monotonic() - self.answered_at
+        return silent if self.lost.is_set() or silent > SILENT_S else None
 
     def close(self) -> None:
         """Stop forwarding and close the SSH connection (idempotent)."""

@@ -65,6 +65,7 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tunnel, "DEAD_AFTER_S", 0.3)
     monkeypatch.setattr(tunnel, "RETRY_S", 0.05)
     monkeypatch.setattr(tunnel, "DOWN_CHECK_S", 0.2)
+    monkeypatch.setattr(tunnel, "SILENT_S", 0.2)
 
 
 def test_a_tunnel_whose_server_stops_answering_connects_again_on_the_same_ports(quick):
@@ -100,6 +101,7 @@ def test_a_tunnel_that_keeps_answering_stays_on_its_first_connection(quick):
     try:
         wait_for(lambda: made[0].transport.requests >= 5, 10, "five probes, all answered")
         assert tun.reconnects == 0 and len(made) == 1
+        assert tun.silent_for() is None  # a timeout then says nothing about the link
     finally:
         tun.close()
 
@@ -156,6 +158,7 @@ def test_a_tunnel_that_cannot_reconnect_gives_up_once_its_owner_says_the_server_
         assert reasons == ["the master is gone"] and tun.gone == "the master is gone"
         assert len(asked) == 2 and asked[1] - asked[0] >= 0.2  # asked again after a while
         assert tun.lost.is_set() and tun.reconnects == 0
+        assert (tun.silent_for() or 0) >= tunnel.DEAD_AFTER_S  # unanswered since the cut
     finally:
         tun.close()
 

@@ -136,13 +136,13 @@ def test_a_cut_longer_than_the_timeout_ends_with_one_line_then_the_same_run_resu
     cluster, tmp_path
 ):
     journal = tmp_path / "journal.jsonl"
-    proc, err = _start(_search(tmp_path, "--timeout", "15"))
+    proc, err = _start(_search(tmp_path, "--timeout", "20"))
     _mid_search(proc, err, journal)
     master = _master()
     sim.cut(master.instance_id)
     cut_at = time.monotonic()
     try:
-        # Within 15 s of the search's start plus a bounded close: not hanging on the link.
+        # 20 s after the search's start plus a bounded close: not hanging on the link.
         status = proc.wait(timeout=60)
         ended_after = time.monotonic() - cut_at
         text = err.text(5)
@@ -150,11 +150,11 @@ def test_a_cut_longer_than_the_timeout_ends_with_one_line_then_the_same_run_resu
         assert "Traceback" not in text
         errors = [line for line in text.splitlines() if line.startswith("error:")]
         assert len(errors) == 1, text
-        assert "search not finished within 15" in errors[0], text
+        assert "search not finished within 20" in errors[0], text
         assert f"re-run to resume from {journal}" in errors[0], text
         assert "(the master has not answered for " in errors[0], text
         assert "done in" not in text, text  # the bar stopped, it did not finish
-        assert ended_after < 30, f"{ended_after:.0f} s after the cut:\n{text}"
+        assert ended_after < 35, f"{ended_after:.0f} s after the cut:\n{text}"
         lines = journal.read_bytes().split(b"\n")
         assert lines[-1] == b"", "the journal's last line is cut short"
         for line in lines[:-1]:
