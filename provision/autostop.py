@@ -28,6 +28,8 @@ from provision.context import Context, context_for
 from provision.errors import BadInput, ProvisionError
 from provision.nodes import autostop as agent
 from provision.nodes import fanout
+from provision.nodes.autostop_agent import Limits, spent
+from provision.nodes.remote import TRANSIENT_ERRORS
 from provision.schema import ClusterConfig
 
 ADVICE = "stopped by autostop, run `provision down {name}` to clean up"
@@ -76,6 +78,30 @@ def apply(ctx: Context, info: ClusterInfo, hourly: float | None) -> None:
     group.raise_for_failures()
     agent.install(ep, ctx.config.remote_root, limits(ctx, info, hourly))
     state.update(ctx.name, autostop_agent=True)
+
+
+def refresh(ctx: Context, info: ClusterInfo) -> None:
+    """After the workers changed (removenode): the agent powers off the workers there
+    are now, and prices from their hourly rate; what the old set spent until now is
+    carried over at the old rate (the agent's own `spent`). Nothing when no agent
+    runs; a failure is a warning, since the nodes themselves did change."""
+    if info.master is None or not state.load(ctx.name).get("autostop_agent"):
+        return
+    ep = ctx.endpoint(info.master)
+    try:
+        config = agent.read_config(ep, ctx.config.remote_root)
+        if config is None:
+            return
+        hourly = query.hourly_total(ctx.region, info, ctx.config)
+        now = time.time()
+        so_far = spent(Limits.from_json(config), now)
+        config.update(workers=[i.private_ip for i in info.workers if i.private_ip],
+                      hourly=hourly, set_at=now,
+                      spent=config.get("spent", 0.0) if so_far is None else so_far)
+        agent.write_config(ep, ctx.config.remote_root, config)
+    except (ProvisionError, *TRANSIENT_ERRORS) as err:
+        ctx.reporter.warn(f"the autostop agent on {info.master.label} still has the old "
+                          f"worker list ({err}); `provision autostop {ctx.name}` sets it again")
 
 
 def set_limits(name: str, changes: dict[str, Any]) -> Context:

@@ -61,6 +61,21 @@ class TunneledClient(ipyparallel.Client):
             self._provision_recovery = HubRecovery(self)
         self._provision_recovery.recover()
 
+    def when_gone(self, callback: Callable[[str], object]) -> None:
+        """Have `callback(reason)` called once the tunnel gives up on a master gone for
+        good (at once if it already has): a command can then end instead of waiting."""
+        tun = self._provision_tunnel
+        if tun is None:
+            return
+        tun.on_gone = callback  # before looking: a reason found meanwhile reaches it
+        if tun.gone is not None:
+            callback(tun.gone)
+
+    def silent_for(self) -> float | None:
+        """Seconds since the master last answered, once a probe went unanswered, else None."""
+        tun = self._provision_tunnel
+        return None if tun is None else tun.silent_for()
+
     def close(self, linger: int | None = None) -> None:
         tun = self._provision_tunnel
         if linger is None and tun is not None and tun.lost.is_set():
@@ -119,12 +134,15 @@ def connect_client(
     timeout: float = CONNECT_TIMEOUT_S,
     tunnel: bool = True,
     revive: Callable[[set[int]], object] | None = None,
+    master_gone: Callable[[], str | None] | None = None,
 ) -> ipyparallel.Client:
     """A client connected to the controller, with at least `n_engines` registered.
 
     `revive` is called every `REVIVE_S` while engines are missing, with the ids the
     controller holds: it starts again engines that exited before registering, or
     that the controller dropped (`provision.nodes.engines.revive_engines`).
+    `master_gone` is asked while the tunnel cannot reconnect: why the master is
+    gone for good, or None (`provision.tunnel.Tunnel`'s ``on_down``).
 
     ``tunnel=True`` reaches the controller through SSH to `master` (its ports are
     open only inside the VPC); ``tunnel=False`` connects to the address in the
@@ -141,7 +159,8 @@ def connect_client(
         if master is None:
             raise ValueError("an SSH tunnel needs the master's Endpoint (or pass tunnel=False)")
         ports = [info[k] for k in CLIENT_PORTS if isinstance(info.get(k), int)]
-        tun = Tunnel(partial(connection, master), remote_host, ports, name=master.where)
+        tun = Tunnel(partial(connection, master), remote_host, ports, name=master.where,
+                     on_down=master_gone)
         try:
             with _curve_replaces_signing(info):
                 rc: ipyparallel.Client = TunneledClient(

@@ -10,6 +10,7 @@ recorded, the files are fetched again before anything connects.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from provision import cloud, state
@@ -20,6 +21,8 @@ from provision.errors import ProvisionError
 from provision.nodes import engines
 
 MASTER_ID_FILE = "controller-master"  # beside the connection files: the master they came from
+# A master in one of these states runs no controller and will not again: `up` replaces it.
+GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
 
 
 def expected_engines(ctx: Context, info: ClusterInfo) -> int:
@@ -57,6 +60,21 @@ def refresh_connection_files(ctx: Context, master: InstanceInfo) -> None:
     record_master(ctx.name, master)
 
 
+def master_gone(ctx: Context, master: InstanceInfo) -> str | None:
+    """Why `master` is gone for good, as EC2 says (None while it still runs), in one
+    line that says what to do. Asked by id: tag queries lag behind (eventual
+    consistency), and an id EC2 no longer knows at all is an instance long gone."""
+    found = cloud.describe_instances(ctx.region, [master.instance_id])
+    now = found[0] if found else None
+    if now is not None and now.state not in GONE_STATES:
+        return None
+    state = "no longer known to EC2" if now is None else now.state
+    why = f", {now.state_reason}" if now is not None and now.state_reason else ""
+    return (f"the master of cluster {ctx.name}, {master.label} ({master.instance_id}), is gone "
+            f"({state}{why}): run `provision up {ctx.name}` to replace it, then the same "
+            "`provision run` resumes from its journal")
+
+
 def connect(name: str, *, timeout: float = CONNECT_TIMEOUT_S, n_engines: int | None = None) -> Any:
     """A ready `ipyparallel.Client` for a running cluster, through an SSH tunnel."""
     ctx = context_for(name)
@@ -67,4 +85,4 @@ def connect(name: str, *, timeout: float = CONNECT_TIMEOUT_S, n_engines: int | N
     refresh_connection_files(ctx, master)
     want = n_engines if n_engines is not None else expected_engines(ctx, info)
     return connect_client(ctx.connection_files[0], ctx.endpoint(master), n_engines=want,
-                          timeout=timeout)
+                          timeout=timeout, master_gone=partial(master_gone, ctx, master))

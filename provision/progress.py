@@ -113,10 +113,8 @@ class RichReporter(Reporter):
         self, description: str, total: float | None = None, unit: str = ""
     ) -> Iterator[Callable[[float], None]]:
         task = self.progress.add_task(description, node="", total=total or 1, unit=unit)
-        try:
-            yield lambda completed: self.progress.update(task, completed=completed)
-        finally:
-            self.progress.update(task, completed=total or 1)
+        yield lambda completed: self.progress.update(task, completed=completed)
+        self.progress.update(task, completed=total or 1)  # a wait that raised stays unfilled
 
 
 # A plain wait reports its progress at every tenth of its total.

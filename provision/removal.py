@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from provision import cloud, locks, state
+from provision import autostop, cloud, locks, state
 from provision.cloud.common import MASTER, ClusterInfo, InstanceInfo
 from provision.context import Context, context_for
 from provision.errors import BadInput, ProvisionError
@@ -70,4 +70,7 @@ def removenode(
     )
     gone = sum(ctx.engines_on(i) for i in victims)
     state.update(name, expected_engines=max(0, state.load(name).get("expected_engines", 0) - gone))
+    left = {i.instance_id for i in victims}
+    info.instances = [i for i in info.instances if i.instance_id not in left]
+    autostop.refresh(ctx, info)  # its agent powers off the workers there are now
     return victims

@@ -11,6 +11,13 @@ and opens a new SSH connection (retrying every `RETRY_S` until it answers or the
 tunnel is closed). The local ports stay the same, so zmq, which reconnects on
 its own, comes back through the new connection; `on_reconnect` tells the
 owner (the client fetches from the hub what was lost in between).
+
+A server that is gone for good (a terminated master) never answers again, and
+retrying until a run's timeout would keep its user waiting for nothing. While
+the connection cannot be made, the tunnel asks its owner's `on_down` (which asks
+the cloud) at once and every `DOWN_CHECK_S`: a reason back means give up; the
+tunnel records it in `gone`, stops retrying and hands it to `on_gone` (or logs
+it, when nobody set one).
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ log = logging.getLogger("provision.client")
 
 PROBE_S = 5.0  # how often the server is asked for an answer (also keeps NATs open)
 DEAD_AFTER_S = 10.0  # unanswered this long: the connection is dead (a busy sshd answers in <1 s)
+SILENT_S = PROBE_S + 2.0  # no answer for longer: a probe went unanswered (not yet dead)
 RETRY_S = 2.0  # between attempts to connect again
+DOWN_CHECK_S = 30.0  # between two questions to `on_down` while the server stays unreachable
 BACKLOG = 16  # pending connections per forwarded port (a client opens about seven)
 CHANNEL_OPEN_TIMEOUT_S = 10
 SELECT_S = 0.5  # how often the tunnel's threads look up from waiting, to notice close()
@@ -75,11 +84,17 @@ class Tunnel:
         *,
         name: str = "",
         on_reconnect: Callable[[], object] | None = None,
+        on_down: Callable[[], str | None] | None = None,
+        on_gone: Callable[[str], object] | None = None,
     ) -> None:
         self._connect = connect
         self.remote_host = remote_host
         self.name = name or remote_host
         self.on_reconnect = on_reconnect
+        self.on_down = on_down  # why the server is gone for good, or None (see the module)
+        self.on_gone = on_gone
+        self.gone: str | None = None  # set once `on_down` gave a reason: no more retries
+        self.answered_at = time.monotonic()  # the server's last answer to a probe
         self.conn, self.transport = self._open()
         self.local_ports: dict[int, int] = {}
         self.reconnects = 0
@@ -178,10 +193,9 @@ class Tunnel:
 
     def _watch(self) -> None:
         """Probe the server; when it stops answering, connect again."""
-        answered = time.monotonic()
         while not self._closed.wait(PROBE_S):
             if answers(self.transport, DEAD_AFTER_S) or self._closed.is_set():
-                answered = time.monotonic()
+                self.answered_at = time.monotonic()
                 continue
             self.lost.set()
             log.warning("SSH tunnel to %s: no answer for %.0f s, reconnecting", self.name,
@@ -191,8 +205,8 @@ class Tunnel:
                 return
             self.reconnects += 1
             log.warning("SSH tunnel to %s reconnected, %.0f s after its last answer",
-                        self.name, time.monotonic() - answered)
-            answered = time.monotonic()
+                        self.name, time.monotonic() - self.answered_at)
+            self.answered_at = time.monotonic()
             if self.on_reconnect is not None:
                 try:
                     self.on_reconnect()
@@ -200,12 +214,18 @@ class Tunnel:
                     log.warning("SSH tunnel to %s: after reconnecting: %s", self.name, err)
 
     def _reconnect(self) -> bool:
-        """A new SSH connection, tried until it opens (True) or the tunnel is closed."""
+        """A new SSH connection, tried until it opens (True), the tunnel is closed or
+        the server is gone for good (False)."""
+        checked = float("-inf")
         while not self._closed.is_set():
             try:
                 conn, transport = self._open()
             except TRANSIENT_ERRORS as err:
                 log.debug("SSH tunnel to %s: still down (%s)", self.name, err)
+                if time.monotonic() - checked >= DOWN_CHECK_S:
+                    checked = time.monotonic()
+                    if self._is_gone():
+                        return False
                 self._closed.wait(RETRY_S)
                 continue
             if self._closed.is_set():
@@ -215,6 +235,33 @@ class Tunnel:
             self.lost.clear()
             return True
         return False
+
+    def _is_gone(self) -> bool:
+        """Ask `on_down` whether the server is gone for good; if so say so, once."""
+        if self.on_down is None:
+            return False
+        try:
+            reason = self.on_down()
+        except Exception as err:  # noqa: BLE001 - unknown is not gone: keep trying
+            log.debug("SSH tunnel to %s: could not tell whether it is gone: %s", self.name, err)
+            return False
+        if reason is None:
+            return False
+        self.gone = reason
+        if self.on_gone is None:
+            log.error("%s", reason)  # nobody else will say it
+            return True
+        try:
+            self.on_gone(reason)
+        except Exception as err:  # noqa: BLE001 - the reason is recorded in `gone`
+            log.warning("SSH tunnel to %s: after giving up: %s", self.name, err)
+        return True
+
+    def silent_for(self) -> float | None:
+        """Seconds since the server last answered, once that is longer than a probe
+        period allows (`SILENT_S`: a probe went unanswered), else None."""
+        silent = time.monotonic() - self.answered_at
+        return silent if self.lost.is_set() or silent > SILENT_S else None
 
     def close(self) -> None:
         """Stop forwarding and close the SSH connection (idempotent)."""

@@ -15,7 +15,7 @@ import pytest
 import test_cli
 from test_cli import _launch_unit_cluster, invoke, nothing_created
 
-from provision import cloud, files, removal
+from provision import cloud, files, query, removal, state
 from provision.cli import nodes as nodes_cli
 from provision.cloud.common import ClusterInfo, InstanceInfo, Region
 from provision.errors import BadInput, ProvisionError
@@ -247,6 +247,32 @@ def test_removenode_takes_several_names_and_refuses_the_master_or_both_forms(
     assert no_engines == []
     result = invoke("removenode", "unit", "1", "node002", "--config", str(cfg_file))
     assert result.exit_code == 0 and sorted(no_engines) == ["node001", "node002"]
+
+
+def test_removenode_leaves_the_autostop_agent_only_the_workers_that_remain(
+    aws, cfg_file, no_engines, monkeypatch
+):
+    """The agent powers off the workers its config lists: a removed one must leave
+    it (its address may be reused), spend so far is carried over at the old rate."""
+    ctx = _launch_unit_cluster(cfg_file)
+    before = cloud.describe_cluster(ctx.region, "unit")
+    config = {"idle_s": 600, "hourly": 3.6, "spent": 1.0, "set_at": 0.0, "user": "ubuntu",
+              "workers": [i.private_ip for i in before.workers]}
+    written: list[dict] = []
+    monkeypatch.setattr(removal.autostop.agent, "read_config", lambda ep, root: dict(config))
+    monkeypatch.setattr(removal.autostop.agent, "write_config",
+                        lambda ep, root, doc: written.append(doc))
+    state.update("unit", autostop_agent=True)
+    monkeypatch.setattr(removal.autostop.time, "time", lambda: 3600.0)
+    result = invoke("removenode", "unit", "node001", "--config", str(cfg_file))
+    assert result.exit_code == 0, result.output
+    (doc,) = written
+    (kept,) = [i for i in before.workers if i.name != "node001"]
+    assert doc["workers"] == [kept.private_ip]
+    assert doc["spent"] == 1.0 + 3.6 and doc["set_at"] == 3600.0  # an hour at the old rate
+    after = cloud.describe_cluster(ctx.region, "unit")
+    assert doc["hourly"] == query.hourly_total(ctx.region, after, ctx.config) > 0
+    assert doc["idle_s"] == 600  # the limits themselves are kept
 
 
 # --- up: the plan, and confirm_above --------------------------------------------------------

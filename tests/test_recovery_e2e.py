@@ -1,6 +1,10 @@
 """What a search survives on the simulated region: the laptop's link cut mid-search,
 and the (spot) master interrupted mid-search, then replaced by `up`.
 
+A cut longer than the run's --timeout ends the run with one line and an intact
+journal; once healed, the same run resumes and completes. A master gone for good
+ends the run at once (EC2 says so), not at its --timeout.
+
 One small cluster serves the module (a spot master and one worker, one engine
 each); tests run in file order, the last one replaces the master. Every test
 drives `provision run` as a user does, from a plain subprocess, and waits for
@@ -9,16 +13,20 @@ what it needs (results in the journal, the tunnel's log lines), never for a dela
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import sim_cluster_env
 from interrupts import EXE
 from waits import Lines, wait_for
 
+from payload.journal import verify_journal
 from provision import cloud, context, data, lifecycle, sim
 from provision.cloud.common import InstanceInfo
 from provision.config import load_config
@@ -74,8 +82,6 @@ def _mid_search(proc: subprocess.Popen[str], err: Lines, journal: Path) -> None:
 
 
 def _every_pair_once(journal: Path, sessions: int) -> None:
-    from payload.journal import verify_journal
-
     check = verify_journal(journal)
     assert check.ok, check  # no pair computed twice, none submitted again once done
     assert check.n_sessions == sessions
@@ -110,6 +116,62 @@ def test_a_cut_link_reconnects_by_itself_and_results_finished_meanwhile_come_fro
     _every_pair_once(journal, sessions=1)
 
 
+def _equals_sklearn(out: Path) -> None:
+    """The search's cv_results equal GridSearchCV's on the splits put-data made
+    (its default: ShuffleSplit, test_size 0.25, seed 42)."""
+    from sklearn import model_selection as ms
+    from sklearn.datasets import load_digits
+    from sklearn.svm import SVC
+
+    X, y = load_digits(return_X_y=True)
+    grid = {"C": np.logspace(-1, 2, 4), "gamma": np.logspace(-4, -2, 3)}
+    ref = ms.GridSearchCV(SVC(), grid, cv=ms.ShuffleSplit(3, test_size=0.25, random_state=42),
+                          n_jobs=2).fit(X, y)
+    ours = json.loads((out / "cv_results.json").read_text())
+    for key in ("mean_test_score", *(f"split{i}_test_score" for i in range(3))):
+        np.testing.assert_array_equal(ours[key], ref.cv_results_[key], err_msg=key)
+
+
+def test_a_cut_longer_than_the_timeout_ends_with_one_line_then_the_same_run_resumes(
+    cluster, tmp_path
+):
+    journal = tmp_path / "journal.jsonl"
+    proc, err = _start(_search(tmp_path, "--timeout", "20"))
+    _mid_search(proc, err, journal)
+    master = _master()
+    sim.cut(master.instance_id)
+    cut_at = time.monotonic()
+    try:
+        # 20 s after the search's start plus a bounded close: not hanging on the link.
+        status = proc.wait(timeout=60)
+        ended_after = time.monotonic() - cut_at
+        text = err.text(5)
+        assert status == 1, text
+        assert "Traceback" not in text
+        errors = [line for line in text.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, text
+        assert "search not finished within 20" in errors[0], text
+        assert f"re-run to resume from {journal}" in errors[0], text
+        assert "(the master has not answered for " in errors[0], text
+        assert "done in" not in text, text  # the bar stopped, it did not finish
+        assert ended_after < 35, f"{ended_after:.0f} s after the cut:\n{text}"
+        lines = journal.read_bytes().split(b"\n")
+        assert lines[-1] == b"", "the journal's last line is cut short"
+        for line in lines[:-1]:
+            json.loads(line)  # every line whole
+        check = verify_journal(journal)
+        assert check.ok and check.n_sessions == 1, check
+        assert 3 <= check.n_results < PAIRS, check
+    finally:
+        sim.heal(master.instance_id)
+    rerun = subprocess.run(_search(tmp_path), capture_output=True, text=True, env=_env(),
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.startswith("Rank 1: validation: ")
+    _every_pair_once(journal, sessions=2)
+    _equals_sklearn(tmp_path)
+
+
 def test_the_master_goes_mid_search_then_up_replaces_it_and_the_run_resumes(
     cluster, env, tmp_path
 ):
@@ -118,15 +180,21 @@ def test_the_master_goes_mid_search_then_up_replaces_it_and_the_run_resumes(
     old, (worker,) = before.master, before.workers
     assert old is not None
     journal = tmp_path / "journal.jsonl"
-    proc, err = _start(_search(tmp_path, "--timeout", "15"))
+    proc, err = _start(_search(tmp_path, "--timeout", "300"))
     _mid_search(proc, err, journal)
     sim.interrupt(old.instance_id)
-    # The link to the master is silent for good, as a cut longer than --timeout:
-    # one line, exit 1, the journal kept for a resume.
+    gone_at = time.monotonic()
+    # The tunnel cannot reconnect and EC2 says the master is terminated: one line,
+    # exit 1, long before --timeout; the journal kept for a resume.
     assert proc.wait(timeout=120) == 1, err.text(5)
+    ended_after = time.monotonic() - gone_at
     text = err.text(5)
     assert "Traceback" not in text
-    assert "search not finished within 15" in text and "resume" in text, text
+    (line,) = [line for line in text.splitlines() if line.startswith("error:")]
+    assert (f"{old.label} ({old.instance_id}), is gone (terminated, "
+            "Server.SpotInstanceTermination)") in line, text
+    assert f"run `provision up {NAME}` to replace it" in line, text
+    assert ended_after < 60, f"ended {ended_after:.0f} s after the master went:\n{text}"
     status = subprocess.run([str(EXE), "status", NAME], capture_output=True, text=True,
                             env=_env(), timeout=60)
     assert status.returncode == 0, status.stderr

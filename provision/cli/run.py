@@ -27,9 +27,9 @@ import payload
 from payload.registry import PayloadKind
 from provision import data, lifecycle, partition, progress, state, suitability
 from provision.cli.common import config_options, err, out, settings
+from provision.cli.running import run_payload
 from provision.errors import BadInput, ProvisionError
 from provision.params import load_estimator, parse_fixed, parse_params, parse_train_sizes
-from provision.progress import Reporter
 
 # Filled from the shared flags, never flags of their own.
 INPUTS = frozenset({
@@ -212,7 +212,7 @@ def _run(kind: PayloadKind, label: str, model: str | None, fixed: tuple[str, ...
     try:
         started = time.perf_counter()
         with progress.for_console(err) as reporter:
-            result = _call(kind, rc, options, reporter, type(estimator).__name__)
+            result = run_payload(kind, rc, options, reporter, type(estimator).__name__)
         wall = time.perf_counter() - started
     finally:
         rc.close()
@@ -322,28 +322,6 @@ def _default_out(kind: PayloadKind, name: str, label: str, spec: str) -> Path:
     short = spec.replace(":", ".").rsplit(".", 1)[-1] or "model"
     base = Path("provision-results") / f"{name}-{kind.name}-{label}-{short}"
     return base.with_name(base.name + ".pkl") if kind.output == "file" else base
-
-
-def _call(kind: PayloadKind, rc: Any, options: dict[str, Any], reporter: Reporter,
-          model: str) -> Any:
-    """Run the kind, with a progress bar when it reports progress, else a spinner."""
-    engines = len(rc.ids)
-    if "progress" not in kind.options:
-        with reporter.wait(f"{kind.name} ({model}) on {engines} engines"):
-            return kind(rc, **options)
-    waits: list[Any] = []
-
-    def progress(done: int, total: int) -> None:
-        if not waits:
-            wait = reporter.wait(f"{model}: {total} fits on {engines} engines", total=total)
-            waits.append((wait, wait.__enter__()))
-        waits[0][1](done)
-
-    try:
-        return kind(rc, **options, progress=progress)
-    finally:
-        for wait, _ in waits:
-            wait.__exit__(None, None, None)
 
 
 COMMANDS: tuple[Callable[..., Any], ...] = (run,)

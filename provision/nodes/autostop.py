@@ -127,3 +127,21 @@ def read_state(ep_master: Endpoint | fabric.Connection, remote_root: str) -> dic
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def read_config(ep_master: Endpoint | fabric.Connection, remote_root: str) -> dict[str, Any] | None:
+    """The agent's ``config.json`` (None: no agent installed, or it was stopped)."""
+    text = run(ep_master, f"cat {shlex.quote(_dir(remote_root))}/config.json 2>/dev/null || true")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def write_config(ep_master: Endpoint | fabric.Connection, remote_root: str,
+                 config: dict[str, Any]) -> None:
+    """Replace the running agent's ``config.json`` (atomically); it reads it at every
+    poll, so no restart is needed."""
+    with Borrowed(ep_master) as b:
+        _write(b.conn, f"{_dir(remote_root)}/config.json", json.dumps(config, indent=1), 0o600)
