@@ -4,8 +4,9 @@ writes it into its own copy and into every worker that needs it as it arrives.
 One SSH session to the master runs `provision.nodes.tee` there: it starts the
 master's own receiver and, over the cluster network, each worker's (the master's
 ssh with the cluster key, `relay.ssh_to`), all at once, so their content-hash
-skips, free-space checks and connection set-up run in parallel and before the
-upload rather than after it. Each receiver is `transfer.receive_script` with its
+skips, free-space checks and connection set-up run in parallel with each other and
+with the upload (a worker still connecting catches up from the master's spool)
+rather than after it. Each receiver is `transfer.receive_script` with its
 hashes checked where the copy lands, into a temp dir renamed into place: a receiver
 that breaks mid-stream keeps nothing, and the others go on. When the master already
 holds a verified copy it is the source (a node added later gets the master's copy,
@@ -72,7 +73,7 @@ def relay_stream(
     command = tee_command(dests, master.ep.name, local)
     said: dict = {}
 
-    def have(ep: Endpoint, line: bytes) -> bool:
+    def have(ep: Endpoint, line: bytes) -> bool:  # the tee's first line: where bytes come from
         said.update(json.loads(line or b"{}"))
         return said.get("source") != "stdin"
 
@@ -84,11 +85,12 @@ def relay_stream(
                                     on_bytes=on_bytes)
     total = sum(p.stat().st_size for p in local_dir.iterdir())  # data, not tar framing
     out = Outcome(laptop_bytes=0 if sent is None else total, source=said.get("source", "none"))
-    done = _last_json(rest).get("done", {})
+    last = _last_json(rest)
+    done, answers = last.get("done", {}), last.get("answers", {})
     for leg in [master, *workers]:
         name = leg.ep.name
         try:
-            word = said.get("answers", {}).get(name, "")
+            word = answers.get(name, "")
             if word and transfer.answer(leg.ep, word.encode(), target, need,
                                         on_resend and (lambda n=name: on_resend(n))):
                 out.bytes_to[name] = 0
