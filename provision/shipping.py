@@ -217,22 +217,21 @@ def _relay(
         result[name] = err
         if leg is not None and relay.refused(err) and master.label not in out.errors:
             try:  # a worker set up before the cluster key (or otherwise): authorise, resend
-                result[name] = _from_master_copy(ctx, master, master_ep, leg, load, need)
+                worker = next(w for w in workers if w.label == name)
+                result[name] = _from_master_copy(ctx, master, master_ep, worker, leg, load, need)
             except NodeError as again:
                 result[name] = again
     return result
 
 
 def _from_master_copy(
-    ctx: Context, master: InstanceInfo, master_ep: Endpoint, leg: stream.Leg, load: _Payload,
-    need: int,
+    ctx: Context, master: InstanceInfo, master_ep: Endpoint, worker: InstanceInfo,
+    leg: stream.Leg, load: _Payload, need: int,
 ) -> int:
     """Authorise the cluster key on a worker that refused it, then forward the master's
     verified copy to it; the bytes it received."""
     assert leg.hop is not None
     root = ctx.config.remote_root
-    worker = next(n for n in cloud.describe_cluster(ctx.region, ctx.name).nodes
-                  if n.label == leg.ep.name)
     key = relay.ensure_key(master_ep, root)
     relay.authorize(ctx.endpoint(worker, master), master_ep, leg.hop.host, key, root)
     script, cmd = transfer.receive_script(

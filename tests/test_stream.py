@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +20,7 @@ from provision import shipping
 from provision.cloud.common import MASTER, WORKER
 from provision.nodes import relay, transfer
 from provision.nodes.fanout import GroupError
-from provision.nodes.remote import Endpoint
+from provision.nodes.remote import Endpoint, NodeError
 from provision.progress import Reporter
 
 DIGEST = "abc"
@@ -51,10 +52,27 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     after a few kilobytes (their ssh drops mid-stream)."""
     root = str(tmp_path / "master")
     broken: set[str] = set()
+    refusing: set[str] = set()  # workers that refuse the cluster key until authorised
 
     def ssh_to(hop: relay.Hop, remote_root: str, command: str) -> str:
         local = shlex.join(["sh", "-c", command.replace(remote_root, str(tmp_path / hop.name))])
+        if hop.name in refusing:
+            return "echo 'ubuntu@10.0.0.6: Permission denied (publickey).' >&2; exit 255"
         return f"head -c 5000 | {local}" if hop.name in broken else local
+
+    def forward(master_ep, hop, remote_root, src, files, receive, **kw) -> str:
+        tar = f"cd {shlex.quote(src)} && tar -c -f - {shlex.join(files)}"
+        ran = subprocess.run(["sh", "-c", f"{tar} | {ssh_to(hop, remote_root, receive)}"],
+                             capture_output=True, text=True, timeout=60)
+        if ran.returncode:
+            raise NodeError("forward failed", command_status=ran.returncode, stderr=ran.stderr)
+        return ran.stdout.splitlines()[0]
+
+    authorised = []
+    monkeypatch.setattr(relay, "forward", forward)
+    monkeypatch.setattr(relay, "ensure_key", lambda ep, root: "ssh-ed25519 AAAA provision")
+    monkeypatch.setattr(relay, "authorize", lambda worker, master, ip, key, root: (
+        authorised.append(ip), refusing.discard(worker.name)))
 
     monkeypatch.setattr(relay, "ssh_to", ssh_to)
     monkeypatch.setattr(transfer, "_openssh_argv", lambda ep, command: ["sh", "-c", command])
@@ -67,7 +85,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         endpoint=lambda n, m=None: Endpoint(n.label, n.public_ip or n.private_ip, "ubuntu",
                                             Path("/k")),
     )
-    return SimpleNamespace(ctx=ctx, broken=broken,
+    return SimpleNamespace(ctx=ctx, broken=broken, refusing=refusing, authorised=authorised,
                            copy=lambda name: tmp_path / name / "data" / DIGEST)
 
 
@@ -138,3 +156,14 @@ def test_a_node_added_later_gets_the_masters_copy_and_the_laptop_sends_nothing(
     assert _files(cluster.copy("node002")) == _files(split_dir)
     nothing = shipping.ship(cluster.ctx, [MASTER_NODE, *WORKERS], split_dir, DIGEST)
     assert nothing.bytes_moved == 0 and nothing.laptop_bytes == 0
+
+
+def test_a_worker_refusing_the_cluster_key_is_authorised_and_gets_the_masters_copy(
+    cluster: SimpleNamespace, split_dir: Path
+):
+    cluster.refusing.add("node002")
+    result = shipping.ship(cluster.ctx, [MASTER_NODE, *WORKERS], split_dir, DIGEST)
+    size = sum(len(b) for b in _files(split_dir).values())
+    assert cluster.authorised == ["10.0.0.6"] and result.laptop_bytes == size
+    assert result.bytes_per_host == {"master": size, "node001": size, "node002": size}
+    assert _files(cluster.copy("node002")) == _files(split_dir)
