@@ -53,11 +53,16 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     root = str(tmp_path / "master")
     broken: set[str] = set()
     refusing: set[str] = set()  # workers that refuse the cluster key until authorised
+    late: dict[str, Path] = {}  # worker -> a file its ssh waits for before it connects
 
     def ssh_to(hop: relay.Hop, remote_root: str, command: str) -> str:
         local = shlex.join(["sh", "-c", command.replace(remote_root, str(tmp_path / hop.name))])
         if hop.name in refusing:
             return "echo 'ubuntu@10.0.0.6: Permission denied (publickey).' >&2; exit 255"
+        if hop.name in late:  # waits for the file (bounded: 600 x 0.05 s), then connects
+            flag = shlex.quote(str(late[hop.name]))
+            local = (f"i=0; while [ ! -e {flag} ] && [ $i -lt 600 ]; do sleep 0.05; "
+                     f"i=$((i+1)); done; {local}")
         return f"head -c 5000 | {local}" if hop.name in broken else local
 
     def forward(master_ep, hop, remote_root, src, files, receive, **kw) -> str:
@@ -86,7 +91,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
                                             Path("/k")),
     )
     return SimpleNamespace(ctx=ctx, broken=broken, refusing=refusing, authorised=authorised,
-                           copy=lambda name: tmp_path / name / "data" / DIGEST)
+                           late=late, copy=lambda name: tmp_path / name / "data" / DIGEST)
 
 
 def _files(d: Path) -> dict[str, bytes]:
@@ -165,5 +170,23 @@ def test_a_worker_refusing_the_cluster_key_is_authorised_and_gets_the_masters_co
     result = shipping.ship(cluster.ctx, [MASTER_NODE, *WORKERS], split_dir, DIGEST)
     size = sum(len(b) for b in _files(split_dir).values())
     assert cluster.authorised == ["10.0.0.6"] and result.laptop_bytes == size
+    assert result.bytes_per_host == {"master": size, "node001": size, "node002": size}
+    assert _files(cluster.copy("node002")) == _files(split_dir)
+
+
+def test_a_worker_that_connects_after_the_upload_ended_catches_up_from_the_masters_spool(
+    cluster: SimpleNamespace, split_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    uploaded = tmp_path / "uploaded"
+    cluster.late["node002"] = uploaded
+    write_tar = transfer._write_tar
+
+    def write_then_mark(sink, local_dir: Path) -> None:
+        write_tar(sink, local_dir)
+        uploaded.touch()  # node002's ssh connects only now, after the laptop's last byte
+
+    monkeypatch.setattr(transfer, "_write_tar", write_then_mark)
+    result = shipping.ship(cluster.ctx, [MASTER_NODE, *WORKERS], split_dir, DIGEST)
+    size = sum(len(b) for b in _files(split_dir).values())
     assert result.bytes_per_host == {"master": size, "node001": size, "node002": size}
     assert _files(cluster.copy("node002")) == _files(split_dir)
