@@ -1,12 +1,12 @@
 """Shipping a content-named data directory to a cluster's nodes: once over the laptop's uplink.
 
-The laptop pushes the directory to the master (one tar stream; nothing sent
-when the master's copy is there and passes its manifest's hashes); the master
-forwards it to every worker over the cluster network at once
-(`provision.nodes.relay`), each worker with the same content-hash skip, free-space
-check, atomic rename, and its files' hashes checked where they land. So the
-laptop link carries one copy whatever the number of nodes, and a node added
-later gets its copy from the master, not from the laptop.
+The laptop streams the directory to the master as one tar; the master writes it
+into its own copy and, as it arrives, into every worker that needs it over the
+cluster network (`provision.nodes.stream`): each node with its own content-hash
+skip, free-space check, hashes checked where the copy lands, and atomic rename.
+So the laptop link carries one copy whatever the number of nodes, the forward
+hides behind the upload, and a node added later gets its copy from the master's,
+not from the laptop.
 
 Hosts that are not a cluster's nodes (no role: test hosts), and per-node
 file selections (partitions: each node's shard crosses the uplink once anyway),
@@ -29,7 +29,7 @@ from pathlib import Path
 from provision import cloud
 from provision.cloud.common import MASTER, WORKER, InstanceInfo
 from provision.context import Context
-from provision.nodes import fanout, relay, transfer
+from provision.nodes import fanout, relay, stream, transfer
 from provision.nodes.remote import Endpoint, NodeError
 
 BLOCK = 4096  # a file takes whole blocks of the node's filesystem
@@ -105,18 +105,14 @@ def ship(
         result.laptop_bytes = result.bytes_moved
         group.raise_for_failures()
         return result
-    master_ep = ctx.endpoint(master)
-    group = _push(ctx, load, [master_ep], {master_ep.name: names})
-    result.laptop_bytes = sum(group.succeeded.values())
-    if any(n.instance_id == master.instance_id for n in nodes):
-        result.bytes_per_host.update(group.succeeded)
-    group.raise_for_failures()
-    workers = [n for n in nodes if n.instance_id != master.instance_id]
-    if workers:
-        relayed = _forward(ctx, load, master, master_ep, workers)
-        result.bytes_per_host.update(relayed.succeeded)
-        result.cluster_bytes = sum(relayed.succeeded.values())
-        relayed.raise_for_failures()
+    relayed = _relay(ctx, load, master, [n for n in nodes if n.instance_id != master.instance_id])
+    result.laptop_bytes = relayed.pop(_LAPTOP)
+    if not any(n.instance_id == master.instance_id for n in nodes) and master.label in \
+            relayed.succeeded:  # the master's own failure still fails the ship, as it must
+        relayed.pop(master.label)
+    result.bytes_per_host.update(relayed.succeeded)
+    result.cluster_bytes = sum(v for k, v in relayed.succeeded.items() if k != master.label)
+    relayed.raise_for_failures()
     return result
 
 
@@ -181,57 +177,73 @@ def _resend(ctx: Context, name: str, load: _Payload) -> Callable[[], None]:
     return said
 
 
-def _forward(
-    ctx: Context, load: _Payload, master: InstanceInfo, master_ep: Endpoint,
-    workers: list[InstanceInfo],
+_LAPTOP = " laptop"  # `_relay`'s entry for the bytes that crossed the laptop's link
+
+
+def _relay(
+    ctx: Context, load: _Payload, master: InstanceInfo, workers: list[InstanceInfo]
 ) -> fanout.GroupResult:
-    """Master -> every worker at once over the cluster network; bytes per worker."""
-    total = sum(load.size.values())
-    need = footprint(load.size, load.names)
+    """Laptop -> master, streamed on to every worker as it arrives (`provision.nodes.stream`);
+    bytes (or the error) per node, and the laptop's bytes under `_LAPTOP`."""
+    master_ep = ctx.endpoint(master)
+    root = ctx.config.remote_root
+    legs, result = [], fanout.GroupResult()
+    for w in workers:
+        shown = Endpoint(w.label, w.private_ip or "?", ctx.user, master_ep.key_path, via=master_ep)
+        if not w.private_ip:
+            result[w.label] = NodeError(f"{w.label}: no private address for the master to reach "
+                                        "it by", node=w.label)
+            continue
+        legs.append(stream.Leg(shown, relay.Hop(w.label, w.private_ip, ctx.user)))
+    total, need = sum(load.size.values()), footprint(load.size, load.names)
+    with _INTO[(master_ep.host, load.target)], ctx.reporter.wait(
+        f"put-data {load.digest}: laptop -> {master.label}, streamed on to {len(legs)} "
+        f"worker(s) over the cluster network, {total / 1e6:.1f} MB", total=total, unit="bytes",
+    ) as advance:
+        sent = [0]
+
+        def progress(n: int) -> None:
+            sent[0] = min(total, sent[0] + n)
+            advance(sent[0])
+
+        out = stream.relay_stream(
+            stream.Leg(master_ep), legs, load.local_dir, load.target, load.names, load.sums,
+            need, root, on_bytes=progress, on_resend=lambda name: _resend(ctx, name, load)())
+        advance(total)
+    result[_LAPTOP] = out.laptop_bytes
+    result.update(out.bytes_to)
+    for name, err in out.errors.items():
+        leg = next((w for w in legs if w.ep.name == name), None)
+        result[name] = err
+        if leg is not None and relay.refused(err) and master.label not in out.errors:
+            try:  # a worker set up before the cluster key (or otherwise): authorise, resend
+                worker = next(w for w in workers if w.label == name)
+                result[name] = _from_master_copy(ctx, master, master_ep, worker, leg, load, need)
+            except NodeError as again:
+                result[name] = again
+    return result
+
+
+def _from_master_copy(
+    ctx: Context, master: InstanceInfo, master_ep: Endpoint, worker: InstanceInfo,
+    leg: stream.Leg, load: _Payload, need: int,
+) -> int:
+    """Authorise the cluster key on a worker that refused it, then forward the master's
+    verified copy to it; the bytes it received."""
+    assert leg.hop is not None
+    root = ctx.config.remote_root
+    key = relay.ensure_key(master_ep, root)
+    relay.authorize(ctx.endpoint(worker, master), master_ep, leg.hop.host, key, root)
     script, cmd = transfer.receive_script(
         load.target, f"{load.target}/manifest.json", load.sums, need, check=True)
-    lock, done = threading.Lock(), [0]
-    with ctx.reporter.wait(
-        f"put-data {load.digest}: master -> {len(workers)} worker(s) on the cluster network, "
-        f"{total / 1e6:.1f} MB each", total=total * len(workers), unit="bytes",
-    ) as advance:
-
-        def one(w: InstanceInfo) -> int:
-            if not w.private_ip:
-                raise NodeError(f"{w.label}: no private address for the master to reach it by",
-                                node=w.label)
-            hop = relay.Hop(w.label, w.private_ip, ctx.user)
-            shown = Endpoint(w.label, w.private_ip, ctx.user, master_ep.key_path, via=master_ep)
-            try:
-                line = _forward_once(ctx, master_ep, w, master, hop, load, script)
-            except NodeError as err:
-                raise transfer.failure(shown, cmd, err.command_status, err.stderr, load.target,
-                                       need) from None
-            sent = 0 if transfer.answer(shown, line.encode(), load.target, need,
-                                        _resend(ctx, w.label, load)) else total
-            with lock:
-                done[0] += total
-                advance(done[0])
-            return sent
-
-        return fanout.fan_out(one, workers, key=lambda w: w.label, limit=fanout.MAX_PARALLEL_HOSTS)
-
-
-def _forward_once(
-    ctx: Context, master_ep: Endpoint, w: InstanceInfo, master: InstanceInfo, hop: relay.Hop,
-    load: _Payload, script: str,
-) -> str:
-    """Forward from the master; if the worker refuses the cluster key (a node set up
-    before the key existed, or by another strategy), authorise it and try once more."""
-    root = ctx.config.remote_root
     try:
-        return relay.forward(master_ep, hop, root, load.target, load.names, script)
+        line = relay.forward(master_ep, leg.hop, root, load.target, load.names, script)
     except NodeError as err:
-        if not relay.refused(err):
-            raise
-    key = relay.ensure_key(master_ep, root)
-    relay.authorize(ctx.endpoint(w, master), master_ep, hop.host, key, root)
-    return relay.forward(master_ep, hop, root, load.target, load.names, script)
+        raise transfer.failure(leg.ep, cmd, err.command_status, err.stderr, load.target,
+                               need) from None
+    have = transfer.answer(leg.ep, line.encode(), load.target, need, _resend(ctx, leg.ep.name,
+                                                                              load))
+    return 0 if have else sum(load.size.values())
 
 
 def footprint(size: dict[str, int], files: list[str]) -> int:

@@ -77,7 +77,9 @@ def recorded(aws, monkeypatch) -> set[str]:
     monkeypatch.setitem(configure.STRATEGIES, "fabric", Ready)
     monkeypatch.setattr(lifecycle, "connect_client", lambda *a, **kw: _Client())
     monkeypatch.setattr(shipping.transfer, "push_tree", lambda *a, **kw: None)
-    monkeypatch.setattr(shipping.relay, "forward", lambda *a, **kw: "have")  # master -> workers
+    monkeypatch.setattr(shipping.stream, "relay_stream",  # laptop -> master -> workers
+                        lambda master, workers, *a, **kw: shipping.stream.Outcome(
+                            bytes_to={leg.ep.name: 0 for leg in [master, *workers]}))
     # `image create` reads the node's digest and moves its keys aside over SSH.
     monkeypatch.setattr(imaging.bake, "env_digest", lambda *a: "0123456789abcdef")
     monkeypatch.setattr(imaging.bake, "stash", lambda *a: imaging.bake.Stash(b"", ""))

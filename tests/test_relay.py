@@ -11,15 +11,9 @@ import shlex
 import subprocess
 import tarfile
 from pathlib import Path
-from types import SimpleNamespace
 
-import pytest
-
-from provision import shipping
-from provision.cloud.common import MASTER, WORKER
 from provision.nodes import relay, transfer
-from provision.nodes.remote import Endpoint, NodeError
-from provision.progress import Reporter
+from provision.nodes.remote import NodeError
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
@@ -69,49 +63,3 @@ def test_a_refused_cluster_key_is_told_apart_from_other_failures():
 
     assert relay.refused(err(255, "ubuntu@10.0.0.5: Permission denied (publickey)."))
     assert not relay.refused(err(2, "tar: Unexpected EOF"))
-
-
-def _node(name: str, role: str, ip: str, public: str | None = None) -> SimpleNamespace:
-    return SimpleNamespace(label=name, name=name, role=role, instance_id=f"i-{name}",
-                           private_ip=ip, public_ip=public)
-
-
-@pytest.fixture
-def split_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "abc"
-    d.mkdir()
-    (d / "split_000.joblib").write_bytes(b"x" * 3000)
-    (d / "manifest.json").write_text('{"files": {}}')
-    return d
-
-
-def test_a_clusters_data_crosses_the_laptop_link_once_and_workers_get_it_from_the_master(
-    split_dir: Path, monkeypatch: pytest.MonkeyPatch
-):
-    master = _node("master", MASTER, "10.0.0.4", "198.18.0.10")
-    workers = [_node(f"node00{i}", WORKER, f"10.0.0.{4 + i}") for i in (1, 2, 3)]
-    pushed, forwarded = [], []
-
-    def push_tree(ep, source, target, **kw):
-        pushed.append(ep.host)
-        return sum(p.stat().st_size for p in source.iterdir())
-
-    def forward(master_ep, hop, root, src, files, receive, **kw):
-        forwarded.append((master_ep.host, hop.host, src))
-        return "send"
-
-    monkeypatch.setattr(transfer, "push_tree", push_tree)
-    monkeypatch.setattr(relay, "forward", forward)
-    ctx = SimpleNamespace(
-        config=SimpleNamespace(remote_root="/srv/p"), reporter=Reporter(), user="ubuntu",
-        endpoint=lambda n, m=None: Endpoint(n.label, n.public_ip or n.private_ip, "ubuntu",
-                                            Path("/k")),
-    )
-    result = shipping.ship(ctx, [master, *workers], split_dir, "abc")
-
-    size = 3000 + len('{"files": {}}')
-    assert pushed == ["198.18.0.10"]  # one copy from this machine, to the master only
-    assert sorted(forwarded) == [("198.18.0.10", w.private_ip, "/srv/p/data/abc")
-                                 for w in workers]
-    assert result.laptop_bytes == size and result.cluster_bytes == 3 * size
-    assert result.bytes_per_host == {n.label: size for n in [master, *workers]}

@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,41 +68,66 @@ def push_tree(
     the disk fills mid-stream (the partial copy is removed).
     """
     script, cmd = receive_script(remote_dir, unless_exists, verify, need_bytes)
+
+    def have(ep: Endpoint, line: bytes) -> bool:
+        return answer(ep, line, remote_dir, need_bytes, on_resend)
+
+    def fail(ep: Endpoint, code: int | None, stderr: str, what: str = "") -> NodeError:
+        return failure(ep, cmd, code, stderr, remote_dir, need_bytes, what)
+
+    return send_tree(target, local_dir, script, have, fail, timeout=timeout,
+                     on_bytes=on_bytes)[0]
+
+
+def send_tree(
+    target: Endpoint | fabric.Connection,
+    local_dir: Path,
+    script: str,
+    have: Callable[[Endpoint, bytes], bool],
+    fail: Callable[..., NodeError],
+    *,
+    timeout: float | None = PUSH_TIMEOUT_S,
+    on_bytes: Callable[[int], None] | None = None,
+) -> tuple[int | None, bytes]:
+    """Run `script` on `target`; unless ``have(ep, first line)``, stream `local_dir` into it
+    as one tar. (bytes sent, or None when nothing was; the rest of the script's stdout).
+
+    The carrier of `push_tree` and of the master's streaming relay (`provision.nodes.stream`):
+    ssh(1) when there is one, else paramiko. ``fail(ep, code, stderr, what)`` makes the
+    error raised when the script exits non-zero.
+    """
     with Borrowed(target) as b:
-
-        def have(line: bytes) -> bool:
-            return answer(b.ep, line, remote_dir, need_bytes, on_resend)
-
-        def fail(code: int | None, stderr: str, what: str = "") -> NodeError:
-            return failure(b.ep, cmd, code, stderr, remote_dir, need_bytes, what)
-
         argv = _openssh_argv(b.ep, script)
         if argv is not None:
             if not all(host_known(hop) for hop in _hops(b.ep)):
                 b.conn.open()  # trust on first use records the keys that ssh(1) then checks
-            return _push_openssh(argv, local_dir, timeout, on_bytes, have, fail)
+            return _push_openssh(argv, local_dir, timeout, on_bytes, partial(have, b.ep),
+                                 partial(fail, b.ep))
         b.conn.open()
         chan = b.conn.transport.open_session(
             window_size=CHANNEL_WINDOW, timeout=CHANNEL_OPEN_TIMEOUT_S
         )
         chan.settimeout(timeout)
         chan.exec_command(script)
-        if have(chan.makefile("rb").readline()):
+        out = chan.makefile("rb")
+        if have(b.ep, out.readline()):
+            rest = out.read()
             chan.recv_exit_status()
             chan.close()
-            return None
+            return None, rest
         sink = _CountingWriter(chan.sendall, on_bytes)
         try:
             _write_tar(sink, local_dir)
             chan.shutdown_write()
         except OSError:
             pass  # the remote end quit early; its exit code and stderr say why
+        rest = out.read()
         stderr = chan.makefile_stderr("rb").read()
         code = chan.recv_exit_status()
         chan.close()
         if code != 0:
-            raise fail(code, stderr.decode(errors="replace"))
-        return sink.count
+            raise fail(b.ep, code, stderr.decode(errors="replace"))
+        return sink.count, rest
 
 
 def own_dir(path: str) -> str:
@@ -280,7 +306,7 @@ def _push_openssh(
     argv: list[str], local_dir: Path, timeout: float | None,
     on_bytes: Callable[[int], None] | None, have: Callable[[bytes], bool],
     fail: Callable[..., NodeError],
-) -> int | None:
+) -> tuple[int | None, bytes]:
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
         killer = threading.Timer(timeout, proc.kill) if timeout else None
@@ -300,7 +326,7 @@ def _push_openssh(
             finally:
                 with contextlib.suppress(OSError):
                     proc.stdin.close()
-            proc.stdout.read()
+            rest = proc.stdout.read()
             code = proc.wait()
         finally:  # `have` may refuse (no space): never leave ssh running or a zombie
             if proc.poll() is None:
@@ -314,7 +340,7 @@ def _push_openssh(
     if code != 0:
         what = f"timed out after {timeout:.0f}s" if code == -signal.SIGKILL else ""
         raise fail(code, stderr, what)
-    return None if sink is None else sink.count
+    return (None if sink is None else sink.count), rest
 
 
 class _CountingWriter(io.RawIOBase):
