@@ -48,10 +48,13 @@ class Outcome:
     source: str = "none"
 
 
-def tee_command(dests: list[tuple[str, str]], own: str, local: str) -> str:
-    """The master's command: `provision.nodes.tee` with its destinations."""
+def tee_command(dests: list[tuple[str, str]], own: str, local: str, remote_root: str) -> str:
+    """The master's command: `provision.nodes.tee` with its destinations, run by the
+    node's venv (an image may have no ``python3``: then uv brought the interpreter)."""
     spec = json.dumps({"dests": dests, "own": own, "local": local})
-    return shlex.join(["python3", "-c", TEE.read_text(), spec])
+    py = shlex.quote(f"{remote_root}/venv/bin/python")
+    return (f"P={py}; [ -x \"$P\" ] || P=python3; \"$P\" "
+            + shlex.join(["-c", TEE.read_text(), spec]))
 
 
 def relay_stream(
@@ -70,7 +73,7 @@ def relay_stream(
     dests = [(master.ep.name, script)] + [
         (w.ep.name, relay.ssh_to(w.hop, remote_root, script)) for w in workers if w.hop]
     local = f"cd {shlex.quote(target)} && tar -c -f - " + " ".join(map(shlex.quote, names))
-    command = tee_command(dests, master.ep.name, local)
+    command = tee_command(dests, master.ep.name, local, remote_root)
     said: dict = {}
 
     def have(ep: Endpoint, line: bytes) -> bool:  # the tee's first line: where bytes come from

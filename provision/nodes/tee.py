@@ -1,4 +1,4 @@
-"""Run on the master (``python3 -c``, standard library only): tee one tar stream into
+"""Run on the master by its venv's Python (``-c``, standard library only): tee one tar stream into
 several receivers as it arrives, so workers get the laptop's bytes while the master
 is still receiving them (`provision.nodes.stream` sends it and reads its answers).
 
