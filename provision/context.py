@@ -232,4 +232,36 @@ def context_for(
     if isinstance(target, Context):
         return target
     config = recorded_config(target) if isinstance(target, str) else target
-    return prepare(config, reporter, need_key=need_key)
+    try:
+        return prepare(config, reporter, need_key=need_key)
+    except BadInput:
+        if not isinstance(target, str):
+            raise
+        recorded = _as_recorded(target, config, reporter, need_key)
+        if recorded is None:
+            raise
+        return recorded
+
+
+def _as_recorded(
+    name: str, config: ClusterConfig, reporter: Reporter | None, need_key: bool
+) -> Context | None:
+    """A running cluster's context when its image cannot be resolved any more (a baked
+    image deleted after `up`): the image and user its `up` recorded; None without them.
+    Its nodes still run that image; only a new launch needs it, and EC2 says so then."""
+    record = state.load(name)
+    if not (record.get("image_id") and record.get("user")):
+        return None
+    region = resolve_region(config)
+    try:
+        type_info = cloud.describe_instance_type(region, config.instance_type)
+    except (CloudAPIError, cloud.CloudError):
+        return None
+    reporter = reporter or Reporter()
+    reporter.warn(f"{name}: its image no longer resolves; using {record['image_id']}, "
+                  "recorded when it came up")
+    return Context(
+        config=config, region=region, type_info=type_info, image_id=record["image_id"],
+        user=record["user"], public_key=ensure_key(config) if need_key else "",
+        reporter=reporter,
+    )

@@ -65,6 +65,7 @@ def _remember(ctx: Context) -> None:
         config=ctx.config.model_dump(mode="json"),
         vcpus=ctx.type_info.vcpus,
         user=ctx.user,
+        image_id=ctx.image_id,  # what the nodes run, should the image be deleted later
     )
 
 

@@ -246,3 +246,25 @@ def test_an_image_value_that_is_no_image_name_exits_2(aws, cfg_file, value, mess
     line = _one_line(invoke("up", "--config", str(_naming(cfg_file, f"image: {value}"))))
     assert "clusters.aws.image:" in line and message in line
     _nothing_created_since(aws, before)
+
+
+def test_a_cluster_whose_baked_image_was_deleted_is_still_reached_by_name(aws, cfg_file):
+    """`image delete` while a cluster of that image runs: its commands by name (ssh,
+    put-data, run, status) still get its context, from what its `up` recorded."""
+    from provision import lifecycle
+    from provision.errors import BadInput
+
+    image_id = _bake(aws, "unit", "gone-later")
+    cfg = load_config(_naming(cfg_file, "image: gone-later"))
+    ctx = context.prepare(cfg, need_key=False)
+    lifecycle._remember(ctx)  # as `up` does
+    aws.deregister_image(ImageId=image_id)
+    with pytest.raises(BadInput, match="no image called 'gone-later'"):
+        context.prepare(cfg, need_key=False)
+    warned: list[str] = []
+    got = context.context_for(ctx.name, reporter=SimpleNamespace(warn=warned.append),
+                              need_key=False)
+    assert (got.image_id, got.user) == (image_id, ctx.user)
+    assert warned and image_id in warned[0], warned
+    with pytest.raises(BadInput, match="no image called"):  # a new config is not rescued
+        context.context_for(cfg, need_key=False)
