@@ -20,6 +20,7 @@ them from the hub's result store (`provision.hubresults`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -40,6 +41,8 @@ from provision.tunnel import Tunnel
 CONNECT_TIMEOUT_S = 120  # the controller answers and the engines register
 # An engine that gave up registering (IPEngine.timeout, 30 s) has exited by then.
 REVIVE_S = 45
+SYNC_S = 5  # how often a wait for engines asks the hub for its table (`sync_engines`)
+SYNC_TIMEOUT_S = 10  # for the hub's answer
 # Ports of the client connection file that the client connects to.
 CLIENT_PORTS = ("registration", "control", "mux", "task", "iopub", "notification", "broadcast")
 
@@ -193,14 +196,51 @@ def _wait_for_engines(
     rc: ipyparallel.Client, n: int, deadline: float,
     revive: Callable[[set[int]], object] | None,
 ) -> None:
-    """Until `n` engines registered (TimeoutError at `deadline`), reviving between waits."""
+    """Until `n` engines registered (TimeoutError at `deadline`): the client's table is
+    made the hub's every `SYNC_S` (see `sync_engines`), and `revive` is called every
+    `REVIVE_S` with the ids the hub holds."""
+    revived = time.monotonic()
     while True:
         remaining = deadline - time.monotonic()
-        step = remaining if revive is None else min(remaining, REVIVE_S)
         try:
-            rc.wait_for_engines(n, timeout=max(0.0, step))
+            rc.wait_for_engines(n, timeout=max(0.0, min(remaining, SYNC_S)))
             return
-        except TimeoutError:
-            if revive is None or time.monotonic() >= deadline:
-                raise
+        except (TimeoutError, ipyparallel.error.EngineError):  # or one unregistered meanwhile
+            pass
+        with contextlib.suppress(TimeoutError):  # a hub slow to answer: the next round
+            sync_engines(rc)
+        if len(rc.ids) >= n:
+            return
+        now = time.monotonic()
+        if now >= deadline:
+            raise TimeoutError(f"{len(rc.ids)} of {n} engines")
+        if revive is not None and now - revived >= REVIVE_S:
             revive(set(rc.ids))
+            revived = time.monotonic()
+
+
+def sync_engines(rc: ipyparallel.Client, timeout: float = SYNC_TIMEOUT_S) -> None:
+    """Make the client's engine table the hub's.
+
+    ipyparallel's client takes the table from the hub's reply to its connection
+    request and learns of later registrations from notifications on a SUB socket
+    it connects only after that reply. An engine registering in between is never
+    announced: the client waits for it until its timeout (the window is a few
+    milliseconds on a LAN, seconds through an SSH tunnel to a busy master). An
+    unregistration notice can be missed the same way. So the table is asked again.
+    """
+    reply = rc._send(rc._query_stream, "connection_request").result(timeout=timeout)
+    hub = {int(k): v for k, v in reply["content"]["engines"].items()}
+    applied: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def apply() -> None:  # in the client's IO thread, as its notifications are
+        try:
+            rc._update_engines({k: v for k, v in hub.items() if k not in rc._engines})
+            for eid in set(rc._ids) - set(hub):
+                rc._unregister_engine({"content": {"id": eid}})
+            applied.set_result(None)
+        except Exception as err:  # noqa: BLE001 - handed to the caller
+            applied.set_exception(err)
+
+    rc._io_loop.add_callback(apply)
+    applied.result(timeout=timeout)

@@ -8,6 +8,7 @@ so a simulated region running at the same time neither reaps nor routes them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import importlib.metadata as md
@@ -441,6 +442,36 @@ def test_an_engine_the_controller_dropped_is_started_again_while_the_client_wait
     rc.close()
     assert len(said) == 1 and said[0].endswith("is alive but the controller dropped it"), said
     assert remote.run(node, f"cat {ROOT}/run/engine-*.pid").strip() != pid
+
+
+@pytest.mark.e2e
+def test_a_registration_the_client_was_not_told_of_is_found_while_it_waits(
+    nodes: Nodes, cluster: Cluster
+) -> None:
+    # ipyparallel's client hears of engines registering after its connection reply only
+    # on a SUB socket it connects after that reply: one registering in between is never
+    # announced. Here its notifications are muted, so it misses the registration for sure.
+    node = nodes.endpoints[2]
+    wait_for(lambda: _registered(cluster) == 3, 60, "all three engines to register", interval=0.2)
+    rc = connect_client(cluster.client_json, None, n_engines=3, timeout=60, tunnel=False)
+    try:
+        engines.stop_engines(node, ROOT)
+        wait_for(lambda: len(rc.ids) == 2, 20, "the client to hear of the stop", interval=0.2)
+        muted: concurrent.futures.Future[None] = concurrent.futures.Future()
+        rc._io_loop.add_callback(
+            lambda: muted.set_result(rc._notification_stream.stop_on_recv()))
+        muted.result(timeout=10)
+        engines.start_engines(node, ROOT, 1, cluster.engine_json)
+        wait_for(lambda: _registered(cluster) == 3, 60, "the new engine to register", interval=0.2)
+        assert len(rc.ids) == 2  # not told
+        client._wait_for_engines(rc, 3, time.monotonic() + 30, None)
+        fresh = connect_client(cluster.client_json, None, timeout=10, tunnel=False)
+        try:
+            assert rc.ids == fresh.ids
+        finally:
+            fresh.close()
+    finally:
+        rc.close()
 
 
 @pytest.mark.e2e
