@@ -5,7 +5,9 @@ running -> SSH -> cluster key -> packages -> controller (master) or wait for it
 after the slowest one; workers start their engines once the master's controller
 is up, and learn at once if the master failed. The master makes the cluster's
 own SSH key as soon as it answers; each worker authorises it, so the master can
-hand workers what the laptop sent it once (`provision.nodes.relay`).
+hand workers what the laptop sent it once (`provision.nodes.relay`): the
+wheelhouse, datasets, and its installed environment, so that only the master
+installs packages (`provision.nodes.envcopy`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ the node installs (`provision.nodes.python`).
 
 Re-running is cheap: the install digest is written last on the node, and a node
 whose digest matches and whose venv starts is skipped after one SSH round trip.
+In a cluster only the master installs: workers take its installed environment
+(`fetch_env`, `provision.nodes.envcopy`) and install only when that fails.
 """
 
 from __future__ import annotations
