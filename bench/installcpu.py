@@ -150,16 +150,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     machine = machine_info()
     print(machine_line(machine), flush=True)
     runs: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []  # every failed up is reported, never only skipped
     with sim_session("bench-installcpu") as (_, tmp):
         warm_wheelhouse()
         for n in nodes:
             for k in range(rounds):
                 for mode in MODES if k % 2 == 0 else MODES[::-1]:
                     print(f"{mode}: N={n} round {k + 1} ...", flush=True)
-                    runs.append(bring_up(n, mode, tmp))
+                    try:
+                        run = bring_up(n, mode, tmp)
+                    except Exception as err:  # noqa: BLE001 - recorded, printed, next run
+                        failures.append({"mode": mode, "nodes": n, "round": k + 1,
+                                         "error": f"{type(err).__name__}: {err}"})
+                        print(f"  FAILED: {failures[-1]['error'][:300]}", flush=True)
+                        continue
+                    runs.append(run)
+                    print(f"  worker CPU {run['worker_cpu_s']:.2f} s, master "
+                          f"{run['master_cpu_s']:.2f} s, T(N) {run['total_s']:.1f} s", flush=True)
     rows = summarise(runs)
     print(render(rows), flush=True)
-    results = {"runs": runs, "summary": rows}
+    results = {"runs": runs, "summary": rows, "failures": failures}
     copy = {r["nodes"]: r for r in rows if r["mode"] == "copy"}
     install = {r["nodes"]: r for r in rows if r["mode"] == "install"}
     results["worker_cpu_ratio"] = {
@@ -174,5 +184,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(1 if main()["failures"] else 0)
