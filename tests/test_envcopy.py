@@ -26,7 +26,7 @@ def _commit(root: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30)
 
 
-def test_a_staged_copy_that_starts_replaces_the_venv_and_the_digest_comes_last(tmp_path):
+def test_a_staged_copy_that_starts_goes_in_after_its_interpreter_with_a_new_digest(tmp_path):
     (tmp_path / "venv").mkdir()
     (tmp_path / "venv" / "old").write_text("from an earlier install")
     (tmp_path / ".env-digest").write_text("an older digest")
