@@ -32,7 +32,7 @@ from provision import cloud, state
 from provision.cloud.common import MASTER, ClusterInfo
 from provision.context import Context, context_for
 from provision.errors import BadInput, ProvisionError
-from provision.nodes import engines, remote, setup, transfer
+from provision.nodes import engines, envcopy, relay, remote, setup, transfer
 from provision.nodes import wheelhouse as wheelhouses
 from provision.schema import ClusterConfig
 
@@ -135,6 +135,11 @@ def build(
             "engines": ctx.engines_on(inst),
             **{k: shared[k] for k in HOST_SETTINGS},
         }
+        if inst.role != MASTER and master is not None and inst.private_ip:
+            # Only the master installs: a worker takes its environment (`envcopy`).
+            hop = relay.Hop(name, inst.private_ip, ctx.user)
+            hostvars[name]["env_copy"] = envcopy.stream_script(hop, root, spec.digest)
+            hostvars[name]["env_commit"] = envcopy.commit_script(root, spec.digest)
         if ep.via is not None:  # a private node: through the master
             hostvars[name]["ansible_ssh_common_args"] = ssh_common_args(
                 cdir / "known_hosts", ep.via

@@ -309,6 +309,21 @@ def test_up_configured_by_the_playbook_registers_one_engine_on_each_of_two_hosts
 
 
 @pytest.mark.e2e
+def test_only_the_master_installs_and_the_worker_takes_its_environment(ansible_cluster):
+    # What `uv pip install` leaves on a node (its cache, the wheelhouse it installs from).
+    ran = subprocess.run(
+        [str(BIN / "provision"), "exec", NAME, "--",
+         "ls -d /srv/provision/uv-cache /srv/provision/wheels 2>/dev/null; "
+         "/srv/provision/venv/bin/python -c 'import sklearn; print(sklearn.__version__)'"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    worker = ran.stdout.split("node001:", 1)[1]
+    assert "uv-cache" in ran.stdout.split("node001:", 1)[0], ran.stdout  # the master installed
+    assert "uv-cache" not in worker and "wheels" not in worker, ran.stdout
+
+
+@pytest.mark.e2e
 def test_a_second_playbook_run_through_the_dynamic_inventory_changes_nothing(ansible_cluster):
     started = time.monotonic()
     control = tempfile.mkdtemp(prefix="pa-", dir="/tmp")  # not ~/.ansible/cp: addresses get reused

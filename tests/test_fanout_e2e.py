@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import sklearn
 from conftest import sim_cluster_env
 from interrupts import EXE
 
@@ -47,19 +48,55 @@ def cluster(sim_region, tmp_path_factory):
         yield env
 
 
-def _sums_on_nodes(remote_dir: str) -> dict[str, dict[str, str]]:
-    """Node -> {file: sha256} of `remote_dir` on every node, read with `provision exec`."""
-    ran = _cli("exec", NAME, "--", f"cd {remote_dir} && sha256sum *")
+def _on_nodes(command: str) -> dict[str, list[str]]:
+    """Node -> the output lines of `command` on it, run with `provision exec`."""
+    ran = _cli("exec", NAME, "--", command)
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    sums: dict[str, dict[str, str]] = {}
+    out: dict[str, list[str]] = {}
     node = ""
     for line in ran.stdout.splitlines():
         if line.endswith(": exit 0"):
             node = line.split(":")[0]
+            out[node] = []
         elif line.strip():
-            digest, name = line.split()
-            sums.setdefault(node, {})[name] = digest
-    return sums
+            out[node].append(line.strip())
+    return out
+
+
+def _sums_on_nodes(remote_dir: str) -> dict[str, dict[str, str]]:
+    """Node -> {file: sha256} of `remote_dir` on every node."""
+    return {node: {name: digest for digest, name in (line.split() for line in lines)}
+            for node, lines in _on_nodes(f"cd {remote_dir} && sha256sum *").items()}
+
+
+# What `uv pip install` leaves on a node and a copy of the master's environment does not.
+INSTALL_TRACES = "ls -d /srv/provision/uv-cache /srv/provision/wheels 2>/dev/null; hostname"
+
+
+def _installed_where() -> tuple[set[str], dict[str, str]]:
+    """The nodes where `uv pip install` ran, and node -> hostname."""
+    found = _on_nodes(INSTALL_TRACES)
+    return ({n for n, lines in found.items() if len(lines) > 1},
+            {n: lines[-1] for n, lines in found.items()})
+
+
+def _engines_import_sklearn() -> dict[str, str]:
+    """Hostname -> the scikit-learn version each engine imports (one engine per node)."""
+    rc = lifecycle.connect(NAME, timeout=60)
+    try:
+        rc[:].use_cloudpickle()  # the function travels by value: engines lack this module
+        got = rc[:].apply_sync(lambda: (__import__("socket").gethostname(),
+                                        __import__("sklearn").__version__))
+    finally:
+        rc.close()
+    return dict(got)
+
+
+def test_workers_take_the_masters_environment_instead_of_installing(cluster):
+    installed, hostnames = _installed_where()
+    assert installed == {"master"}, f"`uv pip install` ran on {sorted(installed)}"
+    versions = _engines_import_sklearn()
+    assert versions == {hostnames[n]: sklearn.__version__ for n in hostnames}, versions
 
 
 def _local() -> tuple[str, dict[str, str]]:
@@ -103,3 +140,27 @@ def test_a_worker_added_later_gets_data_and_packages_from_the_master(cluster):
     assert sent < 1_000_000, f"{sent} bytes crossed the laptop's link for an added worker"
     remote_dir, local = _local()
     assert _sums_on_nodes(remote_dir).get("node003") == local
+    installed, hostnames = _installed_where()
+    assert "node003" not in installed, "`uv pip install` ran on the added worker"
+    assert _engines_import_sklearn().get(hostnames["node003"]) == sklearn.__version__
+
+
+def test_a_worker_installs_itself_when_the_masters_environment_cannot_be_copied(cluster):
+    # A file of the master's venv its tar cannot read: the stream fails (tar exits 2).
+    unreadable = "/srv/provision/venv/unreadable-by-tar"
+    ran = _cli("exec", NAME, "--node", "master", "--",
+               f"touch {unreadable} && chmod 000 {unreadable}")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    try:
+        added = _cli("addnode", NAME, "-n", "1", "--spot-bid", "0.10")
+    finally:
+        _cli("exec", NAME, "--node", "master", "--", f"rm -f {unreadable}")
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert "5 engines registered" in added.stdout, added.stdout
+    output = " ".join((added.stdout + added.stderr).split())
+    assert "could not copy the master's environment" in output, output
+    assert "installing on the node instead" in output, output
+    installed, hostnames = _installed_where()
+    assert installed == {"master", "node004"}, f"`uv pip install` ran on {sorted(installed)}"
+    assert _on_nodes("ls /srv/provision")["node004"].count("env.tmp") == 0
+    assert _engines_import_sklearn().get(hostnames["node004"]) == sklearn.__version__

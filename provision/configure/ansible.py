@@ -7,6 +7,7 @@ the Fabric strategy gives, so every other command works the same on either.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 
@@ -16,7 +17,11 @@ from provision.configure import playbook
 from provision.configure.base import Gateway, Results, Step, Strategy, failed, reach, stage
 from provision.context import Context
 from provision.errors import BadInput
-from provision.nodes import engines, fanout
+from provision.nodes import engines, fanout, relay
+from provision.nodes.remote import NodeError
+
+# The playbook's `debug` line when a worker could not take the master's environment.
+_COPY_WARNING = re.compile(r"ok: \[(\S+)\] => \{\s*\"msg\": \"warning: ([^\"]*)\"")
 
 
 class AnsibleStrategy(Strategy):
@@ -57,10 +62,13 @@ class AnsibleStrategy(Strategy):
         info = cloud.describe_cluster(ctx.region, ctx.name)
         info.merge(reached_nodes)  # as `reach` saw them running
         reached = {i.label for i in reached_nodes}
+        _let_the_master_in(ctx, info, reached_nodes)
         doc = inventory.build(ctx, info, spec=self.spec, wheelhouse=self.wheelhouse(), only=reached)
         run = playbook.run_playbook(
             doc, on_progress=lambda host, text: stage(ctx, host, text, Step.PACKAGES)
         )
+        for warning in _COPY_WARNING.findall(run.output):
+            ctx.reporter.warn(f"{warning[0]}: " + " ".join(warning[1].split()))
         results: Results = {}
         for label in sorted(reached):
             inst = info.find(label)
@@ -77,3 +85,26 @@ class AnsibleStrategy(Strategy):
                 ctx.endpoint(master), ctx.config.remote_root, state.cluster_dir(ctx.name)
             )
         return results
+
+
+def _let_the_master_in(ctx: Context, info: cloud.ClusterInfo, nodes: list[InstanceInfo]) -> None:
+    """The cluster key on the master, authorised on each worker, so that the playbook's
+    workers take the master's environment (`envcopy`); a worker the key does not reach
+    installs its own (the playbook falls back), so a failure here is only a warning."""
+    master = info.master
+    workers = [n for n in nodes if n.role != MASTER and n.private_ip]
+    if master is None or not workers:
+        return
+    root = ctx.config.remote_root
+    try:
+        master_ep = ctx.endpoint(master)
+        key = relay.ensure_key(master_ep, root)
+        done = fanout.fan_out(
+            lambda w: relay.authorize(ctx.endpoint(w, master), master_ep, w.private_ip or "",
+                                      key, root),
+            workers, key=lambda w: w.label, limit=fanout.MAX_PARALLEL_HOSTS)
+    except NodeError as err:
+        ctx.reporter.warn(f"the master cannot reach the workers ({err}): each installs its own")
+        return
+    for label, err in done.failed.items():
+        ctx.reporter.warn(f"{label}: the master cannot reach it ({err}): it installs its own")

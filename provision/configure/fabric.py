@@ -5,7 +5,9 @@ running -> SSH -> cluster key -> packages -> controller (master) or wait for it
 after the slowest one; workers start their engines once the master's controller
 is up, and learn at once if the master failed. The master makes the cluster's
 own SSH key as soon as it answers; each worker authorises it, so the master can
-hand workers what the laptop sent it once (`provision.nodes.relay`).
+hand workers what the laptop sent it once (`provision.nodes.relay`): the
+wheelhouse, datasets, and its installed environment, so that only the master
+installs packages (`provision.nodes.envcopy`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from functools import partial
 
+from fabric import Connection
+
 from provision import data, state
 from provision.cloud.common import MASTER, InstanceInfo
 from provision.configure.base import Gateway, Results, Step, Strategy, failed, reach, stage
 from provision.context import Context
 from provision.errors import ProvisionError
-from provision.nodes import engines, fanout, relay, setup
+from provision.nodes import engines, envcopy, fanout, relay, setup
 from provision.nodes.remote import Endpoint, NodeError
+from provision.nodes.transfer import PUSH_TIMEOUT_S
 
 # A worker waits for the master's controller as long as the master may take to
 # launch, answer SSH and install packages (the wheelhouse's own limit).
@@ -55,9 +60,11 @@ class _Run:
         self.key_lock = threading.Lock()
         self.has_master = has_master
         self.wheels: Future[bool] = Future()  # the master holds the wheelhouse (True) or won't
+        self.env: Future[bool] = Future()  # the master's environment is complete (True) or won't
         if not has_master:
             self.controller.set_result(None)
             self.wheels.set_result(True)  # the running master's: `relay.forward_wheels` checks
+            self.env.set_result(True)  # and `envcopy.copy_env` checks its digest
 
     def node(self, inst: InstanceInfo) -> BaseException | None:
         """running -> ssh -> packages -> controller/engines -> data for one node."""
@@ -65,7 +72,7 @@ class _Run:
         is_master = inst.role == MASTER
         try:
             inst, ep = reach(ctx, inst, self.claim, self.gateway)
-            fetch = None
+            fetch = fetch_env = None
             if is_master:
                 self.key.set_result((ep, relay.ensure_key(ep, cfg.remote_root)))
             else:
@@ -74,10 +81,15 @@ class _Run:
                 relay.authorize(ep, master_ep, inst.private_ip or ep.host, key, cfg.remote_root)
                 hop = relay.Hop(label, inst.private_ip or ep.host, ctx.user)
                 fetch = partial(self._wheels_from_master, master_ep, hop)
+                fetch_env = partial(self._env_from_master, master_ep, hop)
             stage(ctx, label, "installing packages", Step.PACKAGES)
-            told = self._master_wheels if is_master else None
-            done = setup.setup_node(ep, self.strategy.spec, self.strategy.wheelhouse(),
-                                    self.python, fetch_wheels=fetch, on_wheels=told)
+            told = partial(_settle, self.wheels) if is_master else None
+            done = setup.setup_node(
+                ep, self.strategy.spec, self.strategy.wheelhouse(), self.python,
+                fetch_wheels=fetch, on_wheels=told, fetch_env=fetch_env,
+                on_env=partial(_settle, self.env) if is_master else None)
+            if done.copied:
+                stage(ctx, label, "environment copied from the master", Step.PACKAGES)
             if done.skipped:  # e.g. a baked image: its environment is the client's
                 stage(ctx, label, "install skipped: the environment is there", Step.PACKAGES)
             if is_master:
@@ -101,7 +113,8 @@ class _Run:
             if is_master and not self.key.done():
                 self.key.set_exception(err)
             if is_master:
-                self._master_wheels(False)
+                _settle(self.wheels, False)
+                _settle(self.env, False)
             failed(ctx, label, err)
             return err
 
@@ -121,10 +134,6 @@ class _Run:
             raise ProvisionError("the master failed, so it cannot relay to this node")
         return self.key.result()
 
-    def _master_wheels(self, have: bool) -> None:
-        if not self.wheels.done():
-            self.wheels.set_result(have)
-
     def _wheels_from_master(self, master_ep: Endpoint, hop: relay.Hop) -> bool:
         """A worker's wheelhouse from the master over the cluster network, once the master
         has it; False (this machine pushes it) when the master will not have it."""
@@ -141,6 +150,23 @@ class _Run:
                                    f"({err}); sending it from here")
             return False
 
+    def _env_from_master(self, master_ep: Endpoint, hop: relay.Hop, worker: Connection) -> bool:
+        """The master's installed environment into this worker, once the master has it
+        (`envcopy`); False, and the worker installs, when it will not or the copy failed."""
+        stage(self.ctx, hop.name, "waiting for the master's environment", Step.PACKAGES)
+        patience = PUSH_TIMEOUT_S + setup.INSTALL_TIMEOUT_S + self.ctx.config.ssh_timeout
+        done, _ = wait([self.env], timeout=patience)
+        if not done or not self.env.result():
+            return False
+        stage(self.ctx, hop.name, "environment from the master", Step.PACKAGES)
+        spec = self.strategy.spec
+        try:
+            return envcopy.copy_env(master_ep, hop, worker, spec.remote_root, spec.digest)
+        except NodeError as err:  # slower, but the node still gets its packages
+            self.ctx.reporter.warn(f"{hop.name}: could not copy the master's environment "
+                                   f"({err}); installing on the node instead")
+            return False
+
     def _wait_for_controller(self) -> None:
         cfg = self.ctx.config
         patience = cfg.ssh_timeout + cfg.launch_timeout + CONTROLLER_SETUP_S
@@ -149,3 +175,9 @@ class _Run:
             raise ProvisionError("the controller never became ready")
         if self.controller.exception() is not None:
             raise ProvisionError("the master failed, so engines cannot start")
+
+
+def _settle(future: Future[bool], value: bool) -> None:
+    """Set `future` unless already set (the first word counts)."""
+    if not future.done():
+        future.set_result(value)

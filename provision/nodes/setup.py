@@ -16,6 +16,8 @@ the node installs (`provision.nodes.python`).
 
 Re-running is cheap: the install digest is written last on the node, and a node
 whose digest matches and whose venv starts is skipped after one SSH round trip.
+In a cluster only the master installs: workers take its installed environment
+(`fetch_env`, `provision.nodes.envcopy`) and install only when that fails.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class SetupResult:
     name: str
     skipped: bool  # the node already had this exact environment
     seconds: float
+    copied: bool = False  # it got the master's environment (`provision.nodes.envcopy`)
 
 
 _ARCHES = ("x86_64", "aarch64", "i686", "ppc64le", "s390x", "armv7l")
@@ -239,6 +242,8 @@ def setup_node(
     ep: Endpoint, spec: EnvSpec, wheelhouse: Path, gate: PythonGate | None = None, *,
     fetch_wheels: Callable[[], bool] | None = None,
     on_wheels: Callable[[bool], None] | None = None,
+    fetch_env: Callable[[fabric.Connection], bool] | None = None,
+    on_env: Callable[[bool], None] | None = None,
 ) -> SetupResult:
     """Give the node a venv at ``{remote_root}/venv`` matching `spec`; skip if it has one.
 
@@ -253,6 +258,10 @@ def setup_node(
     `provision.nodes.relay`) instead of from this machine; False when it could not,
     and then this machine pushes it. `on_wheels(have)` (the master): called once the
     node holds this wheelhouse (True) or will not (False), so workers stop waiting.
+    `fetch_env(conn)` (a worker): take the master's installed environment instead of
+    installing (`provision.nodes.envcopy`, over the node's connection `conn`); False
+    when it could not, and then the node installs. `on_env(have)` (the master): called
+    once the node's environment is complete (True) or will not be (False).
     """
     start = time.monotonic()
     session = _Session(ep)
@@ -263,11 +272,15 @@ def setup_node(
         have = probe.get("minor", "")
         if probe.get("env") == spec.digest and probe.get("venv") == "ok":
             told(on_wheels, probe.get("wheels") == spec.digest)
+            told(on_env, True)
             return SetupResult(ep.name, skipped=True, seconds=time.monotonic() - start)
         if have != spec.python_minor:
             gate.check(ep.name)  # another node already found the image cannot get one
 
         session.stage("mkdir", lambda c: run(c, own_dir(spec.remote_root)))
+        if fetch_env is not None and session.stage("environment copy", fetch_env):
+            return SetupResult(ep.name, skipped=False, seconds=time.monotonic() - start,
+                               copied=True)
         if probe.get("wheels") != spec.digest and not (fetch_wheels and fetch_wheels()):
             def push(c: fabric.Connection) -> None:
                 push_tree(c, wheelhouse, f"{spec.remote_root}/wheels")
@@ -298,9 +311,11 @@ def setup_node(
             ]
         )
         session.stage("install", lambda c: run(c, install, timeout=INSTALL_TIMEOUT_S))
+        told(on_env, True)
         return SetupResult(ep.name, skipped=False, seconds=time.monotonic() - start)
     finally:
         told(on_wheels, False)  # no-op once told; else whoever waits learns it will not come
+        told(on_env, False)
         session.close()
 
 
