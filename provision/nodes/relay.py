@@ -4,13 +4,14 @@ The laptop sends an artefact (a dataset's split directory, the wheelhouse) to
 the master; the master forwards it to each worker over the cluster network,
 with ssh(1) from the master to the worker's private address.
 
-The master forwards from its own copy (store, then forward) rather than
-teeing the laptop's stream into every worker's pipe: the master needs the copy
-anyway (its engines read it, and workers added later get it from there), the
-cluster network is one to two orders of magnitude faster than a home uplink,
-so forwarding adds little once the upload is done, and each worker keeps its
-own answer (already has it, no space, send), its own retry and its own error
-instead of one slow or full worker stalling or failing the stream for all.
+A dataset streams: the master tees the laptop's bytes into its own copy and
+every worker's pipe as they arrive (`provision.nodes.stream`, `provision.nodes.tee`),
+each worker with its own answer, checks and error. Workers take the master's
+installed environment (`provision.nodes.envcopy`) rather than the wheelhouse.
+What is forwarded from the master's stored copy (`forward`, `forward_wheels`) is
+what the stream or the copy could not give: a worker that refused the cluster key
+mid-stream, and the wheelhouse of a worker that installs itself after a failed
+environment copy.
 
 The master reaches workers with a key of the cluster's own (`ensure_key`):
 generated on the master, its private half never leaves it (0600 under
