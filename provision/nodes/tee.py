@@ -1,6 +1,7 @@
 """Run on the master by its venv's Python (``-c``, standard library only): tee one
 tar stream into several receivers as it arrives, so workers get the laptop's bytes
-while the master is still receiving them (`provision.nodes.stream` sends it and reads its answers).
+while the master is still receiving them (`provision.nodes.stream` sends it and reads
+its answers).
 
 Argument: JSON ``{"dests": [[name, shell command], ...], "own": name, "local": shell
 command}``. Each destination is a receiver (`transfer.receive_script`, for a worker
