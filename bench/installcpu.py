@@ -35,13 +35,10 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from bench.bootstrap import TimingReporter, _busy, phases, warm_wheelhouse
+from bench.bootstrap import timed_up, warm_wheelhouse
 from bench.common import (
     base_parser,
     machine_info,
@@ -77,40 +74,42 @@ def node_cpu(cluster: Any) -> dict[str, float]:
     return cpu
 
 
-def bring_up(n: int, mode: str, tmp: Path) -> dict[str, Any]:
-    """One cluster of `n` nodes in `mode`: up, connect, per-node CPU, down."""
-    from provision import lifecycle
+def bring_up(n: int, mode: str, tmp: Path, on_down_error: Any) -> dict[str, Any]:
+    """One cluster of `n` nodes in `mode`, timed by `bench.bootstrap.timed_up`, with
+    each node's CPU read before it goes down."""
+    from provision import cloud
+    from provision.context import context_for
     from provision.nodes import envcopy
 
-    name = unique_name(f"icpu{mode[0]}{n}")
-    reporter = TimingReporter()
+    per_node: dict[str, float] = {}
+
+    def read_cpu(name: str) -> None:
+        ctx = context_for(name, need_key=False)
+        per_node.update(node_cpu(cloud.describe_cluster(ctx.region, name)))
+
     original = envcopy.copy_env
     if mode == "install":
         envcopy.copy_env = lambda *args, **kwargs: False  # the master "has none": install
     try:
-        cpu0 = psutil.cpu_times()
-        t0 = time.monotonic()
-        result = lifecycle.up(sim_config(name, n, tmp), reporter)
-        t_up = time.monotonic()
-        per_node = node_cpu(result.cluster)
-        rc = lifecycle.connect(name, n_engines=n, timeout=300)
-        connect_s = time.monotonic() - t_up
-        engines = len(rc.ids)
-        rc.close()
-        busy = _busy(cpu0, psutil.cpu_times())
+        run = timed_up(sim_config(unique_name(f"icpu{mode[0]}{n}"), n, tmp), on_down_error,
+                       before_down=read_cpu)
     finally:
         envcopy.copy_env = original
-        lifecycle.down(name)
-    if result.failed or engines != n:
-        raise RuntimeError(f"{mode} N={n}: {engines} engines, failed nodes {result.failed}")
     workers = [s for label, s in per_node.items() if label != "master"]
     return {
-        "mode": mode, "nodes": n, "total_s": (t_up - t0) + connect_s,
-        "packages_s": phases(reporter, t0, t_up, connect_s)["packages"],
+        "mode": mode, "nodes": n, "total_s": run["total_s"],
+        "packages_s": run["phases_s"]["packages"],
         "node_cpu_s": per_node, "master_cpu_s": per_node.get("master"),
         "worker_cpu_s": statistics.mean(workers) if workers else None,
-        "machine_cpu_busy": busy, "warnings": [w for w in reporter.notes if "warning" in w],
+        "machine_cpu_busy": run["machine_cpu_busy"],
+        "warnings": [w for w in run["notes"] if "warning" in w],
     }
+
+
+def _failed(failures: list[dict[str, Any]], point: dict[str, Any], step: str,
+            err: BaseException) -> None:
+    failures.append({**point, "step": step, "error": f"{type(err).__name__}: {err}"})
+    print(f"  FAILED ({step}): {failures[-1]['error'][:300]}", flush=True)
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -157,12 +156,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for k in range(rounds):
                 for mode in MODES if k % 2 == 0 else MODES[::-1]:
                     print(f"{mode}: N={n} round {k + 1} ...", flush=True)
+                    point = {"mode": mode, "nodes": n, "round": k + 1}
                     try:
-                        run = bring_up(n, mode, tmp)
+                        run = bring_up(n, mode, tmp,
+                                       lambda err, p=point: _failed(failures, p, "down", err))
                     except Exception as err:  # noqa: BLE001 - recorded, printed, next run
-                        failures.append({"mode": mode, "nodes": n, "round": k + 1,
-                                         "error": f"{type(err).__name__}: {err}"})
-                        print(f"  FAILED: {failures[-1]['error'][:300]}", flush=True)
+                        _failed(failures, point, "up", err)
                         continue
                     runs.append(run)
                     print(f"  worker CPU {run['worker_cpu_s']:.2f} s, master "
