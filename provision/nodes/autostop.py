@@ -59,10 +59,7 @@ def ensure_key(ep_master: Endpoint | fabric.Connection, remote_root: str) -> str
     """The agent's key on the master (made once); returns the public key the workers
     must accept (see `authorize`) before the agent starts: a limit already reached
     makes it stop the workers at its first look."""
-    d = _dir(remote_root)
-    with Borrowed(ep_master) as b:
-        run(b.conn, f"mkdir -p -m 700 {shlex.quote(d)}")
-        return run(b.conn, keys.ensure_key_script(d, KEY_COMMENT)).strip()
+    return run(ep_master, keys.ensure_key_script(_dir(remote_root), KEY_COMMENT)).strip()
 
 
 def install(ep_master: Endpoint | fabric.Connection, remote_root: str,
@@ -118,20 +115,21 @@ def stop(ep_master: Endpoint | fabric.Connection, remote_root: str) -> None:
 def read_state(ep_master: Endpoint | fabric.Connection, remote_root: str) -> dict[str, Any] | None:
     """The agent's last state file (None: no agent was ever installed, or it was stopped)."""
     try:
-        text = run(ep_master, f"cat {shlex.quote(_dir(remote_root))}/state.json 2>/dev/null "
-                              "|| true")
+        return _read_json(ep_master, remote_root, "state.json")
     except NodeError:
         return None
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def read_config(ep_master: Endpoint | fabric.Connection, remote_root: str) -> dict[str, Any] | None:
     """The agent's ``config.json`` (None: no agent installed, or it was stopped)."""
-    text = run(ep_master, f"cat {shlex.quote(_dir(remote_root))}/config.json 2>/dev/null || true")
+    return _read_json(ep_master, remote_root, "config.json")
+
+
+def _read_json(
+    ep: Endpoint | fabric.Connection, remote_root: str, name: str
+) -> dict[str, Any] | None:
+    """One of the agent's JSON files (None: absent or not a JSON object)."""
+    text = run(ep, f"cat {shlex.quote(_dir(remote_root))}/{name} 2>/dev/null || true")
     try:
         doc = json.loads(text)
     except ValueError:
