@@ -20,7 +20,6 @@ them from the hub's result store (`provision.hubresults`).
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import json
 import logging
@@ -34,7 +33,7 @@ import ipyparallel
 from traitlets.log import get_logger
 
 from provision.errors import ProvisionError
-from provision.hubresults import HubRecovery
+from provision.hubresults import HubRecovery, in_io
 from provision.nodes.remote import Endpoint, connection
 from provision.tunnel import Tunnel
 
@@ -231,16 +230,10 @@ def sync_engines(rc: ipyparallel.Client, timeout: float = SYNC_TIMEOUT_S) -> Non
     """
     reply = rc._send(rc._query_stream, "connection_request").result(timeout=timeout)
     hub = {int(k): v for k, v in reply["content"]["engines"].items()}
-    applied: concurrent.futures.Future[None] = concurrent.futures.Future()
 
-    def apply() -> None:  # in the client's IO thread, as its notifications are
-        try:
-            rc._update_engines({k: v for k, v in hub.items() if k not in rc._engines})
-            for eid in set(rc._ids) - set(hub):
-                rc._unregister_engine({"content": {"id": eid}})
-            applied.set_result(None)
-        except Exception as err:  # noqa: BLE001 - handed to the caller
-            applied.set_exception(err)
+    def apply() -> None:
+        rc._update_engines({k: v for k, v in hub.items() if k not in rc._engines})
+        for eid in set(rc._ids) - set(hub):
+            rc._unregister_engine({"content": {"id": eid}})
 
-    rc._io_loop.add_callback(apply)
-    applied.result(timeout=timeout)
+    in_io(rc, apply, timeout)

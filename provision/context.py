@@ -15,6 +15,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from provision import cloud, state
 from provision.cloud.common import MASTER, CloudAPIError, InstanceInfo, Region
@@ -150,34 +151,42 @@ def ensure_key(config: ClusterConfig) -> str:
     return pub.read_text().strip()
 
 
+class ImageUnresolved(BadInput):
+    """The cluster file's image does not resolve (unknown, deleted, not available)."""
+
+
 def prepare(
-    config: ClusterConfig, reporter: Reporter | None = None, *, need_key: bool = True
+    config: ClusterConfig,
+    reporter: Reporter | None = None,
+    *,
+    need_key: bool = True,
+    recorded: dict[str, Any] | None = None,
 ) -> Context:
     """Resolve and validate everything `up` needs; creates nothing in the cloud.
 
     Errors here are the user's input (unknown instance type in the region, an
     image that does not exist) and exit with status 2; an API failure (no
-    credentials, throttled past retries) is not, and exits with 1.
+    credentials, throttled past retries) is not, and exits with 1. `recorded`: a
+    running cluster's local record; when its image no longer resolves (a baked
+    image deleted after `up`), the image and user its `up` recorded are used.
     """
+    reporter = reporter or Reporter()
     region = resolve_region(config)  # SimError: BadInput, nothing created
     try:
         type_info = cloud.describe_instance_type(region, config.instance_type)
         cloud.resolve_network(region, config.zone)  # e.g. no default VPC: say what to set
-        wanted = config.image_id
-        if config.image is not None:
-            wanted = _launchable(baked_image(region, config.image, "image")).image_id
-        image_id = cloud.resolve_image(region, wanted, type_info.arch)
-        image = cloud.describe_image(region, image_id)
     except CloudAPIError as err:
         raise ProvisionError(f"{config.region}: {err}") from err
     except cloud.CloudError as err:  # the region cannot do what the config asks
         raise BadInput(f"{config.region}: {err}") from err
-    user = config.user or image.user
-    if user is None:
-        raise BadInput(
-            f"user: image {image_id} ({image.name or 'no name'}) is of no family provision "
-            "knows the login user of: set user in the cluster file (e.g. ubuntu, ec2-user)"
-        )
+    try:
+        image_id, user = _image(config, region, type_info.arch)
+    except ImageUnresolved:
+        if not (recorded and recorded.get("image_id") and recorded.get("user")):
+            raise
+        image_id, user = recorded["image_id"], recorded["user"]
+        reporter.warn(f"{config.name}: its image no longer resolves; using {image_id}, "
+                      "recorded when it came up")
     return Context(
         config=config,
         region=region,
@@ -185,8 +194,29 @@ def prepare(
         image_id=image_id,
         user=user,
         public_key=ensure_key(config) if need_key else "",
-        reporter=reporter or Reporter(),
+        reporter=reporter,
     )
+
+
+def _image(config: ClusterConfig, region: Region, arch: str) -> tuple[str, str]:
+    """The image the config names, as an AMI id, and its login user."""
+    try:
+        wanted = config.image_id
+        if config.image is not None:
+            wanted = _launchable(baked_image(region, config.image, "image")).image_id
+        image_id = cloud.resolve_image(region, wanted, arch)
+        image = cloud.describe_image(region, image_id)
+    except CloudAPIError as err:
+        raise ProvisionError(f"{config.region}: {err}") from err
+    except cloud.CloudError as err:  # no such image in the region
+        raise ImageUnresolved(f"{config.region}: {err}") from err
+    user = config.user or image.user
+    if user is None:
+        raise BadInput(
+            f"user: image {image_id} ({image.name or 'no name'}) is of no family provision "
+            "knows the login user of: set user in the cluster file (e.g. ubuntu, ec2-user)"
+        )
+    return image_id, user
 
 
 def baked_image(region: Region, name: str, field: str) -> cloud.BakedImage:
@@ -194,7 +224,7 @@ def baked_image(region: Region, name: str, field: str) -> cloud.BakedImage:
     is none (a typo, another region, or deleted), pointing at the list of images."""
     found = cloud.find_image(region, name)
     if found is None:
-        raise BadInput(f"{field}: no image called {name!r} baked by provision in "
+        raise ImageUnresolved(f"{field}: no image called {name!r} baked by provision in "
                        f"{region.name} (see `provision image list`)")
     return found
 
@@ -203,14 +233,14 @@ def _launchable(image: cloud.BakedImage) -> cloud.BakedImage:
     """`image` if it is available: a pending one (an `image create` still running or
     interrupted) or a failed one cannot be launched."""
     if image.state != "available":
-        raise BadInput(f"image: {image.name!r} ({image.image_id}) is {image.state}, not "
+        raise ImageUnresolved(f"image: {image.name!r} ({image.image_id}) is {image.state}, not "
                        "available (see `provision image list`)")
     return image
 
 
-def recorded_config(name: str) -> ClusterConfig:
+def recorded_config(name: str, record: dict[str, Any] | None = None) -> ClusterConfig:
     """The settings cluster `name` was brought up with, from its local record."""
-    record = state.load(name)
+    record = state.load(name) if record is None else record
     if "config" not in record:
         raise BadInput(
             f"NAME: no local record of cluster {name!r}: pass --config/--template for it"
@@ -231,37 +261,7 @@ def context_for(
     """
     if isinstance(target, Context):
         return target
-    config = recorded_config(target) if isinstance(target, str) else target
-    try:
-        return prepare(config, reporter, need_key=need_key)
-    except BadInput:
-        if not isinstance(target, str):
-            raise
-        recorded = _as_recorded(target, config, reporter, need_key)
-        if recorded is None:
-            raise
-        return recorded
-
-
-def _as_recorded(
-    name: str, config: ClusterConfig, reporter: Reporter | None, need_key: bool
-) -> Context | None:
-    """A running cluster's context when its image cannot be resolved any more (a baked
-    image deleted after `up`): the image and user its `up` recorded; None without them.
-    Its nodes still run that image; only a new launch needs it, and EC2 says so then."""
-    record = state.load(name)
-    if not (record.get("image_id") and record.get("user")):
-        return None
-    region = resolve_region(config)
-    try:
-        type_info = cloud.describe_instance_type(region, config.instance_type)
-    except (CloudAPIError, cloud.CloudError):
-        return None
-    reporter = reporter or Reporter()
-    reporter.warn(f"{name}: its image no longer resolves; using {record['image_id']}, "
-                  "recorded when it came up")
-    return Context(
-        config=config, region=region, type_info=type_info, image_id=record["image_id"],
-        user=record["user"], public_key=ensure_key(config) if need_key else "",
-        reporter=reporter,
-    )
+    if isinstance(target, ClusterConfig):
+        return prepare(target, reporter, need_key=need_key)
+    record = state.load(target)
+    return prepare(recorded_config(target, record), reporter, need_key=need_key, recorded=record)

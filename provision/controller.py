@@ -15,14 +15,13 @@ from typing import Any
 
 from provision import cloud, state
 from provision.client import CONNECT_TIMEOUT_S, connect_client
-from provision.cloud.common import ClusterInfo, InstanceInfo
+from provision.cloud.common import ALIVE_STATES, ClusterInfo, InstanceInfo
 from provision.context import Context, context_for
 from provision.errors import ProvisionError
 from provision.nodes import engines
 
 MASTER_ID_FILE = "controller-master"  # beside the connection files: the master they came from
 # A master in one of these states runs no controller and will not again: `up` replaces it.
-GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
 
 
 def expected_engines(ctx: Context, info: ClusterInfo) -> int:
@@ -66,7 +65,7 @@ def master_gone(ctx: Context, master: InstanceInfo) -> str | None:
     consistency), and an id EC2 no longer knows at all is an instance long gone."""
     found = cloud.describe_instances(ctx.region, [master.instance_id])
     now = found[0] if found else None
-    if now is not None and now.state not in GONE_STATES:
+    if now is not None and now.state in ALIVE_STATES:
         return None
     state = "no longer known to EC2" if now is None else now.state
     why = f", {now.state_reason}" if now is not None and now.state_reason else ""

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import ipyparallel
 from ipyparallel import error, util
@@ -33,6 +33,7 @@ from ipyparallel import error, util
 log = logging.getLogger("provision.client")
 
 POLL_S = 1.0  # between questions to the hub while recovered tasks still run
+T = TypeVar("T")
 QUERY_TIMEOUT_S = 20.0  # for one answer from the hub (the link may drop again)
 LOST_AFTER_S = 10.0  # unknown to the hub this long after the reconnect: never arrived
 
@@ -51,7 +52,7 @@ class HubRecovery:
 
     def recover(self) -> None:
         """Start fetching the replies of every task outstanding now."""
-        ids = self._in_io(lambda: set(self.client.outstanding))
+        ids = in_io(self.client, lambda: set(self.client.outstanding))
         with self._lock:
             self._waiting |= ids
             self._since = time.monotonic()
@@ -93,7 +94,7 @@ class HubRecovery:
         for msg_id in unknown if lost else []:
             self._deliver(msg_id, _lost_reply(self.client, msg_id))
         settled = set(completed) | (set(unknown) if lost else set())
-        still = self._in_io(lambda: set(self.client.outstanding))
+        still = in_io(self.client, lambda: set(self.client.outstanding))
         with self._lock:
             self._waiting = (self._waiting - settled) & still  # others were answered
         self.recovered += done
@@ -177,3 +178,18 @@ def _lost_reply(client: ipyparallel.Client, msg_id: str) -> dict[str, Any]:
     msg = client.session.msg("apply_reply", content=content)
     msg["parent_header"]["msg_id"] = msg_id
     return msg
+
+
+def in_io(client: Any, fn: Callable[[], T], timeout: float = QUERY_TIMEOUT_S) -> T:
+    """`fn()` run on the client's IO thread, which owns its bookkeeping (ids, engines,
+    outstanding messages): its result, or its exception raised here."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def call() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            future.set_exception(err)
+
+    client._io_loop.add_callback(call)
+    return future.result(timeout=timeout)

@@ -85,14 +85,13 @@ class Tunnel:
         name: str = "",
         on_reconnect: Callable[[], object] | None = None,
         on_down: Callable[[], str | None] | None = None,
-        on_gone: Callable[[str], object] | None = None,
     ) -> None:
         self._connect = connect
         self.remote_host = remote_host
         self.name = name or remote_host
         self.on_reconnect = on_reconnect
         self.on_down = on_down  # why the server is gone for good, or None (see the module)
-        self.on_gone = on_gone
+        self.on_gone: Callable[[str], object] | None = None  # set by the tunnel's owner
         self.gone: str | None = None  # set once `on_down` gave a reason: no more retries
         self.answered_at = time.monotonic()  # the server's last answer to a probe
         self.conn, self.transport = self._open()

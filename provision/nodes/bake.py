@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import fabric
 
 from provision.nodes import autostop, relay
-from provision.nodes.keys import authorize_script
+from provision.nodes.keys import AUTHORIZED_KEYS, authorize_script
 from provision.nodes.remote import Borrowed, Endpoint, run
 
 # Under remote_root: what must not be baked (see the module's docstring).
@@ -62,26 +62,29 @@ def stash(target: Endpoint | fabric.Connection, remote_root: str) -> Stash:
         f"cd {root} && set -- && for p in {names}; do [ -e \"$p\" ] && set -- \"$@\" \"$p\"; "
         "done; if [ $# -gt 0 ]; then tar czf - \"$@\" | base64 -w0; fi"
     )
-    tarball = base64.b64decode(run(target, script, timeout=STASH_TIMEOUT_S).strip() or b"")
-    keys = "~/.ssh/authorized_keys"
-    lines = run(target, f"grep -E {_key_pattern()} {keys} 2>/dev/null || true")
-    # Only once both are held here: remove them from the disk.
-    run(target, f"cd {root} && rm -rf {names} && if [ -f {keys} ]; then "
-                f"grep -vE {_key_pattern()} {keys} > {keys}.new || true; "
-                f"chmod 600 {keys}.new && mv {keys}.new {keys}; fi")
+    keys = AUTHORIZED_KEYS
+    with Borrowed(target) as b:  # one connection for the three steps
+        tarball = base64.b64decode(run(b.conn, script, timeout=STASH_TIMEOUT_S).strip() or b"")
+        lines = run(b.conn, f"grep -E {_key_pattern()} {keys} 2>/dev/null || true")
+        # Only once both are held here: remove them from the disk.
+        run(b.conn, f"cd {root} && rm -rf {names} && if [ -f {keys} ]; then "
+                    f"grep -vE {_key_pattern()} {keys} > {keys}.new || true; "
+                    f"chmod 600 {keys}.new && mv {keys}.new {keys}; fi")
     return Stash(tarball, lines)
 
 
 def restore(target: Endpoint | fabric.Connection, remote_root: str, stashed: Stash) -> None:
     """Put back what `stash` took (idempotent: lines already there are not repeated)."""
     root = shlex.quote(remote_root)
-    if stashed.tarball:  # by SFTP: a command line is limited to 128 KiB
-        tmp = f"{remote_root}/.bake-restore.tgz"
-        with Borrowed(target) as b, b.conn.sftp().open(tmp, "w") as f:
-            f.chmod(0o600)  # a secret is never readable in between
-            f.set_pipelined(True)
-            f.write(stashed.tarball)
-        run(target, f"cd {root} && tar xzf .bake-restore.tgz && rm -f .bake-restore.tgz",
-            timeout=STASH_TIMEOUT_S)
-    for line in stashed.key_lines.splitlines():
-        run(target, authorize_script(line))
+    with Borrowed(target) as b:  # one connection for the whole restore
+        if stashed.tarball:  # by SFTP: a command line is limited to 128 KiB
+            tmp = f"{remote_root}/.bake-restore.tgz"
+            with b.conn.sftp().open(tmp, "w") as f:
+                f.chmod(0o600)  # a secret is never readable in between
+                f.set_pipelined(True)
+                f.write(stashed.tarball)
+            run(b.conn, f"cd {root} && tar xzf .bake-restore.tgz && rm -f .bake-restore.tgz",
+                timeout=STASH_TIMEOUT_S)
+        lines = stashed.key_lines.splitlines()
+        if lines:
+            run(b.conn, " && ".join(authorize_script(line) for line in lines))
