@@ -105,8 +105,8 @@ def ship(
         result.laptop_bytes = result.bytes_moved
         group.raise_for_failures()
         return result
-    relayed = _relay(ctx, load, master, [n for n in nodes if n.instance_id != master.instance_id])
-    result.laptop_bytes = relayed.pop(_LAPTOP)
+    result.laptop_bytes, relayed = _relay(
+        ctx, load, master, [n for n in nodes if n.instance_id != master.instance_id])
     if not any(n.instance_id == master.instance_id for n in nodes) and master.label in \
             relayed.succeeded:  # the master's own failure still fails the ship, as it must
         relayed.pop(master.label)
@@ -177,24 +177,21 @@ def _resend(ctx: Context, name: str, load: _Payload) -> Callable[[], None]:
     return said
 
 
-_LAPTOP = " laptop"  # `_relay`'s entry for the bytes that crossed the laptop's link
-
-
 def _relay(
     ctx: Context, load: _Payload, master: InstanceInfo, workers: list[InstanceInfo]
-) -> fanout.GroupResult:
+) -> tuple[int, fanout.GroupResult]:
     """Laptop -> master, streamed on to every worker as it arrives (`provision.nodes.stream`);
-    bytes (or the error) per node, and the laptop's bytes under `_LAPTOP`."""
+    the bytes that crossed the laptop's link, and the bytes (or the error) per node."""
     master_ep = ctx.endpoint(master)
     root = ctx.config.remote_root
-    legs, result = [], fanout.GroupResult()
+    legs, result = {}, fanout.GroupResult()
     for w in workers:
         shown = Endpoint(w.label, w.private_ip or "?", ctx.user, master_ep.key_path, via=master_ep)
         if not w.private_ip:
             result[w.label] = NodeError(f"{w.label}: no private address for the master to reach "
                                         "it by", node=w.label)
             continue
-        legs.append(stream.Leg(shown, relay.Hop(w.label, w.private_ip, ctx.user)))
+        legs[w.label] = (w, stream.Leg(shown, relay.Hop(w.label, w.private_ip, ctx.user)))
     total, need = sum(load.size.values()), footprint(load.size, load.names)
     with _INTO[(master_ep.host, load.target)], ctx.reporter.wait(
         f"put-data {load.digest}: laptop -> {master.label}, streamed on to {len(legs)} "
@@ -207,43 +204,48 @@ def _relay(
             advance(sent[0])
 
         out = stream.relay_stream(
-            stream.Leg(master_ep), legs, load.local_dir, load.target, load.names, load.sums,
-            need, root, on_bytes=progress, on_resend=lambda name: _resend(ctx, name, load)())
+            stream.Leg(master_ep), [leg for _, leg in legs.values()], load.local_dir,
+            load.target, load.names, load.sums, need, root, on_bytes=progress,
+            on_resend=lambda name: _resend(ctx, name, load))
         advance(total)
-    result[_LAPTOP] = out.laptop_bytes
     result.update(out.bytes_to)
-    for name, err in out.errors.items():
-        leg = next((w for w in legs if w.ep.name == name), None)
-        result[name] = err
-        if leg is not None and relay.refused(err) and master.label not in out.errors:
-            try:  # a worker set up before the cluster key (or otherwise): authorise, resend
-                worker = next(w for w in workers if w.label == name)
-                result[name] = _from_master_copy(ctx, master, master_ep, worker, leg, load, need)
-            except NodeError as again:
-                result[name] = again
-    return result
+    result.update(out.errors)
+    refused = [legs[name] for name, err in out.errors.items()
+               if name in legs and relay.refused(err) and master.label not in out.errors]
+    if refused:  # workers set up before the cluster key (or otherwise): authorise, resend
+        result.update(_from_master_copy(ctx, master, master_ep, refused, load, need))
+    return out.laptop_bytes, result
 
 
 def _from_master_copy(
-    ctx: Context, master: InstanceInfo, master_ep: Endpoint, worker: InstanceInfo,
-    leg: stream.Leg, load: _Payload, need: int,
-) -> int:
-    """Authorise the cluster key on a worker that refused it, then forward the master's
-    verified copy to it; the bytes it received."""
-    assert leg.hop is not None
+    ctx: Context, master: InstanceInfo, master_ep: Endpoint,
+    refused: list[tuple[InstanceInfo, stream.Leg]], load: _Payload, need: int,
+) -> fanout.GroupResult:
+    """Authorise the cluster key on workers that refused it, then forward the master's
+    verified copy to them, in parallel; the bytes each received (or its error)."""
     root = ctx.config.remote_root
-    key = relay.ensure_key(master_ep, root)
-    relay.authorize(ctx.endpoint(worker, master), master_ep, leg.hop.host, key, root)
+    try:
+        key = relay.ensure_key(master_ep, root)
+    except NodeError as err:
+        return fanout.GroupResult({worker.label: err for worker, _ in refused})
     script, cmd = transfer.receive_script(
         load.target, f"{load.target}/manifest.json", load.sums, need, check=True)
-    try:
-        line = relay.forward(master_ep, leg.hop, root, load.target, load.names, script)
-    except NodeError as err:
-        raise transfer.failure(leg.ep, cmd, err.command_status, err.stderr, load.target,
-                               need) from None
-    have = transfer.answer(leg.ep, line.encode(), load.target, need, _resend(ctx, leg.ep.name,
-                                                                              load))
-    return 0 if have else sum(load.size.values())
+
+    def one(pair: tuple[InstanceInfo, stream.Leg]) -> int:
+        worker, leg = pair
+        assert leg.hop is not None
+        relay.authorize(ctx.endpoint(worker, master), master_ep, leg.hop.host, key, root)
+        try:
+            line = relay.forward(master_ep, leg.hop, root, load.target, load.names, script)
+        except NodeError as err:
+            raise transfer.failure(leg.ep, cmd, err.command_status, err.stderr, load.target,
+                                   need) from None
+        have = transfer.answer(leg.ep, line.encode(), load.target, need,
+                               _resend(ctx, leg.ep.name, load))
+        return 0 if have else sum(load.size.values())
+
+    return fanout.fan_out(one, refused, key=lambda pair: pair[0].label,
+                          limit=fanout.MAX_PARALLEL_HOSTS)
 
 
 def footprint(size: dict[str, int], files: list[str]) -> int:

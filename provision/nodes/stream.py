@@ -45,7 +45,6 @@ class Outcome:
     bytes_to: dict[str, int] = field(default_factory=dict)
     errors: dict[str, NodeError] = field(default_factory=dict)
     laptop_bytes: int = 0
-    source: str = "none"
 
 
 def tee_command(dests: list[tuple[str, str]], own: str, local: str, remote_root: str) -> str:
@@ -61,7 +60,7 @@ def relay_stream(
     master: Leg, workers: list[Leg], local_dir: Path, target: str, names: list[str],
     sums: dict[str, str], need: int, remote_root: str, *,
     on_bytes: Callable[[int], None] | None = None,
-    on_resend: Callable[[str], None] | None = None,
+    on_resend: Callable[[str], Callable[[], None]] | None = None,
 ) -> Outcome:
     """Stream `local_dir` to the master and on to `workers` (see the module).
 
@@ -87,7 +86,7 @@ def relay_stream(
     sent, rest = transfer.send_tree(master.ep, local_dir, command, have, fail,
                                     on_bytes=on_bytes)
     total = sum(p.stat().st_size for p in local_dir.iterdir())  # data, not tar framing
-    out = Outcome(laptop_bytes=0 if sent is None else total, source=said.get("source", "none"))
+    out = Outcome(laptop_bytes=0 if sent is None else total)
     last = _last_json(rest)
     done, answers = last.get("done", {}), last.get("answers", {})
     for leg in [master, *workers]:
@@ -95,7 +94,7 @@ def relay_stream(
         try:
             word = answers.get(name, "")
             if word and transfer.answer(leg.ep, word.encode(), target, need,
-                                        on_resend and (lambda n=name: on_resend(n))):
+                                        on_resend and on_resend(name)):
                 out.bytes_to[name] = 0
                 continue
             code, stderr, _ = done.get(name, [None, "no answer from the master's relay", 0])
