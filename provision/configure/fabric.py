@@ -13,7 +13,7 @@ installs packages (`provision.nodes.envcopy`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from functools import partial
 
@@ -137,34 +137,34 @@ class _Run:
     def _wheels_from_master(self, master_ep: Endpoint, hop: relay.Hop) -> bool:
         """A worker's wheelhouse from the master over the cluster network, once the master
         has it; False (this machine pushes it) when the master will not have it."""
-        stage(self.ctx, hop.name, "waiting for the master's wheelhouse", Step.PACKAGES)
-        done, _ = wait([self.wheels], timeout=setup.INSTALL_TIMEOUT_S + self.ctx.config.ssh_timeout)
-        if not done or not self.wheels.result():
-            return False
-        stage(self.ctx, hop.name, "wheelhouse from the master", Step.PACKAGES)
         spec = self.strategy.spec
-        try:
-            return relay.forward_wheels(master_ep, hop, spec.remote_root, spec.digest)
-        except NodeError as err:  # slower, but the node still gets its packages
-            self.ctx.reporter.warn(f"{hop.name}: the master could not forward the wheelhouse "
-                                   f"({err}); sending it from here")
-            return False
+        return self._from_master(
+            hop, self.wheels, "wheelhouse", setup.INSTALL_TIMEOUT_S,
+            lambda: relay.forward_wheels(master_ep, hop, spec.remote_root, spec.digest),
+            "the master could not forward the wheelhouse ({err}); sending it from here")
 
     def _env_from_master(self, master_ep: Endpoint, hop: relay.Hop, worker: Connection) -> bool:
         """The master's installed environment into this worker, once the master has it
         (`envcopy`); False, and the worker installs, when it will not or the copy failed."""
-        stage(self.ctx, hop.name, "waiting for the master's environment", Step.PACKAGES)
-        patience = PUSH_TIMEOUT_S + setup.INSTALL_TIMEOUT_S + self.ctx.config.ssh_timeout
-        done, _ = wait([self.env], timeout=patience)
-        if not done or not self.env.result():
-            return False
-        stage(self.ctx, hop.name, "environment from the master", Step.PACKAGES)
         spec = self.strategy.spec
+        return self._from_master(
+            hop, self.env, "environment", PUSH_TIMEOUT_S + setup.INSTALL_TIMEOUT_S,
+            lambda: envcopy.copy_env(master_ep, hop, worker, spec.remote_root, spec.digest),
+            "could not copy the master's environment ({err}); installing on the node instead")
+
+    def _from_master(self, hop: relay.Hop, ready: Future[bool], what: str, patience: float,
+                     fetch: Callable[[], bool], warning: str) -> bool:
+        """`fetch()` once the master has `what` (`ready`); False when it will not, or
+        when the fetch failed (with `warning`): the worker then gets it another way."""
+        stage(self.ctx, hop.name, f"waiting for the master's {what}", Step.PACKAGES)
+        done, _ = wait([ready], timeout=patience + self.ctx.config.ssh_timeout)
+        if not done or not ready.result():
+            return False
+        stage(self.ctx, hop.name, f"{what} from the master", Step.PACKAGES)
         try:
-            return envcopy.copy_env(master_ep, hop, worker, spec.remote_root, spec.digest)
+            return fetch()
         except NodeError as err:  # slower, but the node still gets its packages
-            self.ctx.reporter.warn(f"{hop.name}: could not copy the master's environment "
-                                   f"({err}); installing on the node instead")
+            self.ctx.reporter.warn(f"{hop.name}: " + warning.format(err=err))
             return False
 
     def _wait_for_controller(self) -> None:
