@@ -103,8 +103,8 @@ def copy_env(
         run(master, stream_script(hop, remote_root, digest), timeout=PUSH_TIMEOUT_S)
         run(worker, commit_script(remote_root, digest))
     except NodeError as err:
-        run(worker, f"rm -rf {shlex.quote(f'{remote_root}/{STAGING}')}")
-        if err.command_status == relay.NO_SOURCE:
+        if err.command_status == relay.NO_SOURCE:  # the master sent nothing: nothing staged
             return False
+        run(worker, f"rm -rf {shlex.quote(f'{remote_root}/{STAGING}')}")
         raise
     return True
